@@ -1,0 +1,38 @@
+namespace Sam3.Torch;
+
+/// <summary>Base of every error this library raises on purpose: bad input, bad files, misuse of the API.</summary>
+public class Sam3Exception : Exception
+{
+    public Sam3Exception(string message) : base(message) { }
+    public Sam3Exception(string message, Exception? inner) : base(message, inner) { }
+}
+
+/// <summary>An invalid or unreadable configuration.</summary>
+public class Sam3ConfigException : Sam3Exception
+{
+    public Sam3ConfigException(string message, Exception? inner = null) : base(message, inner) { }
+}
+
+/// <summary>A checkpoint that cannot be read, or whose tensors do not match the model (missing/unexpected/misshaped keys).</summary>
+public class Sam3CheckpointException : Sam3Exception
+{
+    public Sam3CheckpointException(string message, Exception? inner = null) : base(message, inner) { }
+}
+
+/// <summary>An image that cannot be decoded or used (corrupt, empty, unsupported format, too large).</summary>
+public class Sam3ImageException : Sam3Exception
+{
+    public Sam3ImageException(string message, Exception? inner = null) : base(message, inner) { }
+}
+
+/// <summary>A prompt that is invalid (empty text, box outside [0,1], NaN coordinates, bad labels, ...).</summary>
+public class Sam3PromptException : Sam3Exception
+{
+    public Sam3PromptException(string message, Exception? inner = null) : base(message, inner) { }
+}
+
+/// <summary>An API call in the wrong state (prompt before image, disposed state, ...).</summary>
+public class Sam3StateException : Sam3Exception
+{
+    public Sam3StateException(string message, Exception? inner = null) : base(message, inner) { }
+}
