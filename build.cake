@@ -1,0 +1,68 @@
+// Sam3.Torch build script. Usage: dotnet tool restore && dotnet cake --target=<Build|Test|Bench|Parity>
+//   --configuration=Release|Debug   --backend=cpu|cuda-linux|cuda-windows   --filter=<dotnet test filter>
+//   --reference=<fixture dir> (Parity; default ../shared/parity)   --bench=<BenchmarkDotNet filter> (Bench)
+using System.Text.RegularExpressions;
+using System.Xml.Linq;
+
+var target = Argument("target", "Test");
+var configuration = Argument("configuration", "Release");
+var backend = Argument("backend", "cpu");
+var filter = Argument("filter", "");
+var reference = Argument("reference", "../shared/parity");
+var bench = Argument("bench", "*");
+
+var msbuild = new DotNetMSBuildSettings().WithProperty("TorchBackend", backend);
+
+Task("Build").Does(() =>
+{
+    DotNetBuild("Sam3.Torch.sln", new DotNetBuildSettings { Configuration = configuration, MSBuildSettings = msbuild });
+});
+
+Task("Test").IsDependentOn("Build").Does(() =>
+{
+    var resultsDir = MakeAbsolute(Directory("TestResults"));
+    CleanDirectory(resultsDir);
+    Exception failure = null;
+    try
+    {
+        DotNetTest("tests/Sam3.Torch.Tests/Sam3.Torch.Tests.csproj", new DotNetTestSettings
+        {
+            Configuration = configuration,
+            NoBuild = true,
+            Filter = string.IsNullOrEmpty(filter) ? null : filter,
+            Loggers = new[] { "trx;LogFileName=results.trx", "console;verbosity=normal" },
+            ResultsDirectory = resultsDir,
+            MSBuildSettings = msbuild,
+        });
+    }
+    catch (Exception e) { failure = e; }
+
+    // The CI of this workplace reads a final "N passed, N failed" line, not dotnet's summary.
+    int passed = 0, failed = 0, skipped = 0;
+    foreach (var trx in GetFiles(resultsDir + "/**/*.trx"))
+    {
+        var counters = XDocument.Load(trx.FullPath).Descendants().First(e => e.Name.LocalName == "Counters");
+        passed += int.Parse(counters.Attribute("passed").Value);
+        failed += int.Parse(counters.Attribute("failed").Value) + int.Parse(counters.Attribute("error").Value) + int.Parse(counters.Attribute("timeout").Value);
+        skipped += int.Parse(counters.Attribute("notExecuted").Value);
+    }
+    if (failure != null && passed + failed == 0) failed = 1; // the run itself broke
+    Information($"{passed} passed, {failed} failed, {skipped} skipped");
+    if (failure != null || failed > 0) throw new Exception($"{failed} test(s) failed");
+});
+
+Task("Bench").Does(() =>
+{
+    DotNetRun("benchmarks/Sam3.Torch.Benchmarks/Sam3.Torch.Benchmarks.csproj",
+        new ProcessArgumentBuilder().Append("--filter").AppendQuoted(bench),
+        new DotNetRunSettings { Configuration = "Release", MSBuildSettings = msbuild });
+});
+
+Task("Parity").IsDependentOn("Build").Does(() =>
+{
+    DotNetRun("src/Sam3.Cli/Sam3.Cli.csproj",
+        new ProcessArgumentBuilder().Append("parity").Append("--reference").AppendQuoted(reference),
+        new DotNetRunSettings { Configuration = configuration, NoBuild = true, MSBuildSettings = msbuild });
+});
+
+RunTarget(target);
