@@ -1,4 +1,69 @@
-using TorchSharp;
-Sam3.Torch.IO.NativeLoaderFix.EnsurePatched();
-var t = torch.ones(2, 3);
-Console.WriteLine($"{t.sum().item<float>()} {Sam3.Torch.IO.NativeLoaderFix.LastOutcome}");
+using Sam3.Torch;
+
+namespace Sam3.Cli;
+
+public static class Program
+{
+    public const string Usage = """
+        sam3 — SAM3 (Segment Anything Model 3) on TorchSharp
+
+        Usage:
+          sam3 inspect CHECKPOINT [--config full|tiny|PATH]   keys, parameter count, dtypes; compare with a configuration
+          sam3 convert IN.pt OUT.safetensors                  convert a PyTorch checkpoint to safetensors (memory-mappable)
+          sam3 --help | --version
+
+        Common options: --verbose (print stack traces of errors)
+        """;
+
+    public static int Main(string[] args) => Run(args, Console.Out, Console.Error);
+
+    /// <summary>Runs one command; returns the process exit code (0 ok, 1 failure, 2 usage error).</summary>
+    public static int Run(string[] args, TextWriter stdout, TextWriter stderr)
+    {
+        bool verbose = args.Contains("--verbose");
+        args = args.Where(a => a != "--verbose").ToArray();
+        try
+        {
+            if (args.Length == 0 || args[0] is "--help" or "-h" or "help")
+            {
+                stdout.WriteLine(Usage);
+                return args.Length == 0 ? 2 : 0;
+            }
+            if (args[0] is "--version" or "-V")
+            {
+                stdout.WriteLine($"sam3 {typeof(Sam3Exception).Assembly.GetName().Version?.ToString(3)}");
+                return 0;
+            }
+            var rest = args.Skip(1).ToArray();
+            return args[0] switch
+            {
+                "inspect" => Commands.Inspect(rest, stdout),
+                "convert" => Commands.Convert(rest, stdout, stderr),
+                _ => throw new UsageException($"unknown command '{args[0]}' (see sam3 --help)"),
+            };
+        }
+        catch (UsageException e)
+        {
+            stderr.WriteLine($"sam3: {e.Message}");
+            return 2;
+        }
+        catch (Sam3Exception e)
+        {
+            stderr.WriteLine($"sam3: {e.Message}");
+            if (verbose) stderr.WriteLine(e);
+            return 1;
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            stderr.WriteLine($"sam3: {e.Message}");
+            if (verbose) stderr.WriteLine(e);
+            return 1;
+        }
+        catch (Exception e)
+        {
+            stderr.WriteLine($"sam3: internal error: {e.GetType().Name}: {e.Message}{(verbose ? "" : " (run with --verbose for details)")}");
+            if (verbose) stderr.WriteLine(e);
+            return 1;
+        }
+    }
+}
