@@ -327,6 +327,12 @@ public sealed record HardcodedConfig
     [JsonIgnore] public double InverseSigmoidEps { get; init; } = 1e-3;
     /// <summary>boxRPB "log" scale: deltas ×8 before sign·log2(|d|+1)/log2(8).</summary>
     [JsonIgnore] public double BoxRpbLogScale { get; init; } = 8.0;
+    /// <summary>Dropout of the decoder layers and their attentions (model_builder passes 0.1; active only when training).</summary>
+    [JsonIgnore] public double DecoderDropout { get; init; } = 0.1;
+    /// <summary>Dropout inside DotProductScoring's prompt MLP (model_builder passes 0.1; active only when training).</summary>
+    [JsonIgnore] public double DotProdPromptMlpDropout { get; init; } = 0.1;
+    /// <summary>Dropout of the segmentation head's cross_attend_prompt attention (model_builder passes 0).</summary>
+    [JsonIgnore] public double SegCrossAttendPromptDropout { get; init; } = 0.0;
 }
 
 /// <summary>Sizes derived from the other sections (config.json's <c>derived</c>); written for reference, recomputed on read.</summary>
