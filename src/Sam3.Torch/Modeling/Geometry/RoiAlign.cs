@@ -14,8 +14,8 @@ namespace Sam3.Torch.Modeling.Geometry;
 /// The average divides by max(grid_h·grid_w, 1).</para>
 /// <para>Implementation: bilinear sampling on such a grid is separable, so each RoI's output is
 /// <c>Wy · F · Wxᵀ</c> with Wy [out_h, H] and Wx [out_w, W] the bin-averaged interpolation weights (the 1/count
-/// factor split as 1/grid_h · 1/grid_w). All RoIs are handled at once, with samples beyond a RoI's own grid
-/// masked out.</para>
+/// factor split as 1/grid_h · 1/grid_w). The weights of all RoIs are built at once (samples beyond a RoI's own
+/// grid masked out); the two products run per image, without copying the feature map per RoI.</para>
 /// </summary>
 public static class RoiAlign
 {
@@ -44,11 +44,28 @@ public static class RoiAlign
 
         var wy = AxisWeights(start[.., 1], size[.., 1], outH, (int)h, samplingRatio); // [K,outH,H]
         var wx = AxisWeights(start[.., 0], size[.., 0], outW, (int)w, samplingRatio); // [K,outW,W]
-        var feats = input.index_select(0, batchIdx);                                   // [K,C,H,W]
-        // out[k,c,p,q] = Σ_{y,x} wy[k,p,y] · F[k,c,y,x] · wx[k,q,x]
-        var tmp = torch.matmul(wy.unsqueeze(1), feats);                 // [K,C,outH,W]
-        var outp = torch.matmul(tmp, wx.transpose(1, 2).unsqueeze(1));  // [K,C,outH,outW]
-        return outp.MoveToOuterDisposeScope();
+        long n = input.shape[0];
+        long minIdx = batchIdx.min().item<long>(), maxIdx = batchIdx.max().item<long>();
+        if (minIdx < 0 || maxIdx >= n)
+            throw new Sam3Exception($"roi_align: RoI batch indices must be in [0, {n}), got [{minIdx}, {maxIdx}]");
+        if (n == 1) return Pool(input[0], wy, wx).MoveToOuterDisposeScope();
+        var output = torch.zeros(k, c, outH, outW, dtype: input.dtype, device: input.device);
+        for (long i = 0; i < n; i++)
+        {
+            var sel = batchIdx.eq(i).nonzero().squeeze(1);
+            if (sel.numel() == 0) continue;
+            output.index_copy_(0, sel, Pool(input[i], wy.index_select(0, sel), wx.index_select(0, sel)));
+        }
+        return output.MoveToOuterDisposeScope();
+    }
+
+    /// <summary>out[k,c,p,q] = Σ_{y,x} wy[k,p,y] · F[c,y,x] · wx[k,q,x] for one image F [C,H,W].</summary>
+    private static Tensor Pool(Tensor f, Tensor wy, Tensor wx)
+    {
+        long k = wy.shape[0], p = wy.shape[1], q = wx.shape[1], c = f.shape[0], h = f.shape[1], w = f.shape[2];
+        var t = wy.reshape(k * p, h).matmul(f.permute(1, 0, 2).reshape(h, c * w));   // [K·P, C·W]
+        t = t.view(k, p * c, w).matmul(wx.transpose(1, 2));                          // [K, P·C, Q]
+        return t.view(k, p, c, q).permute(0, 2, 1, 3).contiguous();                  // [K, C, P, Q]
     }
 
     /// <summary>

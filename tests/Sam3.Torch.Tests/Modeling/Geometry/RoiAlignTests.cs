@@ -151,6 +151,14 @@ public class RoiAlignTests
     }
 
     [Test]
+    public void BatchIndexOutsideTheInputIsATypedError()
+    {
+        using var scope = NewDisposeScope();
+        Assert.Throws<Sam3Exception>(() => RoiAlign.Forward(Ramp(8, 8), torch.tensor(new[] { 1f, 1f, 1f, 5f, 6f }).view(1, 5), 2, 2));
+        Assert.Throws<Sam3Exception>(() => RoiAlign.Forward(Ramp(8, 8), torch.zeros(2, 4), 2, 2));
+    }
+
+    [Test]
     public void NaNCoordinatesGiveZeros()
     {
         using var scope = NewDisposeScope();
