@@ -77,6 +77,8 @@ public sealed record TextConfig
     public int DModel { get; init; } = 256;
     public bool UseLnPost { get; init; } = true;
     public bool CausalMask { get; init; } = true;
+    /// <summary>Width of the (unused) <c>text_projection</c> parameter: TextTransformer's default output_dim (not a builder argument).</summary>
+    [JsonIgnore] public int OutputDim { get; init; } = 512;
     [JsonIgnore] public int MlpHiddenDim => (int)(Width * MlpRatio);
 }
 
@@ -95,6 +97,8 @@ public sealed record EncoderConfig
     public int NumFeatureLevels { get; init; } = 1;
     public bool AddPooledTextToImgFeat { get; init; } = false;
     public bool PoolTextWithMask { get; init; } = true;
+    /// <summary>Dropout of the layer (attention and FFN); builder value, active only in training.</summary>
+    [JsonIgnore] public double Dropout { get; init; } = 0.1;
 }
 
 /// <summary>DETR-style decoder (TransformerDecoder).</summary>
@@ -169,6 +173,14 @@ public sealed record GeometryEncoderConfig
     public bool AddCls { get; init; } = true;
     public bool AddPostEncodeProj { get; init; } = true;
     public int RoiSize { get; init; } = 7;
+    // Switches of the geometry encoder's TransformerEncoderLayer (fixed in model_builder._create_geometry_encoder,
+    // not exported to config.json).
+    [JsonIgnore] public bool PreNorm { get; init; } = true;
+    [JsonIgnore] public bool PosEncAtAttn { get; init; } = false;
+    [JsonIgnore] public bool PosEncAtCrossAttnKeys { get; init; } = true;
+    [JsonIgnore] public bool PosEncAtCrossAttnQueries { get; init; } = false;
+    /// <summary>Dropout of the encode layers; builder value, active only in training.</summary>
+    [JsonIgnore] public double Dropout { get; init; } = 0.1;
 }
 
 /// <summary>Memory attention of the tracker (TransformerEncoderCrossAttention).</summary>

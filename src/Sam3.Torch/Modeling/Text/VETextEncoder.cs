@@ -1,0 +1,67 @@
+using Sam3.Torch.Config;
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+
+namespace Sam3.Torch.Modeling.Text;
+
+/// <summary>Output of <see cref="VETextEncoder.forward(Tensor, Tensor?)"/>, in the upstream order and layouts.</summary>
+/// <param name="LanguageMask">bool [B,L], True = padding (used as key_padding_mask downstream).</param>
+/// <param name="LanguageFeatures">resizer(text tokens), seq-first [L,B,d_model].</param>
+/// <param name="LanguageEmbeds">token embeddings before the transformer, seq-first [L,B,width].</param>
+public sealed record TextEncoderOutput(Tensor LanguageMask, Tensor LanguageFeatures, Tensor LanguageEmbeds);
+
+/// <summary>
+/// SAM3 text encoder (text_encoder_ve.py <c>VETextEncoder</c>) for already tokenized text: <c>encoder</c>
+/// (<see cref="TextTransformer"/>) and <c>resizer</c> (Linear width → d_model). Checkpoint prefix
+/// <c>detector.backbone.language_backbone.</c>. The tokenizer lives elsewhere; this module takes its int64 ids.
+/// </summary>
+public sealed class VETextEncoder : nn.Module
+{
+    public readonly TextTransformer encoder;
+    public readonly Linear resizer;
+    public int context_length { get; }
+
+    public VETextEncoder(Sam3Config cfg) : base(nameof(VETextEncoder))
+    {
+        var t = cfg.Text;
+        context_length = t.ContextLength;
+        encoder = new TextTransformer(t, cfg.HardcodedInClasses.TextLayerNormEps);
+        resizer = nn.Linear(t.Width, t.DModel);
+        RegisterComponents();
+    }
+
+    /// <summary>
+    /// Encodes token ids int64 [B,L] (L ≤ context_length, normally exactly the context length, zero padded).
+    /// </summary>
+    /// <param name="tokenIds">Tokenizer output, int64 [B,L], values in [0, vocab_size).</param>
+    /// <param name="paddingMask">
+    /// null (default) reproduces upstream: mask = (ids == 0). Upstream quirk: id 0 is also the BPE id of a bare "!"
+    /// piece, so such a token is masked like padding. Pass the tokenizer's true padding mask (bool [B,L], True = pad)
+    /// to avoid that.
+    /// </param>
+    public TextEncoderOutput forward(Tensor tokenIds, Tensor? paddingMask = null)
+    {
+        if (tokenIds.dim() != 2) throw new Sam3PromptException($"text token ids must be [B,L], got [{string.Join(",", tokenIds.shape)}]");
+        if (tokenIds.dtype != ScalarType.Int64 && tokenIds.dtype != ScalarType.Int32)
+            throw new Sam3PromptException($"text token ids must be integers, got {tokenIds.dtype}");
+        if (tokenIds.shape[1] > context_length)
+            throw new Sam3PromptException($"text has {tokenIds.shape[1]} tokens, the context length is {context_length}");
+        if (paddingMask is not null && (!paddingMask.shape.SequenceEqual(tokenIds.shape) || paddingMask.dtype != ScalarType.Bool))
+            throw new Sam3PromptException("the text padding mask must be bool with the shape of the token ids");
+        using var scope = NewDisposeScope();
+        var ids = tokenIds.to(ScalarType.Int64);
+        if (ids.numel() > 0)
+        {
+            long min = ids.min().item<long>(), max = ids.max().item<long>();
+            if (min < 0 || max >= encoder.vocab_size)
+                throw new Sam3PromptException($"text token ids must be in [0, {encoder.vocab_size}), got [{min}, {max}]");
+        }
+        var mask = paddingMask ?? ids.eq(0);
+        var embeds = encoder.token_embedding.forward(ids);        // [B,L,W]
+        var memory = encoder.forward(ids);                        // [B,L,W]
+        var features = resizer.forward(memory.transpose(0, 1));   // [L,B,d]
+        return new TextEncoderOutput(mask.alias().MoveToOuterDisposeScope(), features.MoveToOuterDisposeScope(),
+                                     embeds.transpose(0, 1).MoveToOuterDisposeScope());
+    }
+}
