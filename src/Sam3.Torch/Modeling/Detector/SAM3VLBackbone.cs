@@ -1,0 +1,78 @@
+using Sam3.Torch.Config;
+using Sam3.Torch.Modeling.Text;
+using Sam3.Torch.Modeling.Vision;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Sam3.Torch.Modeling.Detector;
+
+/// <summary>
+/// Image features of one backbone pass (vl_combiner <c>forward_image</c>): per kept level (highest resolution first)
+/// the NCHW feature map and its position encoding. <see cref="Sam2"/> holds the SAM2 neck's levels (interactive heads
+/// and tracker) when the model has them. Owns its tensors.
+/// </summary>
+public sealed class BackboneOutput : IDisposable
+{
+    public Tensor[] BackboneFpn { get; }
+    public Tensor[] VisionPosEnc { get; }
+    public BackboneOutput? Sam2 { get; set; }
+    /// <summary>The lowest-resolution kept level (upstream <c>vision_features</c>).</summary>
+    public Tensor VisionFeatures => BackboneFpn[^1];
+    public long BatchSize => BackboneFpn[0].shape[0];
+
+    public BackboneOutput(Tensor[] backboneFpn, Tensor[] visionPosEnc, BackboneOutput? sam2 = null)
+    {
+        BackboneFpn = backboneFpn;
+        VisionPosEnc = visionPosEnc;
+        Sam2 = sam2;
+    }
+
+    /// <summary>Detaches every tensor from dispose scopes (this object owns them until disposed).</summary>
+    public BackboneOutput Own()
+    {
+        foreach (var t in BackboneFpn.Concat(VisionPosEnc)) t.DetachFromDisposeScope();
+        Sam2?.Own();
+        return this;
+    }
+
+    public void Dispose()
+    {
+        foreach (var t in BackboneFpn.Concat(VisionPosEnc)) t.Dispose();
+        Sam2?.Dispose();
+    }
+}
+
+/// <summary>
+/// The vision + language backbone without fusion (vl_combiner.SAM3VLBackbone): <c>vision_backbone</c> (ViT + dual
+/// neck) and <c>language_backbone</c> (text encoder). <c>scalp</c> drops the lowest-resolution neck levels.
+/// </summary>
+public sealed class SAM3VLBackbone : nn.Module
+{
+    public readonly Sam3DualViTDetNeck vision_backbone;
+    public readonly VETextEncoder language_backbone;
+    public int scalp { get; }
+
+    public SAM3VLBackbone(Sam3Config cfg) : base(nameof(SAM3VLBackbone))
+    {
+        vision_backbone = new Sam3DualViTDetNeck(cfg);
+        language_backbone = new VETextEncoder(cfg);
+        scalp = cfg.Neck.Scalp;
+        RegisterComponents();
+    }
+
+    /// <summary>Runs the ViT and both necks on normalised images [B,3,S,S]; drops the scalp levels.</summary>
+    public BackboneOutput ForwardImage(Tensor images)
+    {
+        using var scope = NewDisposeScope();
+        using var neck = vision_backbone.forward(images);
+        int keep = neck.Sam3Out.Length - scalp;
+        BackboneOutput? sam2 = null;
+        if (neck.Sam2Out is not null && neck.Sam2Pos is not null)
+            sam2 = new BackboneOutput(neck.Sam2Out.Take(keep).Select(t => t.alias()).ToArray(), neck.Sam2Pos.Take(keep).Select(t => t.alias()).ToArray());
+        var result = new BackboneOutput(neck.Sam3Out.Take(keep).Select(t => t.alias()).ToArray(), neck.Sam3Pos.Take(keep).Select(t => t.alias()).ToArray(), sam2);
+        return result.Own();
+    }
+
+    /// <summary>Encodes token ids [T,L] (see <see cref="VETextEncoder.forward"/>).</summary>
+    public TextEncoderOutput ForwardText(Tensor tokenIds, Tensor? paddingMask = null) => language_backbone.forward(tokenIds, paddingMask);
+}
