@@ -145,6 +145,8 @@ public sealed record CocoRle
     {
         ArgumentNullException.ThrowIfNull(mask);
         if (mask.dim() != 2) throw new Sam3Exception($"COCO RLE: expected a [H, W] mask tensor, got shape [{string.Join(", ", mask.shape)}]");
+        if (mask.shape[0] * mask.shape[1] > Array.MaxLength) throw new Sam3Exception($"COCO RLE: a {mask.shape[0]}x{mask.shape[1]} mask is too large");
+        if (mask.numel() == 0) return EncodeColumnMajor(ReadOnlySpan<byte>.Empty, (int)mask.shape[0], (int)mask.shape[1]);
         using var scope = NewDisposeScope();
         // Column-major order of [H, W] is the row-major order of its transpose [W, H].
         var columnMajor = AsByteMask(mask, "COCO RLE").t().contiguous();
@@ -159,7 +161,10 @@ public sealed record CocoRle
         var m = masks;
         if (m.dim() == 4 && m.shape[1] == 1) m = m.squeeze(1);
         if (m.dim() != 3) throw new Sam3Exception($"COCO RLE: expected masks of shape [N, H, W] or [N, 1, H, W], got [{string.Join(", ", masks.shape)}]");
+        if (m.numel() > Array.MaxLength) throw new Sam3Exception($"COCO RLE: masks of shape [{string.Join(", ", masks.shape)}] are too large");
         int h = (int)m.shape[1], w = (int)m.shape[2];
+        if (m.numel() == 0)
+            return Enumerable.Range(0, (int)m.shape[0]).Select(_ => EncodeColumnMajor(ReadOnlySpan<byte>.Empty, h, w)).ToArray();
         var columnMajor = AsByteMask(m, "COCO RLE").transpose(1, 2).contiguous();
         var all = ContiguousBytes(columnMajor);
         var result = new CocoRle[m.shape[0]];

@@ -287,6 +287,9 @@ public class CocoRleTests
         Assert.That(rle.Area(), Is.Zero);
         Assert.That(rle.ToBbox(), Is.EqualTo(new double[4]));
         Assert.That(rle.Decode(), Is.Empty);
+        using var scope = NewDisposeScope();
+        Assert.That(CocoRle.Encode(zeros(new long[] { 0, 5 }, dtype: ScalarType.Bool)), Is.EqualTo(rle));
+        Assert.That(CocoRle.EncodeMany(zeros(new long[] { 2, 0, 5 }, dtype: ScalarType.Bool)), Is.EqualTo(new[] { rle, rle }));
     }
 
     // ------------------------------------------------------------------------------------------------ JSON and errors
