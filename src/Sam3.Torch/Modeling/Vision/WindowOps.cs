@@ -22,7 +22,7 @@ public static class WindowOps
         if (padH > 0 || padW > 0)
             x = nn.functional.pad(x, [0, 0, 0, padW, 0, padH]);
         long hp = h + padH, wp = w + padW;
-        var windows = x.view(b, hp / windowSize, windowSize, wp / windowSize, windowSize, c)
+        var windows = x.reshape(b, hp / windowSize, windowSize, wp / windowSize, windowSize, c)
             .permute(0, 1, 3, 2, 4, 5)
             .reshape(-1, windowSize, windowSize, c);
         return (windows.MoveToOuterDisposeScope(), (hp, wp));

@@ -257,4 +257,22 @@ public class VisionMathTests
         Assert.Throws<Sam3ConfigException>(() => new ViT(t with { Vit = t.Vit with { GlobalAttBlocks = [] } }));
         Assert.Throws<Sam3ConfigException>(() => new Sam3DualViTDetNeck(t with { Neck = t.Neck with { ScaleFactors = [3.0] } }));
     }
+
+    [Test]
+    public void TrainingForwardBackpropagatesToEveryParameter()
+    {
+        using var scope = NewDisposeScope();
+        torch.manual_seed(23);
+        // drop_path_rate 0.1 (stochastic depth active in training); seeded, so no branch happens to be dropped for both samples
+        using var neck = new Sam3DualViTDetNeck(Sam3Config.Tiny);
+        neck.train();
+        using (var o = neck.forward(torch.randn(2, 3, 336, 336)))
+        {
+            var loss = o.Sam3Out.Concat(o.Sam2Out!).Select(t => t.square().mean()).Aggregate((a, b) => a + b);
+            loss.backward();
+        }
+        var noGrad = neck.named_parameters().Where(p => p.parameter.grad is null || p.parameter.grad.abs().sum().item<float>() == 0f)
+            .Select(p => p.name).ToList();
+        Assert.That(noGrad, Is.Empty, "parameters without gradient");
+    }
 }
