@@ -1,0 +1,32 @@
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+
+namespace Sam3.Torch.Modeling.Vision;
+
+/// <summary>
+/// The ViT block MLP (timm <c>layers.Mlp</c>): <c>fc2(drop(act(fc1(x))))</c> with exact-erf GELU. State-dict keys
+/// <c>fc1.*</c>, <c>fc2.*</c>. (Not to be confused with <see cref="Common.Mlp"/>, the model_misc MLP.)
+/// </summary>
+public sealed class Mlp : nn.Module<Tensor, Tensor>
+{
+    public readonly Linear fc1;
+    public readonly Linear fc2;
+    private readonly double drop;
+
+    public Mlp(int inFeatures, int hiddenFeatures, double drop = 0.0) : base(nameof(Mlp))
+    {
+        fc1 = nn.Linear(inFeatures, hiddenFeatures);
+        fc2 = nn.Linear(hiddenFeatures, inFeatures);
+        this.drop = drop;
+        RegisterComponents();
+    }
+
+    public override Tensor forward(Tensor x)
+    {
+        using var scope = NewDisposeScope();
+        var h = nn.functional.gelu(fc1.forward(x));
+        if (drop > 0 && training) h = nn.functional.dropout(h, drop, training);
+        return fc2.forward(h).MoveToOuterDisposeScope();
+    }
+}
