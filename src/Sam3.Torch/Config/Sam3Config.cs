@@ -345,6 +345,25 @@ public sealed record HardcodedConfig
     [JsonIgnore] public double DotProdPromptMlpDropout { get; init; } = 0.1;
     /// <summary>Dropout of the segmentation head's cross_attend_prompt attention (model_builder passes 0).</summary>
     [JsonIgnore] public double SegCrossAttendPromptDropout { get; init; } = 0.0;
+    /// <summary>MaskDecoder object-score logit used when pred_obj_scores is off ("present": sigmoid(10) ≈ 1).</summary>
+    [JsonIgnore] public double NoObjScoreDefaultLogit { get; init; } = 10.0;
+    /// <summary>Memory attention input: <c>src + scale·src_pos</c> before layer 0 (TransformerEncoderCrossAttention).</summary>
+    [JsonIgnore] public double MemoryAttentionInputPosScale { get; init; } = 0.1;
+    /// <summary>Temperature of the tracker's temporal object-pointer encoding (get_1d_sine_pe).</summary>
+    [JsonIgnore] public double ObjPtrTposTemperature { get; init; } = 10000.0;
+    /// <summary>Tracker <c>_use_mask_as_output</c>: mask → logits as <c>m·scale + bias</c> (±10).</summary>
+    [JsonIgnore] public double MaskAsOutputScale { get; init; } = 20.0;
+    [JsonIgnore] public double MaskAsOutputBias { get; init; } = -10.0;
+    /// <summary>Kernel = stride of the tracker's <c>mask_downsample</c> conv (input-mask size / low-res mask size).</summary>
+    [JsonIgnore] public int TrackerMaskDownsampleStride { get; init; } = 4;
+    /// <summary>SAM1 post-processing: filled holes become threshold + offset, removed sprinkles threshold − offset.</summary>
+    [JsonIgnore] public double Sam1FillLogitOffset { get; init; } = 10.0;
+    /// <summary>SAM1 predictor: returned low-res logits are clamped to ±this (they may be fed back as mask_input).</summary>
+    [JsonIgnore] public double Sam1LowResLogitClamp { get; init; } = 32.0;
+    /// <summary>Video fill_holes_in_mask_scores: filled holes become +value, removed sprinkles −value.</summary>
+    [JsonIgnore] public double VideoFillHoleLogit { get; init; } = 0.1;
+    /// <summary>Tracker non-overlap constraint: scores of non-winning objects are clamped to at most this logit.</summary>
+    [JsonIgnore] public double NonOverlapSuppressLogit { get; init; } = -10.0;
 }
 
 /// <summary>Sizes derived from the other sections (config.json's <c>derived</c>); written for reference, recomputed on read.</summary>
