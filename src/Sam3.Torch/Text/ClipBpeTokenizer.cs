@@ -169,7 +169,8 @@ public sealed class ClipBpeTokenizer
 
     /// <summary>
     /// Reads a Hugging Face CLIP tokenizer pair: <c>vocab.json</c> (token → id) and <c>merges.txt</c> (an optional
-    /// <c>#version</c> header line, then one "left right" merge per line, in rank order). The special tokens are
+    /// <c>#version</c> header line, then one "left right" merge per line, in rank order; at most
+    /// VocabSize − 2·256 − 2 are used). The special tokens are
     /// <c>&lt;|startoftext|&gt;</c>/<c>&lt;|endoftext|&gt;</c> (Hugging Face) or the reference's names.
     /// </summary>
     /// <exception cref="Sam3VocabularyException">A file is missing or malformed (the message names it).</exception>
@@ -191,6 +192,10 @@ public sealed class ClipBpeTokenizer
             merges.Add(ParseMerge(mergesTxtPath, line, i + 1));
         }
         if (merges.Count == 0) throw new Sam3VocabularyException($"{mergesTxtPath}: no merges found");
+        // Like the reference (and Hugging Face's CLIPTokenizer), use at most VocabSize - 2*256 - 2 merges, so a file
+        // carrying the full, untrimmed merge list still loads.
+        int maxMerges = options.Text.VocabSize - 2 * ByteSymbols - SpecialTokenCount;
+        if (maxMerges > 0 && merges.Count > maxMerges) merges.RemoveRange(maxMerges, merges.Count - maxMerges);
 
         string startName, endName;
         if (encoder.ContainsKey(HuggingFaceStartOfTextName) || !encoder.ContainsKey(StartOfTextName))

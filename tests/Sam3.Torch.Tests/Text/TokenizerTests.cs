@@ -363,7 +363,7 @@ public class TokenizerTests
     /// bytes_to_unicode order, the same with "&lt;/w&gt;", the merge results, then the two special tokens; merges.txt =
     /// "#version: 0.2" + one merge per line), built here independently of the library's loader.
     /// </summary>
-    private static (string VocabJson, string MergesTxt) WriteHuggingFacePair(string dir, string startName, string endName)
+    private static (string VocabJson, string MergesTxt) WriteHuggingFacePair(string dir, string startName, string endName, int extraMergeLines = 0)
     {
         string text;
         using (var gz = new GZipStream(File.OpenRead(VocabPath), CompressionMode.Decompress))
@@ -390,19 +390,21 @@ public class TokenizerTests
         string vocabPath = Path.Combine(dir, "vocab.json");
         string mergesPath = Path.Combine(dir, "merges.txt");
         File.WriteAllText(vocabPath, JsonSerializer.Serialize(map));
-        File.WriteAllText(mergesPath, "#version: 0.2\n" + string.Join("\n", merges) + "\n");
+        var mergeLines = merges.Concat(lines.Skip(1 + mergeCount).Take(extraMergeLines)); // extra: an untrimmed merge list
+        File.WriteAllText(mergesPath, "#version: 0.2\n" + string.Join("\n", mergeLines) + "\n");
         return (vocabPath, mergesPath);
     }
 
-    [TestCase(ClipBpeTokenizer.HuggingFaceStartOfTextName, ClipBpeTokenizer.HuggingFaceEndOfTextName)]
-    [TestCase(ClipBpeTokenizer.StartOfTextName, ClipBpeTokenizer.EndOfTextName)]
-    public void HuggingFacePairGivesTheSameIdsAsTheGzVocabulary(string startName, string endName)
+    [TestCase(ClipBpeTokenizer.HuggingFaceStartOfTextName, ClipBpeTokenizer.HuggingFaceEndOfTextName, 0)]
+    [TestCase(ClipBpeTokenizer.StartOfTextName, ClipBpeTokenizer.EndOfTextName, 0)]
+    [TestCase(ClipBpeTokenizer.HuggingFaceStartOfTextName, ClipBpeTokenizer.HuggingFaceEndOfTextName, 1000)]
+    public void HuggingFacePairGivesTheSameIdsAsTheGzVocabulary(string startName, string endName, int extraMergeLines)
     {
         var f = LoadFixture();
         string dir = Directory.CreateTempSubdirectory("sam3-tok-").FullName;
         try
         {
-            var (vocabJson, mergesTxt) = WriteHuggingFacePair(dir, startName, endName);
+            var (vocabJson, mergesTxt) = WriteHuggingFacePair(dir, startName, endName, extraMergeLines);
             var hf = ClipBpeTokenizer.FromHuggingFace(vocabJson, mergesTxt);
             Assert.Multiple(() =>
             {
