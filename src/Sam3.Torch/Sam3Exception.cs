@@ -36,3 +36,9 @@ public class Sam3StateException : Sam3Exception
 {
     public Sam3StateException(string message, Exception? inner = null) : base(message, inner) { }
 }
+
+/// <summary>A tokenizer vocabulary (BPE merges, vocab.json, merges.txt) that is missing, unreadable or malformed.</summary>
+public class Sam3VocabularyException : Sam3Exception
+{
+    public Sam3VocabularyException(string message, Exception? inner = null) : base(message, inner) { }
+}
