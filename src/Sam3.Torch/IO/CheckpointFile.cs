@@ -3,7 +3,7 @@ using System.Buffers.Binary;
 namespace Sam3.Torch.IO;
 
 /// <summary>
-/// Entry point for reading checkpoints of either format: <see cref="DetectFormat"/> looks at the magic bytes,
+/// Entry point for reading checkpoints of either format: <see cref="DetectFormat(string)"/> looks at the magic bytes,
 /// <see cref="Open"/> returns the matching <see cref="ICheckpoint"/> (<see cref="SafetensorsFile"/> or
 /// <see cref="TorchCheckpointReader"/>). Unreadable files raise a <see cref="Sam3CheckpointException"/> that says why.
 /// </summary>
@@ -13,11 +13,18 @@ public static class CheckpointFile
     public static CheckpointFormat DetectFormat(string path)
     {
         if (!File.Exists(path)) throw new Sam3CheckpointException($"checkpoint not found: {path}");
-        long length = new FileInfo(path).Length;
-        var head = new byte[16];
-        int n;
-        using (var fs = File.OpenRead(path)) n = fs.ReadAtLeast(head, head.Length, throwOnEndOfStream: false);
-        return DetectFormat(head.AsSpan(0, n), length);
+        try
+        {
+            long length = new FileInfo(path).Length;
+            var head = new byte[16];
+            int n;
+            using (var fs = File.OpenRead(path)) n = fs.ReadAtLeast(head, head.Length, throwOnEndOfStream: false);
+            return DetectFormat(head.AsSpan(0, n), length);
+        }
+        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
+        {
+            throw new Sam3CheckpointException($"{path}: cannot read the checkpoint ({ex.Message})", ex);
+        }
     }
 
     /// <summary>Detects the format of a file of <paramref name="fileLength"/> bytes that starts with <paramref name="head"/>.</summary>
@@ -43,13 +50,20 @@ public static class CheckpointFile
     public static ICheckpoint Open(string path)
     {
         var format = DetectFormat(path);
-        return format switch
+        try
         {
-            CheckpointFormat.Safetensors => SafetensorsFile.Open(path),
-            CheckpointFormat.TorchZip => TorchCheckpointReader.Open(path),
-            CheckpointFormat.TorchLegacy => throw LegacyError(path),
-            _ => throw UnknownError(path),
-        };
+            return format switch
+            {
+                CheckpointFormat.Safetensors => SafetensorsFile.Open(path),
+                CheckpointFormat.TorchZip => TorchCheckpointReader.Open(path),
+                CheckpointFormat.TorchLegacy => throw LegacyError(path),
+                _ => throw UnknownError(path),
+            };
+        }
+        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
+        {
+            throw new Sam3CheckpointException($"{path}: cannot read the checkpoint ({ex.Message})", ex);
+        }
     }
 
     internal static Sam3CheckpointException LegacyError(string path) => new(

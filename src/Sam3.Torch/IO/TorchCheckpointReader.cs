@@ -25,6 +25,7 @@ public sealed class TorchCheckpointReader : ICheckpoint
     /// <param name="Key">Storage key; its bytes are the zip member <c>&lt;prefix&gt;data/&lt;Key&gt;</c>.</param>
     /// <param name="StorageType">Python storage class, e.g. <c>FloatStorage</c>.</param>
     /// <param name="DType">Element dtype (complex for complex storages); null for an untyped storage.</param>
+    /// <param name="Location">Device the storage was saved from (e.g. "cpu", "cuda:0"); ignored, everything loads to the CPU.</param>
     /// <param name="Numel">Element count as recorded (bytes for an untyped storage).</param>
     public sealed record StorageRef(string Key, string StorageType, ScalarType? DType, string Location, long Numel);
 

@@ -63,6 +63,10 @@ public sealed class ZipDirectory
         {
             throw Corrupt(path, ex.Message, ex);
         }
+        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
+        {
+            throw new Sam3CheckpointException($"{path}: cannot read the checkpoint ({ex.Message})", ex);
+        }
     }
 
     private static ZipDirectory OpenCore(string path)
