@@ -199,6 +199,49 @@ public class CheckpointStrictLoaderTests
         Assert.That(loaded2.ComplexBuffers, Has.Count.EqualTo(4));
     }
 
+    /// <summary>
+    /// The full released key set (1,465 keys with their real shapes, incl. 32 complex64 freqs_cis) as a hand-built .pt
+    /// whose tensors are stride-0 views of one-element storages, loaded strictly into the full image-model manifest.
+    /// </summary>
+    [Test]
+    public void FullReleasedLayoutPtLoadsStrictlyIntoTheFullImageModel()
+    {
+        var keys = ManifestFile.ReadCheckpointKeys(SharedData.Parity("full", "checkpoint_keys.json")).Entries;
+        var image = ManifestFile.ReadFull(SharedData.Parity("full", "manifest.json"), "image_model").Entries;
+        var b = new TorchPtBuilder { WrapInModel = true };
+        for (int i = 0; i < keys.Count; i++)
+        {
+            var e = keys[i];
+            bool complex = CheckpointDTypes.IsComplex(e.DType);
+            b.AddStorage($"{i}", complex ? "ComplexFloatStorage" : "FloatStorage", complex ? PolarBytes(0.5) : BitConverter.GetBytes((float)i), 1);
+            b.AddTensor(e.Key, $"{i}", 0, e.Shape, new long[e.Shape.Length]);
+        }
+        string path = _files.File("sam3-layout.pt");
+        b.Write(path);
+
+        var sw = System.Diagnostics.Stopwatch.StartNew();
+        using var ck = CheckpointFile.Open(path);
+        double openMs = sw.Elapsed.TotalMilliseconds;
+        Assert.That(ck.Names, Is.EqualTo(keys.Select(e => e.Key)));
+        var s = CheckpointInspector.Summarize(ck);
+        Assert.That(s.KeyCount, Is.EqualTo(1465));
+        Assert.That(s.ParameterCount, Is.EqualTo(860_055_224L));
+
+        var expected = image.Where(e => !CheckpointDTypes.IsComplex(e.DType)).ToList();
+        sw.Restart();
+        using var loaded = StrictLoader.Load(ck, expected, new StrictLoadOptions
+        {
+            Mapping = StateDictMapper.ForImageModel(ck.Names, enableInstInteractivity: true),
+        });
+        TestContext.Progress.WriteLine($"1,465-key .pt: open {openMs:F0} ms, strict load (views) {sw.Elapsed.TotalMilliseconds:F0} ms");
+        Assert.That(loaded.Tensors, Has.Count.EqualTo(1433));
+        Assert.That(loaded.ComplexBuffers, Has.Count.EqualTo(32));
+        Assert.That(loaded.Tensors["backbone.vision_backbone.trunk.pos_embed"].shape, Is.EqualTo(new long[] { 1, 577, 1024 }));
+        Assert.That(loaded.Tensors["backbone.vision_backbone.trunk.pos_embed"][0, 576, 1023].ToSingle(), Is.EqualTo(0f));
+        Assert.That(loaded.ComplexBuffers[31].Shape, Is.EqualTo(new long[] { 5184, 32 }));
+        Assert.That(loaded.ComplexBuffers[31].AsReal[5183, 31, 1].ToSingle(), Is.EqualTo((float)Math.Sin(0.5)));
+    }
+
     [Test]
     public void TinyFixtureWithoutInteractivityMissesTheTrackerKeys()
     {
