@@ -41,4 +41,28 @@ public class Sam3StateException : Sam3Exception
 public class Sam3VocabularyException : Sam3Exception
 {
     public Sam3VocabularyException(string message, Exception? inner = null) : base(message, inner) { }
+/// <summary>
+/// A checkpoint whose keys do not match the model: every missing, unexpected, wrongly shaped or wrongly typed key
+/// is listed (the message caps each list; the properties hold all of them).
+/// </summary>
+public class Sam3CheckpointMismatchException : Sam3CheckpointException
+{
+    public Sam3CheckpointMismatchException(string message, IReadOnlyList<string> missing, IReadOnlyList<string> unexpected,
+        IReadOnlyList<string> wrongShape, IReadOnlyList<string> wrongDType)
+        : base(message)
+    {
+        MissingKeys = missing;
+        UnexpectedKeys = unexpected;
+        WrongShapeKeys = wrongShape;
+        WrongDTypeKeys = wrongDType;
+    }
+
+    /// <summary>Model keys the checkpoint does not provide.</summary>
+    public IReadOnlyList<string> MissingKeys { get; }
+    /// <summary>Checkpoint keys (after mapping) the model does not have.</summary>
+    public IReadOnlyList<string> UnexpectedKeys { get; }
+    /// <summary>Keys present on both sides with different shapes.</summary>
+    public IReadOnlyList<string> WrongShapeKeys { get; }
+    /// <summary>Keys whose dtypes cannot be converted into each other (floating vs integer/bool).</summary>
+    public IReadOnlyList<string> WrongDTypeKeys { get; }
 }

@@ -8,7 +8,7 @@ namespace Sam3.Torch.IO;
 /// <summary>One tensor entry of a safetensors header.</summary>
 public sealed record SafetensorsEntry(string Name, string DType, long[] Shape, long Begin, long End)
 {
-    public long NumElements => Shape.Aggregate(1L, (a, b) => a * b);
+    public long NumElements => Shape.Aggregate(1L, (a, b) => checked(a * b));
 }
 
 /// <summary>
@@ -16,9 +16,14 @@ public sealed record SafetensorsEntry(string Name, string DType, long[] Shape, l
 /// memory-mapped (<c>torch.from_file</c> views, no copy) where their offset is aligned to the element size,
 /// and read eagerly otherwise. The header is validated on open: any entry outside the file, with an unknown
 /// dtype or a size that disagrees with its shape is a <see cref="Sam3CheckpointException"/> naming it.
+/// Tensors named in <c>__metadata__</c> with the value <see cref="ComplexAsRealTag"/> are complex tensors stored as
+/// float32 <c>view_as_real</c> tensors (trailing dimension 2); <see cref="Info"/> flags them.
 /// </summary>
-public sealed class SafetensorsFile : IDisposable
+public sealed class SafetensorsFile : ICheckpoint
 {
+    /// <summary>Metadata value marking a tensor as a complex64 tensor stored in view_as_real layout.</summary>
+    public const string ComplexAsRealTag = "complex64_as_real";
+
     /// <summary>Largest header accepted (the format's own limit is 100 MB).</summary>
     public const long MaxHeaderBytes = 100_000_000;
 
@@ -27,6 +32,7 @@ public sealed class SafetensorsFile : IDisposable
     private bool _disposed;
 
     public string Path { get; }
+    public CheckpointFormat Format => CheckpointFormat.Safetensors;
     public long DataStart { get; }
     public IReadOnlyDictionary<string, SafetensorsEntry> Entries { get; }
     /// <summary>Names in file order.</summary>
@@ -104,18 +110,22 @@ public sealed class SafetensorsFile : IDisposable
         long dataLength = fileLength - dataStart;
         var entries = new List<SafetensorsEntry>();
         var metadata = new Dictionary<string, string>();
+        var seen = new HashSet<string>(StringComparer.Ordinal);
         try
         {
-            using var doc = JsonDocument.Parse(Encoding.UTF8.GetString(header).TrimEnd(' ', '\0'));
+            using var doc = JsonDocument.Parse(new UTF8Encoding(false, true).GetString(header).TrimEnd(' ', '\0'));
             if (doc.RootElement.ValueKind != JsonValueKind.Object) throw new Sam3CheckpointException($"{path}: safetensors header is not a JSON object");
             foreach (var prop in doc.RootElement.EnumerateObject())
             {
                 if (prop.Name == "__metadata__")
                 {
+                    if (prop.Value.ValueKind != JsonValueKind.Object) throw new Sam3CheckpointException($"{path}: __metadata__ is not an object");
                     foreach (var m in prop.Value.EnumerateObject()) metadata[m.Name] = m.Value.ToString();
                     continue;
                 }
                 var v = prop.Value;
+                if (v.ValueKind != JsonValueKind.Object) throw new Sam3CheckpointException($"{path}: header entry '{prop.Name}' is not an object");
+                if (!seen.Add(prop.Name)) throw new Sam3CheckpointException($"{path}: tensor '{prop.Name}' appears twice in the header");
                 string dtype = v.GetProperty("dtype").GetString() ?? "";
                 long[] shape = v.GetProperty("shape").EnumerateArray().Select(x => x.GetInt64()).ToArray();
                 long[] offs = v.GetProperty("data_offsets").EnumerateArray().Select(x => x.GetInt64()).ToArray();
@@ -131,7 +141,8 @@ public sealed class SafetensorsFile : IDisposable
                 entries.Add(e);
             }
         }
-        catch (Exception ex) when (ex is JsonException or InvalidOperationException or KeyNotFoundException or FormatException)
+        catch (Exception ex) when (ex is JsonException or InvalidOperationException or KeyNotFoundException or FormatException
+                                       or OverflowException or ArgumentException or DecoderFallbackException)
         {
             throw new Sam3CheckpointException($"{path}: corrupt safetensors header ({ex.Message})", ex);
         }
@@ -140,6 +151,18 @@ public sealed class SafetensorsFile : IDisposable
     }
 
     public bool Contains(string name) => Entries.ContainsKey(name);
+
+    /// <summary>True when <c>__metadata__</c> marks <paramref name="name"/> as <see cref="ComplexAsRealTag"/>.</summary>
+    public bool IsComplexAsReal(string name) => Metadata.TryGetValue(name, out var v) && v == ComplexAsRealTag;
+
+    public CheckpointTensorInfo Info(string name)
+    {
+        if (!Entries.TryGetValue(name, out var e)) throw new Sam3CheckpointException($"{Path}: no tensor named '{name}'");
+        bool complex = IsComplexAsReal(name);
+        if (complex && (e.DType != "F32" || e.Shape.Length == 0 || e.Shape[^1] != 2))
+            throw new Sam3CheckpointException($"{Path}: tensor '{name}' is marked {ComplexAsRealTag} but is {e.DType} [{string.Join(",", e.Shape)}] (expected F32 [..., 2])");
+        return new CheckpointTensorInfo(name, e.Shape, ToScalarType(e.DType), complex);
+    }
 
     /// <summary>
     /// The tensor <paramref name="name"/> on the CPU. Memory-mapped (copy-on-write private mapping) when aligned, else
@@ -165,14 +188,14 @@ public sealed class SafetensorsFile : IDisposable
             }
             return map.narrow(0, absolute / es, e.NumElements).view(e.Shape);
         }
-        var bytes = new byte[e.End - e.Begin];
-        using (var fs = File.OpenRead(Path))
-        {
-            fs.Position = absolute;
-            fs.ReadExactly(bytes);
-        }
+        // Unaligned offset: read into a fresh tensor (chunked, so tensors over 2 GB work too).
         var t = torch.empty(e.Shape, dtype: st);
-        t.bytes = bytes;
+        if (e.End > e.Begin)
+        {
+            using var fs = new FileStream(Path, FileMode.Open, FileAccess.Read, FileShare.Read, 1 << 16);
+            fs.Position = absolute;
+            t.ReadBytesFromStream(fs, 1 << 20);
+        }
         return t;
     }
 
