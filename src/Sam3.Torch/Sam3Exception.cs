@@ -41,6 +41,8 @@ public class Sam3StateException : Sam3Exception
 public class Sam3VocabularyException : Sam3Exception
 {
     public Sam3VocabularyException(string message, Exception? inner = null) : base(message, inner) { }
+}
+
 /// <summary>
 /// A checkpoint whose keys do not match the model: every missing, unexpected, wrongly shaped or wrongly typed key
 /// is listed (the message caps each list; the properties hold all of them).
