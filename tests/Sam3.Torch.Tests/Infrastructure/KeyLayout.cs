@@ -4,7 +4,7 @@ using Sam3.Torch.Tests.Infrastructure;
 using TorchSharp;
 using static TorchSharp.torch;
 
-namespace Sam3.Torch.Tests.Modeling.Encoder;
+namespace Sam3.Torch.Tests.Infrastructure;
 
 /// <summary>
 /// Key/shape checks of a module against the recorded checkpoint layouts: tiny/model_manifest.json
