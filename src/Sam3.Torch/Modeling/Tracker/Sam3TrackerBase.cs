@@ -20,8 +20,9 @@ public sealed record SamHeadsOutput(Tensor LowResMultimasks, Tensor HighResMulti
 {
     public void Dispose()
     {
-        foreach (var t in new[] { LowResMultimasks, HighResMultimasks, Ious, LowResMasks, HighResMasks, ObjPtr, ObjectScoreLogits }.Distinct())
-            t.Dispose();
+        // LowRes/HighResMasks may be the same objects as the multimask tensors: dispose each object once
+        var all = new[] { LowResMultimasks, HighResMultimasks, Ious, LowResMasks, HighResMasks, ObjPtr, ObjectScoreLogits };
+        foreach (var t in all.Distinct(ReferenceEqualityComparer.Instance).ToList()) ((Tensor)t!).Dispose();
     }
 }
 
