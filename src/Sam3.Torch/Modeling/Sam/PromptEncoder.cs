@@ -128,8 +128,12 @@ public sealed class PromptEncoder : nn.Module
             if (pointLabels!.dim() != 2 || pointLabels.shape[0] != pointCoords.shape[0] || pointLabels.shape[1] != pointCoords.shape[1])
                 throw new Sam3PromptException($"point labels must be [B, N] = [{pointCoords.shape[0]}, {pointCoords.shape[1]}], got [{string.Join(",", pointLabels.shape)}]");
         }
-        if (boxes is not null && (boxes.dim() < 1 || boxes.shape[^1] != 4 && !(boxes.dim() == 3 && boxes.shape[1] == 2 && boxes.shape[2] == 2)))
-            throw new Sam3PromptException($"boxes must be [B, 4] (xyxy), got [{string.Join(",", boxes.shape)}]");
+        if (boxes is not null && !((boxes.dim() == 2 && boxes.shape[1] == 4) || (boxes.dim() == 3 && boxes.shape[1] == 2 && boxes.shape[2] == 2)))
+            throw new Sam3PromptException($"boxes must be [B, 4] (xyxy) or [B, 2, 2], got [{string.Join(",", boxes.shape)}]");
+        if (boxes is not null && pointCoords is not null && boxes.shape[0] != pointCoords.shape[0])
+            throw new Sam3PromptException($"{boxes.shape[0]} boxes for {pointCoords.shape[0]} point sets: batch sizes must match");
+        if (masks is not null && (pointCoords ?? boxes) is { } first && masks.shape[0] != first.shape[0])
+            throw new Sam3PromptException($"{masks.shape[0]} mask prompts for a batch of {first.shape[0]} prompts");
         if (masks is not null && (masks.dim() != 4 || masks.shape[1] != 1 || masks.shape[2] != mask_input_size.H || masks.shape[3] != mask_input_size.W))
             throw new Sam3PromptException($"mask prompt must be [B, 1, {mask_input_size.H}, {mask_input_size.W}], got [{string.Join(",", masks.shape)}]");
 

@@ -20,8 +20,9 @@ public sealed record SamHeadsOutput(Tensor LowResMultimasks, Tensor HighResMulti
 {
     public void Dispose()
     {
-        foreach (var t in new[] { LowResMultimasks, HighResMultimasks, Ious, LowResMasks, HighResMasks, ObjPtr, ObjectScoreLogits }.Distinct())
-            t.Dispose();
+        // LowRes/HighResMasks may be the same objects as the multimask tensors: dispose each object once
+        var all = new[] { LowResMultimasks, HighResMultimasks, Ious, LowResMasks, HighResMasks, ObjPtr, ObjectScoreLogits };
+        foreach (var t in all.Distinct(ReferenceEqualityComparer.Instance).ToList()) ((Tensor)t!).Dispose();
     }
 }
 
@@ -150,6 +151,8 @@ public sealed class Sam3TrackerBase : nn.Module
             throw new Sam3Exception($"tracker SAM heads: backbone features must be [B, {hidden_dim}, {sam_image_embedding_size}, {sam_image_embedding_size}], got [{string.Join(",", backboneFeatures.shape)}]");
         using var scope = NewDisposeScope();
         var device = backboneFeatures.device;
+        if ((pointCoords is null) != (pointLabels is null))
+            throw new Sam3PromptException("tracker SAM heads: point coordinates and labels must be given together");
         if (pointCoords is null)
         {
             pointCoords = torch.zeros(b, 1, 2, device: device);

@@ -155,4 +155,28 @@ public class PredictInstParityTests
                 }
             }
     }
+
+    [Test]
+    public void BoxPromptsEqualCornerPointsWithLabels2And3()
+    {
+        using var scope = NewDisposeScope();
+        using var _ = torch.no_grad();
+        var pe = _tracker.sam_prompt_encoder;
+        var boxes = torch.tensor(new float[] { 10, 20, 200, 300, 0, 0, 335, 335 }).reshape(2, 4);
+        var corners = boxes.reshape(2, 2, 2);
+        var labels = torch.tensor(new[] { 2, 3, 2, 3 }).reshape(2, 2);
+        var viaBoxes = pe.EmbedBoxes(boxes);
+        var viaPoints = pe.EmbedPoints(corners, labels, pad: false);
+        Assert.That((viaBoxes - viaPoints).abs().max().item<float>(), Is.LessThan(1e-6f));
+        // with boxes present the points get no padding point: [points (1), box corners (2)]
+        var (sparse, dense) = pe.forward(torch.zeros(2, 1, 2), torch.ones(2, 1, dtype: ScalarType.Int32), boxes, null);
+        Assert.That(sparse.shape, Is.EqualTo(new long[] { 2, 3, pe.embed_dim }));
+        Assert.That((sparse[.., 1..] - viaBoxes).abs().max().item<float>(), Is.LessThan(1e-6f));
+        Assert.That(dense.shape, Is.EqualTo(new long[] { 2, pe.embed_dim, pe.image_embedding_size.H, pe.image_embedding_size.W }));
+        // label −1 replaces the encoding by not_a_point_embed; label 0/1 add point_embeddings[0/1]
+        var pad = pe.EmbedPoints(torch.tensor(new float[] { 5, 7 }).reshape(1, 1, 2), torch.tensor(new[] { -1 }).reshape(1, 1), pad: false);
+        Assert.That((pad[0, 0] - pe.not_a_point_embed.weight![0]).abs().max().item<float>(), Is.EqualTo(0f));
+        Assert.Throws<Sam3PromptException>(() => pe.forward(torch.zeros(1, 2, 3), torch.ones(1, 2), null, null));
+        Assert.Throws<Sam3PromptException>(() => pe.forward(null, null, null, torch.zeros(1, 1, 10, 10)));
+    }
 }
