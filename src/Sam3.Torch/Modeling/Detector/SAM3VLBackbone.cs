@@ -61,10 +61,28 @@ public sealed class SAM3VLBackbone : nn.Module
     }
 
     /// <summary>Runs the ViT and both necks on normalised images [B,3,S,S]; drops the scalp levels.</summary>
-    public BackboneOutput ForwardImage(Tensor images)
+    /// <param name="images">Normalised images.</param>
+    /// <param name="probe">Receives intermediates named as the parity fixtures (vit.block{i}, neck.sam3_fpn.{i}, ...).</param>
+    public BackboneOutput ForwardImage(Tensor images, Action<string, Tensor>? probe = null)
     {
         using var scope = NewDisposeScope();
-        using var neck = vision_backbone.forward(images);
+        NeckOutput neck;
+        if (probe is null) neck = vision_backbone.forward(images);
+        else
+        {
+            var trace = new List<(string name, Tensor value)>();
+            var trunkOut = vision_backbone.trunk.Forward(images, trace);
+            foreach (var (name, t) in trace) probe("vit." + name, t);
+            probe("vit.out.0", trunkOut);
+            neck = vision_backbone.ForwardNecks(trunkOut);
+            for (int i = 0; i < neck.Sam3Out.Length; i++)
+            {
+                probe($"neck.sam3_fpn.{i}", neck.Sam3Out[i]);
+                probe($"neck.sam3_pos.{i}", neck.Sam3Pos[i]);
+                if (neck.Sam2Out is not null) probe($"neck.sam2_fpn.{i}", neck.Sam2Out[i]);
+            }
+        }
+        using var _ = neck;
         int keep = neck.Sam3Out.Length - scalp;
         BackboneOutput? sam2 = null;
         if (neck.Sam2Out is not null && neck.Sam2Pos is not null)

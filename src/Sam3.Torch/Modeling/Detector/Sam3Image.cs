@@ -55,6 +55,9 @@ public sealed class Sam3Image : nn.Module
         if (enableInstInteractivity) inst_interactive_predictor = new SAM3InteractiveImagePredictor(Config);
         num_feature_levels = Config.Encoder.NumFeatureLevels;
         RegisterComponents();
+        // A model outlives any dispose scope it happens to be built in: its weights must not be freed with the scope.
+        foreach (var t in parameters()) t.DetachFromDisposeScope();
+        foreach (var t in buffers()) t.DetachFromDisposeScope();
         Grounding = new GroundingHead(transformer.decoder, dot_prod_scoring, segmentation_head, Config.HardcodedInClasses, options ?? GroundingOptions.ImageModel);
     }
 
@@ -118,6 +121,15 @@ public sealed class Sam3Image : nn.Module
         var (h, w) = sizes[^1];
         var inputs = new GroundingInputs(enc.Memory, enc.PosEmbed, h, w, prompt, promptMask,
             BackboneFpn: backboneOut.BackboneFpn, ImageIds: imgIds, PaddingMask: enc.PaddingMask, ValidRatios: enc.ValidRatios);
-        return Grounding.Forward(inputs, probe);
+        var output = Grounding.Forward(inputs, probe);
+        if (probe is not null)
+        {
+            if (output.PredLogits is not null) probe("grounding.out.pred_logits", output.PredLogits);
+            if (output.PredBoxes is not null) probe("grounding.out.pred_boxes", output.PredBoxes);
+            if (output.PredBoxesXyxy is not null) probe("grounding.out.pred_boxes_xyxy", output.PredBoxesXyxy);
+            if (output.PresenceLogitDec is not null) probe("grounding.out.presence_logit_dec", output.PresenceLogitDec);
+            if (output.PredMasks is not null) probe("grounding.out.pred_masks", output.PredMasks);
+        }
+        return output;
     }
 }
