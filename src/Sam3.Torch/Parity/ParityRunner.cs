@@ -21,7 +21,7 @@ public sealed record ScenarioReport(string Scenario, bool Passed, string? Failur
 /// runner does not implement fails with the reason; a recorded tensor that the run did not produce fails the scenario.
 /// Shared by the test suite and <c>sam3 parity</c>.
 /// </summary>
-public sealed class ParityRunner : IDisposable
+public sealed partial class ParityRunner : IDisposable
 {
     public string FixtureRoot { get; }
     public string ModelDirectory { get; }
@@ -84,6 +84,7 @@ public sealed class ParityRunner : IDisposable
                 case "image_text": RunImageText(ctx); break;
                 case "image_batch_text": RunImageBatchText(ctx); break;
                 case "geometric_prompts": RunGeometricPrompts(ctx); break;
+                case "predict_inst": RunPredictInst(ctx); break;
                 default: throw new NotSupportedException($"scenario kind '{kind}' is not implemented by this runner yet");
             }
             ctx.CheckAllCompared();
@@ -242,6 +243,9 @@ public sealed class ParityRunner : IDisposable
             processor.Predict(state, ctx.OfferGrounding("step3."));
         }
     }
+
+    /// <summary>Scenario d (SAM1-style interactive prediction): implemented in ParityRunner.PredictInst.cs.</summary>
+    private partial void RunPredictInst(Context ctx);
 
     public void Dispose()
     {
