@@ -3,6 +3,13 @@ namespace Sam3.Cli;
 /// <summary>The sam3 commands. Each returns an exit code; errors are thrown as Sam3Exception / UsageException.</summary>
 public static partial class Commands
 {
-    public static int Inspect(string[] args, TextWriter stdout) => throw new UsageException("inspect: not wired yet");
-    public static int Convert(string[] args, TextWriter stdout, TextWriter stderr) => throw new UsageException("convert: not wired yet");
+    /// <summary><c>sam3 inspect</c>: see <see cref="InspectCommand"/>.</summary>
+    public static int Inspect(string[] args, TextWriter stdout, TextWriter stderr) => InspectCommand.Run(args, stdout, stderr);
+
+    /// <summary><c>sam3 convert</c>: see <see cref="ConvertCommand"/>. Progress overwrites one line only when stderr is the console's own, unredirected stream.</summary>
+    public static int Convert(string[] args, TextWriter stdout, TextWriter stderr) =>
+        ConvertCommand.Run(args, stdout, stderr, stderrIsTerminal: IsConsoleTerminal(stderr));
+
+    /// <summary>True when <paramref name="stderr"/> is <see cref="Console.Error"/> and that is not redirected (a terminal).</summary>
+    public static bool IsConsoleTerminal(TextWriter stderr) => ReferenceEquals(stderr, Console.Error) && !Console.IsErrorRedirected;
 }

@@ -8,11 +8,16 @@ public static class Program
         sam3 — SAM3 (Segment Anything Model 3) on TorchSharp
 
         Usage:
-          sam3 inspect CHECKPOINT [--config full|tiny|PATH]   keys, parameter count, dtypes; compare with a configuration
-          sam3 convert IN.pt OUT.safetensors                  convert a PyTorch checkpoint to safetensors (memory-mappable)
+          sam3 inspect CHECKPOINT [--config full|tiny|PATH]
+              Format, key layout, key and parameter counts, dtypes; checks the keys and shapes against the image
+              model of a configuration (default full). Exit code 1 when they do not fit.
+          sam3 convert IN OUT.safetensors [--force]
+              Convert a PyTorch checkpoint (.pt) to safetensors (memory-mappable); --force replaces an existing OUT.
+          sam3 COMMAND --help
           sam3 --help | --version
 
         Common options: --verbose (print stack traces of errors)
+        Exit codes: 0 success, 1 failure, 2 usage error
         """;
 
     public static int Main(string[] args) => Run(args, Console.Out, Console.Error);
@@ -37,7 +42,7 @@ public static class Program
             var rest = args.Skip(1).ToArray();
             return args[0] switch
             {
-                "inspect" => Commands.Inspect(rest, stdout),
+                "inspect" => Commands.Inspect(rest, stdout, stderr),
                 "convert" => Commands.Convert(rest, stdout, stderr),
                 _ => throw new UsageException($"unknown command '{args[0]}' (see sam3 --help)"),
             };

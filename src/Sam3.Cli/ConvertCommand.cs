@@ -1,0 +1,91 @@
+using System.Diagnostics;
+using System.Globalization;
+using Sam3.Torch;
+using Sam3.Torch.IO;
+
+namespace Sam3.Cli;
+
+/// <summary>
+/// <c>sam3 convert IN OUT.safetensors [--force]</c>: converts a PyTorch checkpoint (or a safetensors file) into a
+/// memory-mappable safetensors file with the same keys (<see cref="CheckpointInspector.Convert"/>), with progress on
+/// stderr. An existing OUT is never replaced without <c>--force</c>, OUT may not be IN, and OUT's folder is created.
+/// The file is written under a temporary name and renamed when complete, so a failed conversion leaves no partial OUT.
+/// </summary>
+public static class ConvertCommand
+{
+    public const string Synopsis = "sam3 convert IN OUT.safetensors [--force]";
+
+    public const string Help = """
+        sam3 convert IN OUT.safetensors [--force]
+
+        Converts a checkpoint (PyTorch .pt zip format, or safetensors) into a safetensors file with the same keys
+        (complex RoPE tables stored as float32 [..., 2] marked complex64_as_real), which later loads memory-mapped.
+        Progress goes to stderr. An existing OUT is only replaced with --force; OUT's folder is created if missing.
+        """;
+
+    private static readonly CultureInfo Inv = CultureInfo.InvariantCulture;
+
+    public static int Run(string[] args, TextWriter stdout, TextWriter stderr, bool stderrIsTerminal)
+    {
+        var a = CliArgs.Parse(args, valueOptions: [], flagOptions: ["force", "help"]);
+        if (a.Flag("help"))
+        {
+            stdout.WriteLine(Help);
+            return 0;
+        }
+        if (a.Positional.Count < 2)
+            throw new UsageException($"convert: missing {(a.Positional.Count == 0 ? "IN and OUT" : "OUT")} (usage: {Synopsis})");
+        if (a.Positional.Count > 2) throw new UsageException($"convert: unexpected argument '{a.Positional[2]}' (usage: {Synopsis})");
+        string input = a.Positional[0], output = a.Positional[1];
+        if (!output.EndsWith(".safetensors", StringComparison.OrdinalIgnoreCase))
+            throw new UsageException($"convert: OUT must be a .safetensors file name, got '{output}'");
+        if (SameFile(input, output))
+            throw new UsageException($"convert: OUT is the input file ({output}); choose another output name");
+        if (Directory.Exists(output)) throw new Sam3Exception($"convert: {output} is a folder");
+        if (File.Exists(output) && !a.Flag("force"))
+            throw new Sam3Exception($"convert: {output} already exists (use --force to replace it)");
+
+        var watch = Stopwatch.StartNew();
+        Dictionary<string, long> bytesByKey;
+        CheckpointFormat format;
+        using (var source = CheckpointFile.Open(input))
+        {
+            format = source.Format;
+            bytesByKey = source.Names.ToDictionary(n => n, n => source.Info(n).ByteSize, StringComparer.Ordinal);
+        }
+        string? folder = Path.GetDirectoryName(Path.GetFullPath(output));
+        if (folder is not null) Directory.CreateDirectory(folder);
+
+        var progress = new ConvertProgress(stderr, stderrIsTerminal, bytesByKey);
+        try
+        {
+            CheckpointInspector.Convert(input, output, progress);
+        }
+        finally
+        {
+            progress.Finish();
+        }
+        watch.Stop();
+        long size = new FileInfo(output).Length;
+        stdout.WriteLine(string.Format(Inv, "wrote {0}: {1:N0} tensors, {2:N0} bytes, in {3:F1} s (from {4}, {5})",
+            output, bytesByKey.Count, size, watch.Elapsed.TotalSeconds, input, InspectCommand.FormatName(format)));
+        return 0;
+    }
+
+    /// <summary>Same full path, after resolving symbolic links of existing files.</summary>
+    public static bool SameFile(string a, string b)
+    {
+        static string Resolve(string p)
+        {
+            string full = Path.GetFullPath(p);
+            try
+            {
+                if (File.Exists(full) && new FileInfo(full).ResolveLinkTarget(returnFinalTarget: true) is { } target)
+                    return Path.GetFullPath(target.FullName);
+            }
+            catch (IOException) { }
+            return full;
+        }
+        return string.Equals(Resolve(a), Resolve(b), OperatingSystem.IsLinux() ? StringComparison.Ordinal : StringComparison.OrdinalIgnoreCase);
+    }
+}
