@@ -89,6 +89,28 @@ public static class Sam3ModelLoader
         }
     }
 
+    /// <summary>
+    /// Saves the model's weights (e.g. after fine-tuning) to safetensors in the image model's own key layout, with the
+    /// ViT RoPE tables as complex64 (stored <c>complex64_as_real</c>) so the file is a complete state dict that
+    /// <see cref="LoadImageModel"/> (and <c>sam3 inspect</c>) accept. Refuses to overwrite an existing file unless asked.
+    /// </summary>
+    public static void Save(Sam3Image model, string path, bool overwrite = false, IProgress<(int done, int total, string key)>? progress = null)
+    {
+        if (File.Exists(path) && !overwrite) throw new Sam3CheckpointException($"{path} exists (pass overwrite: true to replace it)");
+        var items = new List<SafetensorsWriter.Item>();
+        foreach (var (key, t) in model.state_dict())
+            items.Add(new SafetensorsWriter.Item(key, t.shape, t.dtype, () => t.detach().cpu()));
+        const string trunkPrefix = "backbone.vision_backbone.trunk.";
+        foreach (var (key, table) in model.backbone.vision_backbone.trunk.FreqsCisAsReal(torch.CPU).ToList())
+        {
+            var captured = table.DetachFromDisposeScope();
+            items.Add(new SafetensorsWriter.Item(trunkPrefix + key, captured.shape[..^1], ScalarType.ComplexFloat32,
+                () => torch.view_as_complex(captured.contiguous())));
+        }
+        var metadata = new Dictionary<string, string> { ["format"] = "pt", ["sam3.layout"] = "image_model", ["sam3.config"] = model.Config.Name };
+        SafetensorsWriter.Write(path, items, metadata, progress);
+    }
+
     /// <summary>Every checkpoint <c>freqs_cis</c> must equal the table the ViT recomputes (same config ⇒ same table).</summary>
     public static void VerifyRopeTables(Sam3Image model, IReadOnlyList<ComplexBuffer> buffers, double tolerance)
     {

@@ -141,3 +141,36 @@ public class ImageModelTests
         public void Report(T value) => report(value);
     }
 }
+
+[TestFixture, Category("Fast")]
+public class ModelSaveTests
+{
+    [Test]
+    public void SavedWeightsReloadBitExactAndAreNeverOverwrittenSilently()
+    {
+        string dir = Path.Combine(Path.GetTempPath(), $"sam3-save-{Guid.NewGuid():N}");
+        string path = Path.Combine(dir, "finetuned.safetensors");
+        try
+        {
+            using var model = Sam3ModelLoader.LoadImageModel(TinyWeights.Path, Sam3Config.Tiny);
+            using (var scope = NewDisposeScope())
+            using (torch.no_grad())
+                model.state_dict()["transformer.decoder.query_embed.weight"].add_(1.0f); // "fine-tuned"
+            Sam3ModelLoader.Save(model, path);
+            Assert.Throws<Sam3CheckpointException>(() => Sam3ModelLoader.Save(model, path));
+
+            using var again = Sam3ModelLoader.LoadImageModel(path, Sam3Config.Tiny);
+            using var scope2 = NewDisposeScope();
+            var a = model.state_dict();
+            foreach (var (key, t) in again.state_dict())
+                Assert.That((t.to(ScalarType.Float64) - a[key].to(ScalarType.Float64)).abs().max().item<double>(), Is.EqualTo(0.0), key);
+            using var file = SafetensorsFile.Open(path);
+            Assert.That(file.Names.Count(n => n.EndsWith("freqs_cis")), Is.EqualTo(Sam3Config.Tiny.Vit.Depth));
+            Assert.That(file.Names.Count, Is.EqualTo(623), "a complete image-model state dict, as the manifest");
+        }
+        finally
+        {
+            if (Directory.Exists(dir)) Directory.Delete(dir, true);
+        }
+    }
+}
