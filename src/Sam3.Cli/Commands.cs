@@ -10,6 +10,10 @@ public static partial class Commands
     public static int Convert(string[] args, TextWriter stdout, TextWriter stderr) =>
         ConvertCommand.Run(args, stdout, stderr, stderrIsTerminal: IsConsoleTerminal(stderr));
 
+    public static int Segment(string[] args, TextWriter stdout, TextWriter stderr) => SegmentCommand.Run(args, stdout, stderr);
+
+    public static int Parity(string[] args, TextWriter stdout, TextWriter stderr) => ParityCommand.Run(args, stdout, stderr);
+
     /// <summary>True when <paramref name="stderr"/> is <see cref="Console.Error"/> and that is not redirected (a terminal).</summary>
     public static bool IsConsoleTerminal(TextWriter stderr) => ReferenceEquals(stderr, Console.Error) && !Console.IsErrorRedirected;
 }

@@ -13,6 +13,11 @@ public static class Program
               model of a configuration (default full). Exit code 1 when they do not fit.
           sam3 convert IN OUT.safetensors [--force]
               Convert a PyTorch checkpoint (.pt) to safetensors (memory-mappable); --force replaces an existing OUT.
+          sam3 segment --checkpoint PATH --image IMG [--image IMG ...] --out DIR [--text "red car"]
+                       [--box cx,cy,w,h[:neg] ...] [--box-xyxy x0,y0,x1,y1[:neg] ...] [--threshold 0.5] [--config full|tiny|PATH]
+              Segment images; writes an overlay PNG and COCO-RLE JSON per image.
+          sam3 parity --reference DIR [--scenario a,b,c] [--atol X --rtol Y]
+              Run reference scenarios (PyTorch fixtures) through this library; prints 'parity: N passed, M failed'.
           sam3 COMMAND --help
           sam3 --help | --version
 
@@ -44,6 +49,8 @@ public static class Program
             {
                 "inspect" => Commands.Inspect(rest, stdout, stderr),
                 "convert" => Commands.Convert(rest, stdout, stderr),
+                "segment" => Commands.Segment(rest, stdout, stderr),
+                "parity" => Commands.Parity(rest, stdout, stderr),
                 _ => throw new UsageException($"unknown command '{args[0]}' (see sam3 --help)"),
             };
         }

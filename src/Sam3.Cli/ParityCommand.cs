@@ -1,0 +1,49 @@
+using System.Globalization;
+using Sam3.Torch.Parity;
+
+namespace Sam3.Cli;
+
+/// <summary><c>sam3 parity</c>: runs reference scenarios through the library (the same runner as the test suite).</summary>
+public static class ParityCommand
+{
+    public const string Usage = """
+        sam3 parity --reference DIR [--scenario a,b,c ...] [--model tiny] [--atol 1e-4] [--rtol 1e-4] [--all-tensors]
+          DIR holds inputs/ and the model folder (config.json, model.safetensors, <x>_<name>.json/.safetensors).
+          Scenarios match by prefix (a = a_image_text); default: all. Exit 0 only if every scenario passes.
+        """;
+
+    public static int Run(string[] args, TextWriter stdout, TextWriter stderr)
+    {
+        var a = CliArgs.Parse(args, ["reference", "scenario", "model", "atol", "rtol"], ["help", "all-tensors"]);
+        if (a.Flag("help")) { stdout.WriteLine(Usage); return 0; }
+        if (a.Positional.Count > 0) throw new UsageException($"parity: unexpected argument '{a.Positional[0]}'");
+        string reference = a.Required("reference");
+        if (!Directory.Exists(reference)) throw new UsageException($"--reference {reference}: no such folder");
+        double atol = a.Double("atol", 1e-4), rtol = a.Double("rtol", 1e-4);
+        if (atol < 0 || rtol < 0) throw new UsageException("--atol and --rtol must be non-negative");
+        var prefixes = a.Values("scenario").SelectMany(v => v.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)).ToList();
+        using var runner = new ParityRunner(reference, a.Value("model") ?? "tiny", new Tolerance(atol, rtol));
+        var scenarios = runner.Select(prefixes);
+        int passed = 0, failed = 0;
+        foreach (var name in scenarios)
+        {
+            var report = runner.Run(name);
+            stdout.WriteLine($"== {name}");
+            stdout.WriteLine(string.Format(CultureInfo.InvariantCulture, "  {0,-44} {1,11} {2,11} {3}", "tensor", "max abs", "max rel", "result"));
+            foreach (var c in report.Comparisons.Where(c => a.Flag("all-tensors") || !c.Passed || IsHeadline(c.Name)))
+                stdout.WriteLine(string.Format(CultureInfo.InvariantCulture, "  {0,-44} {1,11:G3} {2,11:G3} {3}{4}", c.Name, c.MaxAbsError, c.MaxRelError,
+                    c.Passed ? "pass" : "FAIL", c.Mismatches > 0 ? $" ({c.Mismatches}/{c.Count} elements differ)" : ""));
+            foreach (var d in report.Detections)
+                stdout.WriteLine($"  detections {d.Where}: reference {d.Reference}, ours {d.Ours}{(d.Reference == d.Ours ? "" : "  FAIL")}");
+            foreach (var n in report.NotCompared.Take(10)) stdout.WriteLine($"  not produced: {n}");
+            stdout.WriteLine(string.Format(CultureInfo.InvariantCulture, "  {0} tensors compared, {1:F1} s: {2}", report.Comparisons.Count, report.Seconds,
+                report.Passed ? "PASS" : "FAIL — " + report.Failure));
+            if (report.Passed) passed++; else failed++;
+        }
+        stdout.WriteLine($"parity: {passed} passed, {failed} failed");
+        return failed == 0 ? 0 : 1;
+    }
+
+    /// <summary>Rows always shown: final outputs and masks; the rest with --all-tensors.</summary>
+    private static bool IsHeadline(string name) => name.Contains("output.") || name.Contains("grounding.out.") || name.EndsWith("masks");
+}

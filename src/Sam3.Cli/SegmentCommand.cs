@@ -1,0 +1,201 @@
+using System.Globalization;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using Sam3.Torch;
+using Sam3.Torch.Config;
+using Sam3.Torch.IO;
+using Sam3.Torch.Modeling.Detector;
+using Sam3.Torch.Processing;
+using Sam3.Torch.Text;
+using Sam3.Torch.Visualization;
+
+namespace Sam3.Cli;
+
+/// <summary>
+/// <c>sam3 segment</c>: loads a checkpoint, runs text / box prompts on one or more images and writes, per image, an overlay
+/// PNG and a JSON file with COCO-style results (xyxy boxes, scores, masks as COCO compressed RLE).
+/// </summary>
+public static class SegmentCommand
+{
+    public const string Usage = """
+        sam3 segment --checkpoint PATH --image IMG [--image IMG ...] --out DIR [options]
+          --config full|tiny|PATH     model configuration (default: full)
+          --vocab PATH                bpe_simple_vocab_16e6.txt.gz, or vocab.json (with merges.txt beside it);
+                                      default: looked up next to the checkpoint
+          --text "red car"            text prompt (finds every instance)
+          --box cx,cy,w,h[:neg]       box prompt, normalised [0,1] center/size (repeatable; :neg = negative)
+          --box-xyxy x0,y0,x1,y1[:neg]  box prompt in pixels (repeatable)
+          --threshold 0.5             confidence threshold
+          --masks                     also write one PNG per mask
+          --force                     replace output files that already exist
+        Writes DIR/<image>.png (overlay) and DIR/<image>.json (COCO RLE results).
+        """;
+
+    private static readonly string[] ValueOptions = ["checkpoint", "config", "vocab", "image", "text", "box", "box-xyxy", "threshold", "out"];
+    private static readonly string[] FlagOptions = ["masks", "force", "help"];
+
+    public static int Run(string[] args, TextWriter stdout, TextWriter stderr)
+    {
+        var a = CliArgs.Parse(args, ValueOptions, FlagOptions);
+        if (a.Flag("help")) { stdout.WriteLine(Usage); return 0; }
+        if (a.Positional.Count > 0) throw new UsageException($"segment: unexpected argument '{a.Positional[0]}'");
+        string checkpoint = a.Required("checkpoint");
+        var images = a.Values("image");
+        if (images.Count == 0) throw new UsageException("segment: give at least one --image");
+        string outDir = a.Required("out");
+        double threshold = a.Double("threshold", 0.5);
+        if (threshold < 0 || threshold > 1) throw new UsageException($"--threshold must be in [0,1], got {threshold}");
+        string? text = a.Value("text");
+        if (text is not null && string.IsNullOrWhiteSpace(text)) throw new UsageException("--text is empty");
+        var boxes = a.Values("box").Select(v => ParseBox(v, "box")).ToList();
+        var boxesXyxy = a.Values("box-xyxy").Select(v => ParseBox(v, "box-xyxy")).ToList();
+        if (text is null && boxes.Count == 0 && boxesXyxy.Count == 0) throw new UsageException("segment: give a prompt (--text, --box or --box-xyxy)");
+        if (!File.Exists(checkpoint)) throw new Sam3CheckpointException($"checkpoint not found: {checkpoint}");
+        foreach (var img in images) if (!File.Exists(img)) throw new Sam3ImageException($"image not found: {img}");
+        var config = ResolveConfig(a.Value("config") ?? "full");
+        var tokenizer = LoadTokenizer(a.Value("vocab"), checkpoint, config);
+
+        // Decode every image before the (slow) model load so a bad file fails fast.
+        var decoded = images.Select(p => (Path: p, Image: ImageLoader.Load(p))).ToList();
+        var outputs = PlanOutputs(decoded.Select(d => d.Path).ToList(), outDir, a.Flag("force"));
+
+        var sw = System.Diagnostics.Stopwatch.StartNew();
+        var progress = new ConvertProgress(stderr, Commands.IsConsoleTerminal(stderr), new Dictionary<string, long>(), "loading checkpoint");
+        using var model = Sam3ModelLoader.LoadImageModel(checkpoint, config, new Sam3LoadOptions { Progress = progress });
+        progress.Finish();
+        stderr.WriteLine(string.Format(CultureInfo.InvariantCulture, "loaded {0} in {1:F1} s", Path.GetFileName(checkpoint), sw.Elapsed.TotalSeconds));
+        using var processor = new Sam3Processor(model, tokenizer, threshold);
+        Directory.CreateDirectory(outDir);
+
+        for (int i = 0; i < decoded.Count; i++)
+        {
+            var (path, image) = decoded[i];
+            var t0 = System.Diagnostics.Stopwatch.StartNew();
+            using var state = processor.SetImage(image);
+            IReadOnlyList<Sam3Detections>? results = null;
+            if (text is not null) results = processor.SetTextPrompt(state, text);
+            foreach (var (v, positive) in boxes) results = processor.AddBoxPrompt(state, new BoxPrompt(v[0], v[1], v[2], v[3], positive));
+            foreach (var (v, positive) in boxesXyxy) results = processor.AddBoxPromptXyxy(state, v[0], v[1], v[2], v[3], positive);
+            var det = results![0];
+            WriteOutputs(outputs[i], path, image, det, text, threshold, a.Flag("masks"));
+            stdout.WriteLine(string.Format(CultureInfo.InvariantCulture, "{0}: {1} detection(s){2} in {3:F2} s -> {4}",
+                path, det.Count, det.Count > 0 ? $" (best score {det.ScoreArray().Max():F3})" : "", t0.Elapsed.TotalSeconds, outputs[i].Json));
+        }
+        return 0;
+    }
+
+    internal sealed record OutputPaths(string Overlay, string Json, string MaskPrefix);
+
+    /// <summary>Output names per image; refuses to write onto any input or onto existing files (unless --force).</summary>
+    internal static List<OutputPaths> PlanOutputs(IReadOnlyList<string> inputs, string outDir, bool force)
+    {
+        var inputSet = inputs.Select(Path.GetFullPath).ToHashSet();
+        var used = new HashSet<string>();
+        var result = new List<OutputPaths>();
+        foreach (var input in inputs)
+        {
+            string stem = Path.GetFileNameWithoutExtension(input);
+            string candidate = stem;
+            for (int k = 2; !used.Add(candidate); k++) candidate = $"{stem}_{k}";
+            var paths = new OutputPaths(Path.GetFullPath(Path.Combine(outDir, candidate + ".png")), Path.GetFullPath(Path.Combine(outDir, candidate + ".json")),
+                Path.GetFullPath(Path.Combine(outDir, candidate + "_mask")));
+            foreach (var p in new[] { paths.Overlay, paths.Json })
+            {
+                if (inputSet.Contains(p)) throw new UsageException($"output {p} would overwrite an input image; choose another --out");
+                if (File.Exists(p) && !force) throw new UsageException($"output {p} exists (use --force to replace it)");
+            }
+            result.Add(paths);
+        }
+        return result;
+    }
+
+    private static void WriteOutputs(OutputPaths o, string imagePath, RgbImage image, Sam3Detections det, string? text, double threshold, bool masks)
+    {
+        var overlay = Plot.Results(image, det.Masks, det.Boxes, det.Scores);
+        if (File.Exists(o.Overlay)) File.Delete(o.Overlay); // --force was checked when planning
+        ImageWriter.Save(overlay, o.Overlay);
+        var rles = CocoRle.EncodeMany(det.Masks);
+        var boxes = det.BoxArray();
+        var scores = det.ScoreArray();
+        var list = new JsonArray();
+        for (int k = 0; k < det.Count; k++)
+        {
+            var entry = new JsonObject
+            {
+                ["id"] = k,
+                ["score"] = scores[k],
+                ["bbox_xyxy"] = new JsonArray(boxes[k].Select(v => (JsonNode)JsonValue.Create(v)!).ToArray()),
+                ["area"] = rles[k].Area(),
+                ["segmentation"] = JsonNode.Parse(rles[k].ToJson()),
+            };
+            list.Add(entry);
+            if (masks)
+            {
+                string maskPath = $"{o.MaskPrefix}{k}.png";
+                if (File.Exists(maskPath)) File.Delete(maskPath);
+                var bytes = det.MaskBytes(k);
+                var rgb = new byte[bytes.Length * 3];
+                for (int j = 0; j < bytes.Length; j++) rgb[3 * j] = rgb[3 * j + 1] = rgb[3 * j + 2] = (byte)(bytes[j] != 0 ? 255 : 0);
+                ImageWriter.Save(new RgbImage(det.Width, det.Height, rgb), maskPath);
+            }
+        }
+        var doc = new JsonObject
+        {
+            ["image"] = Path.GetFullPath(imagePath),
+            ["width"] = det.Width,
+            ["height"] = det.Height,
+            ["text_prompt"] = text,
+            ["threshold"] = threshold,
+            ["detections"] = list,
+        };
+        File.WriteAllText(o.Json, doc.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+    }
+
+    internal static (float[] Values, bool Positive) ParseBox(string v, string option)
+    {
+        bool positive = true;
+        string body = v;
+        int colon = v.LastIndexOf(':');
+        if (colon >= 0)
+        {
+            string tag = v[(colon + 1)..].Trim().ToLowerInvariant();
+            if (tag is "neg" or "negative") positive = false;
+            else if (tag is not ("pos" or "positive")) throw new UsageException($"--{option} '{v}': the suffix must be :neg or :pos");
+            body = v[..colon];
+        }
+        var parts = body.Split(',');
+        if (parts.Length != 4) throw new UsageException($"--{option} '{v}': expected 4 comma-separated numbers");
+        var values = new float[4];
+        for (int i = 0; i < 4; i++)
+            if (!float.TryParse(parts[i].Trim(), NumberStyles.Float, CultureInfo.InvariantCulture, out values[i]) || !float.IsFinite(values[i]))
+                throw new UsageException($"--{option} '{v}': '{parts[i]}' is not a number");
+        return (values, positive);
+    }
+
+    internal static Sam3Config ResolveConfig(string value)
+    {
+        if (value is "full" or "tiny") return Sam3Config.Resolve(value);
+        if (!File.Exists(value)) throw new UsageException($"--config '{value}' is neither full, tiny nor an existing file");
+        return Sam3Config.Load(value);
+    }
+
+    /// <summary>--vocab, else a vocabulary next to the checkpoint (bpe gz, or vocab.json + merges.txt).</summary>
+    internal static ClipBpeTokenizer LoadTokenizer(string? vocab, string checkpoint, Sam3Config config)
+    {
+        var options = new ClipTokenizerOptions { Text = config.Text };
+        if (vocab is null)
+        {
+            string dir = Path.GetDirectoryName(Path.GetFullPath(checkpoint))!;
+            foreach (var candidate in new[] { Path.Combine(dir, "bpe_simple_vocab_16e6.txt.gz"), Path.Combine(dir, "vocab.json") })
+                if (File.Exists(candidate)) { vocab = candidate; break; }
+            if (vocab is null) throw new UsageException("no tokenizer vocabulary next to the checkpoint: pass --vocab bpe_simple_vocab_16e6.txt.gz");
+        }
+        if (!File.Exists(vocab)) throw new Sam3VocabularyException($"vocabulary not found: {vocab}");
+        if (vocab.EndsWith(".json", StringComparison.OrdinalIgnoreCase))
+        {
+            string merges = Path.Combine(Path.GetDirectoryName(Path.GetFullPath(vocab))!, "merges.txt");
+            return ClipBpeTokenizer.FromHuggingFace(vocab, merges, options);
+        }
+        return ClipBpeTokenizer.FromBpeGz(vocab, options);
+    }
+}
