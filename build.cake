@@ -44,10 +44,13 @@ Task("Test").IsDependentOn("Build").Does(() =>
         var counters = XDocument.Load(trx.FullPath).Descendants().First(e => e.Name.LocalName == "Counters");
         passed += int.Parse(counters.Attribute("passed").Value);
         failed += int.Parse(counters.Attribute("failed").Value) + int.Parse(counters.Attribute("error").Value) + int.Parse(counters.Attribute("timeout").Value);
-        skipped += int.Parse(counters.Attribute("notExecuted").Value);
+        skipped += int.Parse(counters.Attribute("total").Value) - int.Parse(counters.Attribute("passed").Value)
+                   - int.Parse(counters.Attribute("failed").Value) - int.Parse(counters.Attribute("error").Value) - int.Parse(counters.Attribute("timeout").Value);
     }
     if (failure != null && passed + failed == 0) failed = 1; // the run itself broke
-    Information($"{passed} passed, {failed} failed, {skipped} skipped");
+    // Plain text on its own line (Cake's log colours it, which would hide it from line-based readers).
+    System.Console.Out.Flush();
+    System.Console.WriteLine($"{passed} passed, {failed} failed, {skipped} skipped");
     if (failure != null || failed > 0) throw new Exception($"{failed} test(s) failed");
 });
 
