@@ -22,6 +22,7 @@ public class ImageScenarioParityTests
     [TestCase("a")]
     [TestCase("b")]
     [TestCase("c")]
+    [TestCase("d")]
     public void ScenarioPasses(string prefix)
     {
         foreach (var name in _runner!.Select([prefix]))
