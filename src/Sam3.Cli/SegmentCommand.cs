@@ -8,6 +8,7 @@ using Sam3.Torch.Modeling.Detector;
 using Sam3.Torch.Processing;
 using Sam3.Torch.Text;
 using Sam3.Torch.Visualization;
+using Visualization = Sam3.Torch.Visualization;
 
 namespace Sam3.Cli;
 
@@ -25,14 +26,20 @@ public static class SegmentCommand
           --text "red car"            text prompt (finds every instance)
           --box cx,cy,w,h[:neg]       box prompt, normalised [0,1] center/size (repeatable; :neg = negative)
           --box-xyxy x0,y0,x1,y1[:neg]  box prompt in pixels (repeatable)
+          --point x,y[:neg]           point in pixels (repeatable); without --text, points and --box-xyxy use the
+                                      interactive (SAM1-style) heads: one object per call, or one per box
+          --multimask                 interactive mode: write all 3 candidate masks with their predicted IoU
           --threshold 0.5             confidence threshold
           --masks                     also write one PNG per mask
           --force                     replace output files that already exist
         Writes DIR/<image>.png (overlay) and DIR/<image>.json (COCO RLE results).
         """;
 
-    private static readonly string[] ValueOptions = ["checkpoint", "config", "vocab", "image", "text", "box", "box-xyxy", "threshold", "out"];
-    private static readonly string[] FlagOptions = ["masks", "force", "help"];
+    private static readonly string[] ValueOptions = ["checkpoint", "config", "vocab", "image", "text", "box", "box-xyxy", "point", "threshold", "out"];
+    private static readonly string[] FlagOptions = ["masks", "force", "help", "multimask"];
+
+    /// <summary>One output object: its mask, score (detection score or predicted IoU) and xyxy pixel box.</summary>
+    internal sealed record SegmentObject(Visualization.BinaryMask Mask, float Score, float[] Box, int? Prompt = null, int? Candidate = null);
 
     public static int Run(string[] args, TextWriter stdout, TextWriter stderr)
     {
@@ -49,7 +56,14 @@ public static class SegmentCommand
         if (text is not null && string.IsNullOrWhiteSpace(text)) throw new UsageException("--text is empty");
         var boxes = a.Values("box").Select(v => ParseBox(v, "box")).ToList();
         var boxesXyxy = a.Values("box-xyxy").Select(v => ParseBox(v, "box-xyxy")).ToList();
-        if (text is null && boxes.Count == 0 && boxesXyxy.Count == 0) throw new UsageException("segment: give a prompt (--text, --box or --box-xyxy)");
+        var points = a.Values("point").Select(ParsePoint).ToList();
+        if (text is null && boxes.Count == 0 && boxesXyxy.Count == 0 && points.Count == 0)
+            throw new UsageException("segment: give a prompt (--text, --box, --box-xyxy or --point)");
+        bool interactive = text is null && boxes.Count == 0;
+        if (!interactive && points.Count > 0) throw new UsageException("segment: --point is used without --text/--box (interactive mode)");
+        if (interactive && boxesXyxy.Any(b => !b.Positive)) throw new UsageException("segment: negative boxes need the detector (give --text)");
+        if (interactive && points.Count > 0 && boxesXyxy.Count > 1) throw new UsageException("segment: points go with at most one --box-xyxy");
+        if (!interactive && a.Flag("multimask")) throw new UsageException("segment: --multimask applies to the interactive mode only");
         if (!File.Exists(checkpoint)) throw new Sam3CheckpointException($"checkpoint not found: {checkpoint}");
         foreach (var img in images) if (!File.Exists(img)) throw new Sam3ImageException($"image not found: {img}");
         var config = ResolveConfig(a.Value("config") ?? "full");
@@ -65,6 +79,7 @@ public static class SegmentCommand
         progress.Finish();
         stderr.WriteLine(string.Format(CultureInfo.InvariantCulture, "loaded {0} in {1:F1} s", Path.GetFileName(checkpoint), sw.Elapsed.TotalSeconds));
         using var processor = new Sam3Processor(model, tokenizer, threshold);
+        var interactivePredictor = interactive ? new InteractiveImagePredictor(model) : null;
         Directory.CreateDirectory(outDir);
 
         for (int i = 0; i < decoded.Count; i++)
@@ -72,14 +87,30 @@ public static class SegmentCommand
             var (path, image) = decoded[i];
             var t0 = System.Diagnostics.Stopwatch.StartNew();
             using var state = processor.SetImage(image);
-            IReadOnlyList<Sam3Detections>? results = null;
-            if (text is not null) results = processor.SetTextPrompt(state, text);
-            foreach (var (v, positive) in boxes) results = processor.AddBoxPrompt(state, new BoxPrompt(v[0], v[1], v[2], v[3], positive));
-            foreach (var (v, positive) in boxesXyxy) results = processor.AddBoxPromptXyxy(state, v[0], v[1], v[2], v[3], positive);
-            var det = results![0];
-            WriteOutputs(outputs[i], path, image, det, text, threshold, a.Flag("masks"));
-            stdout.WriteLine(string.Format(CultureInfo.InvariantCulture, "{0}: {1} detection(s){2} in {3:F2} s -> {4}",
-                path, det.Count, det.Count > 0 ? $" (best score {det.ScoreArray().Max():F3})" : "", t0.Elapsed.TotalSeconds, outputs[i].Json));
+            List<SegmentObject> objects;
+            string mode;
+            if (interactivePredictor is not null)
+            {
+                mode = "interactive";
+                objects = RunInteractive(interactivePredictor, state, points, boxesXyxy, a.Flag("multimask"));
+            }
+            else
+            {
+                mode = "detector";
+                IReadOnlyList<Sam3Detections>? results = null;
+                if (text is not null) results = processor.SetTextPrompt(state, text);
+                foreach (var (v, positive) in boxes) results = processor.AddBoxPrompt(state, new BoxPrompt(v[0], v[1], v[2], v[3], positive));
+                foreach (var (v, positive) in boxesXyxy) results = processor.AddBoxPromptXyxy(state, v[0], v[1], v[2], v[3], positive);
+                var det = results![0];
+                var scores = det.ScoreArray();
+                var detBoxes = det.BoxArray();
+                objects = Enumerable.Range(0, det.Count)
+                    .Select(k => new SegmentObject(Visualization.BinaryMask.FromBytes(det.MaskBytes(k), det.Width, det.Height), scores[k], detBoxes[k])).ToList();
+            }
+            WriteOutputs(outputs[i], path, image, objects, mode, text, threshold, a.Flag("masks"));
+            stdout.WriteLine(string.Format(CultureInfo.InvariantCulture, "{0}: {1} {2}{3} in {4:F2} s -> {5}",
+                path, objects.Count, mode == "detector" ? "detection(s)" : "mask(s)",
+                objects.Count > 0 ? $" (best {(mode == "detector" ? "score" : "IoU")} {objects.Max(o => o.Score):F3})" : "", t0.Elapsed.TotalSeconds, outputs[i].Json));
         }
         return 0;
     }
@@ -109,46 +140,106 @@ public static class SegmentCommand
         return result;
     }
 
-    private static void WriteOutputs(OutputPaths o, string imagePath, RgbImage image, Sam3Detections det, string? text, double threshold, bool masks)
+    /// <summary>Interactive (SAM1-style) prediction: points + one box, or a batch of boxes; best mask per prompt unless multimask.</summary>
+    private static List<SegmentObject> RunInteractive(InteractiveImagePredictor predictor, Sam3ImageState state,
+        List<(float X, float Y, bool Positive)> points, List<(float[] Values, bool Positive)> boxes, bool multimask)
     {
-        var overlay = Plot.Results(image, det.Masks, det.Boxes, det.Scores);
+        var objects = new List<SegmentObject>();
+        void Collect(InteractivePrediction p, int prompt)
+        {
+            var ious = p.IouArray(prompt);
+            var order = multimask ? Enumerable.Range(0, p.NumMasks) : [p.BestIndex(prompt)];
+            foreach (int c in order)
+            {
+                var mask = Visualization.BinaryMask.FromBytes(p.MaskBytes(c, prompt), p.Width, p.Height);
+                var b = mask.Bounds();
+                float[] box = b is { } v ? [v.X0, v.Y0, v.X1, v.Y1] : [0, 0, 0, 0];
+                objects.Add(new SegmentObject(mask, ious[c], box, prompt, c));
+            }
+        }
+        if (points.Count == 0 && boxes.Count > 1)
+        {
+            using var batch = predictor.PredictBoxes(state, boxes.Select(b => new PixelBox(b.Values[0], b.Values[1], b.Values[2], b.Values[3])).ToList(), multimask);
+            for (int k = 0; k < boxes.Count; k++) Collect(batch, k);
+            return objects;
+        }
+        var prompt = new InteractivePrompt
+        {
+            Points = points.Select(p => new InteractivePoint(p.X, p.Y, p.Positive ? 1 : 0)).ToList(),
+            Box = boxes.Count == 1 ? new PixelBox(boxes[0].Values[0], boxes[0].Values[1], boxes[0].Values[2], boxes[0].Values[3]) : null,
+            // upstream default: multimask for a single click, one mask for a box or several clicks
+            MultimaskOutput = multimask || (boxes.Count == 0 && points.Count == 1),
+        };
+        using var single = predictor.Predict(state, prompt);
+        Collect(single, 0);
+        return objects;
+    }
+
+    private static void WriteOutputs(OutputPaths o, string imagePath, RgbImage image, List<SegmentObject> objects, string mode, string? text,
+        double threshold, bool masks)
+    {
+        var overlay = Plot.Results(image, objects.Select(x => x.Mask).ToList(), objects.SelectMany(x => x.Box).ToArray(),
+            objects.Select(x => x.Score).ToArray());
         if (File.Exists(o.Overlay)) File.Delete(o.Overlay); // --force was checked when planning
         ImageWriter.Save(overlay, o.Overlay);
-        var rles = CocoRle.EncodeMany(det.Masks);
-        var boxes = det.BoxArray();
-        var scores = det.ScoreArray();
         var list = new JsonArray();
-        for (int k = 0; k < det.Count; k++)
+        for (int k = 0; k < objects.Count; k++)
         {
+            var obj = objects[k];
+            var rle = CocoRle.Encode(obj.Mask.Data, obj.Mask.Height, obj.Mask.Width);
             var entry = new JsonObject
             {
                 ["id"] = k,
-                ["score"] = scores[k],
-                ["bbox_xyxy"] = new JsonArray(boxes[k].Select(v => (JsonNode)JsonValue.Create(v)!).ToArray()),
-                ["area"] = rles[k].Area(),
-                ["segmentation"] = JsonNode.Parse(rles[k].ToJson()),
+                ["score"] = obj.Score,
+                ["bbox_xyxy"] = new JsonArray(obj.Box.Select(v => (JsonNode)JsonValue.Create(v)!).ToArray()),
+                ["area"] = rle.Area(),
+                ["segmentation"] = JsonNode.Parse(rle.ToJson()),
             };
+            if (obj.Prompt is int p) entry["prompt"] = p;
+            if (obj.Candidate is int c) entry["candidate"] = c;
             list.Add(entry);
             if (masks)
             {
                 string maskPath = $"{o.MaskPrefix}{k}.png";
                 if (File.Exists(maskPath)) File.Delete(maskPath);
-                var bytes = det.MaskBytes(k);
-                var rgb = new byte[bytes.Length * 3];
-                for (int j = 0; j < bytes.Length; j++) rgb[3 * j] = rgb[3 * j + 1] = rgb[3 * j + 2] = (byte)(bytes[j] != 0 ? 255 : 0);
-                ImageWriter.Save(new RgbImage(det.Width, det.Height, rgb), maskPath);
+                var rgb = new byte[obj.Mask.Data.Length * 3];
+                for (int j = 0; j < obj.Mask.Data.Length; j++) rgb[3 * j] = rgb[3 * j + 1] = rgb[3 * j + 2] = (byte)(obj.Mask.Data[j] != 0 ? 255 : 0);
+                ImageWriter.Save(new RgbImage(obj.Mask.Width, obj.Mask.Height, rgb), maskPath);
             }
         }
         var doc = new JsonObject
         {
             ["image"] = Path.GetFullPath(imagePath),
-            ["width"] = det.Width,
-            ["height"] = det.Height,
+            ["width"] = image.Width,
+            ["height"] = image.Height,
+            ["mode"] = mode,
             ["text_prompt"] = text,
-            ["threshold"] = threshold,
+            ["threshold"] = mode == "detector" ? threshold : null,
+            ["score"] = mode == "detector" ? "sigmoid(logit)*sigmoid(presence)" : "predicted IoU",
             ["detections"] = list,
         };
         File.WriteAllText(o.Json, doc.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+    }
+
+    internal static (float X, float Y, bool Positive) ParsePoint(string v)
+    {
+        bool positive = true;
+        string body = v;
+        int colon = v.LastIndexOf(':');
+        if (colon >= 0)
+        {
+            string tag = v[(colon + 1)..].Trim().ToLowerInvariant();
+            if (tag is "neg" or "negative") positive = false;
+            else if (tag is not ("pos" or "positive")) throw new UsageException($"--point '{v}': the suffix must be :neg or :pos");
+            body = v[..colon];
+        }
+        var parts = body.Split(',');
+        if (parts.Length != 2) throw new UsageException($"--point '{v}': expected x,y");
+        var xy = new float[2];
+        for (int i = 0; i < 2; i++)
+            if (!float.TryParse(parts[i].Trim(), NumberStyles.Float, CultureInfo.InvariantCulture, out xy[i]) || !float.IsFinite(xy[i]))
+                throw new UsageException($"--point '{v}': '{parts[i]}' is not a number");
+        return (xy[0], xy[1], positive);
     }
 
     internal static (float[] Values, bool Positive) ParseBox(string v, string option)
