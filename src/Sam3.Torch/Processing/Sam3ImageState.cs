@@ -37,7 +37,10 @@ public sealed class Sam3ImageState : IDisposable
     public IReadOnlyList<BoxPrompt> Boxes => _boxes;
     public IReadOnlyList<PointPrompt> Points => _points;
 
-    /// <summary>Results of the last prompt call, one entry per image (null before the first call).</summary>
+    /// <summary>
+    /// Results of the last prompt call, one entry per image (null before the first call and after a reset). The state
+    /// owns them: the next prompt call, threshold change, reset or <see cref="Dispose"/> disposes them.
+    /// </summary>
     public IReadOnlyList<Sam3Detections>? Results { get; private set; }
 
     /// <summary>Raw per-query outputs of the last call (all queries, before thresholding), for researchers.</summary>
@@ -47,6 +50,8 @@ public sealed class Sam3ImageState : IDisposable
 
     internal void AddBox(BoxPrompt box) => _boxes.Add(box);
     internal void AddPoint(PointPrompt point) => _points.Add(point);
+    internal void RemoveLastBox() => _boxes.RemoveAt(_boxes.Count - 1);
+    internal void RemoveLastPoint() => _points.RemoveAt(_points.Count - 1);
 
     internal void ClearPrompts()
     {
@@ -115,17 +120,29 @@ public sealed class Sam3Detections : IDisposable
         QueryIndices = queryIndices;
     }
 
-    public float[] ScoreArray() => Scores.data<float>().ToArray();
+    public float[] ScoreArray()
+    {
+        if (Count == 0) return []; // TorchSharp's data<T>().ToArray() throws on empty tensors
+        using var scope = NewDisposeScope();
+        return Scores.contiguous().data<float>().ToArray();
+    }
 
     /// <summary>Boxes as K arrays of (x0, y0, x1, y1) pixels.</summary>
     public float[][] BoxArray()
     {
-        var flat = Boxes.contiguous().data<float>().ToArray();
+        if (Count == 0) return [];
+        float[] flat;
+        using (var scope = NewDisposeScope()) flat = Boxes.contiguous().data<float>().ToArray();
         return Enumerable.Range(0, Count).Select(i => flat.AsSpan(i * 4, 4).ToArray()).ToArray();
     }
 
     /// <summary>Mask k as a row-major byte array (0/1) of Height×Width.</summary>
-    public byte[] MaskBytes(int k) => Masks[k].to(ScalarType.Byte).contiguous().data<byte>().ToArray();
+    public byte[] MaskBytes(int k)
+    {
+        if (k < 0 || k >= Count) throw new ArgumentOutOfRangeException(nameof(k), k, $"mask index must be in [0,{Count})");
+        using var scope = NewDisposeScope(); // the indexing / conversion temporaries are freed here
+        return Masks[k].to(ScalarType.Byte).contiguous().data<byte>().ToArray();
+    }
 
     public void Dispose()
     {

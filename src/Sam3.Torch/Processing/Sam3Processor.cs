@@ -17,6 +17,12 @@ namespace Sam3.Torch.Processing;
 /// boolean masks and probabilities at the original resolution, xyxy pixel boxes, scores
 /// (<c>sigmoid(logit)·sigmoid(presence)</c> &gt; threshold; no NMS, no top-k, as upstream).
 /// </summary>
+/// <remarks>
+/// Errors: bad prompts are <see cref="Sam3PromptException"/>, bad images <see cref="Sam3ImageException"/>, a missing or
+/// disposed state <see cref="Sam3StateException"/>, a disposed processor <see cref="ObjectDisposedException"/>. A prompt
+/// call that fails or is cancelled leaves the state as it was (prompts, results, raw outputs). One processor is not
+/// safe for concurrent calls (the text cache and the states are unsynchronised); use one per thread.
+/// </remarks>
 public sealed class Sam3Processor : IDisposable
 {
     /// <summary>Text used when only geometric prompts are given (upstream behaviour of add_geometric_prompt).</summary>
@@ -41,6 +47,8 @@ public sealed class Sam3Processor : IDisposable
     /// <param name="textCacheCapacity">How many encoded text prompts are kept (alternating prompts reuse them).</param>
     public Sam3Processor(Sam3Image model, ClipBpeTokenizer tokenizer, double confidenceThreshold = 0.5, int textCacheCapacity = 32)
     {
+        ArgumentNullException.ThrowIfNull(model);
+        ArgumentNullException.ThrowIfNull(tokenizer);
         Model = model;
         Tokenizer = tokenizer;
         Preprocessor = new ImagePreprocessor(model.Config);
@@ -62,7 +70,12 @@ public sealed class Sam3Processor : IDisposable
     // ---------------------------------------------------------------- images
 
     /// <summary>Decodes <paramref name="path"/> and sets it.</summary>
-    public Sam3ImageState SetImage(string path, CancellationToken cancellationToken = default) => SetImage(ImageLoader.Load(path), cancellationToken);
+    public Sam3ImageState SetImage(string path, CancellationToken cancellationToken = default)
+    {
+        CheckAlive();
+        cancellationToken.ThrowIfCancellationRequested();
+        return SetImage(ImageLoader.Load(path), cancellationToken);
+    }
 
     /// <summary>Runs the backbone on one image and returns its state.</summary>
     public Sam3ImageState SetImage(RgbImage image, CancellationToken cancellationToken = default) => SetImageBatch([image], cancellationToken);
@@ -87,6 +100,8 @@ public sealed class Sam3Processor : IDisposable
         Action<string, Tensor>? probe = null)
     {
         CheckAlive();
+        if (input is null) throw new Sam3ImageException("the model input tensor is null");
+        if (originalSizes is null) throw new Sam3ImageException("the original image sizes are null");
         int s = Model.Config.ImageSize;
         if (input.dim() != 4 || input.shape[1] != 3 || input.shape[2] != s || input.shape[3] != s)
             throw new Sam3ImageException($"model input must be [B,3,{s},{s}], got [{string.Join(",", input.shape)}]");
@@ -115,26 +130,54 @@ public sealed class Sam3Processor : IDisposable
 
     // ---------------------------------------------------------------- prompts
 
-    /// <summary>Sets (replaces) the text prompt and runs the detector; boxes/points given before stay in the prompt.</summary>
-    public IReadOnlyList<Sam3Detections> SetTextPrompt(Sam3ImageState state, string prompt, Action<string, Tensor>? probe = null)
+    /// <summary>
+    /// Sets (replaces) the text prompt and runs the detector; boxes/points given before stay in the prompt. If the call
+    /// fails (or is cancelled) the state keeps its previous prompt and results.
+    /// </summary>
+    public IReadOnlyList<Sam3Detections> SetTextPrompt(Sam3ImageState state, string prompt, Action<string, Tensor>? probe = null,
+        CancellationToken cancellationToken = default)
     {
         CheckState(state);
         if (prompt is null || string.IsNullOrWhiteSpace(prompt)) throw new Sam3PromptException("the text prompt is empty");
+        cancellationToken.ThrowIfCancellationRequested();
+        string? previous = state.TextPrompt;
         state.TextPrompt = prompt;
-        return Predict(state, probe);
+        try
+        {
+            return Predict(state, probe, cancellationToken);
+        }
+        catch
+        {
+            state.TextPrompt = previous;
+            throw;
+        }
     }
 
-    /// <summary>Adds a box in normalised cxcywh ([0,1], upstream's convention) and runs the detector. Boxes accumulate.</summary>
-    public IReadOnlyList<Sam3Detections> AddBoxPrompt(Sam3ImageState state, BoxPrompt box, Action<string, Tensor>? probe = null)
+    /// <summary>
+    /// Adds a box in normalised cxcywh ([0,1], upstream's convention) and runs the detector. Boxes accumulate. If the
+    /// call fails (or is cancelled) the box is not kept.
+    /// </summary>
+    public IReadOnlyList<Sam3Detections> AddBoxPrompt(Sam3ImageState state, BoxPrompt box, Action<string, Tensor>? probe = null,
+        CancellationToken cancellationToken = default)
     {
         CheckState(state);
         ValidateBox(box);
+        cancellationToken.ThrowIfCancellationRequested();
         state.AddBox(box);
-        return Predict(state, probe);
+        try
+        {
+            return Predict(state, probe, cancellationToken);
+        }
+        catch
+        {
+            state.RemoveLastBox();
+            throw;
+        }
     }
 
     /// <summary>Adds a box given in pixels of the image(s) as xyxy. All images of the batch must have the same size.</summary>
-    public IReadOnlyList<Sam3Detections> AddBoxPromptXyxy(Sam3ImageState state, float x0, float y0, float x1, float y1, bool positive = true)
+    public IReadOnlyList<Sam3Detections> AddBoxPromptXyxy(Sam3ImageState state, float x0, float y0, float x1, float y1, bool positive = true,
+        CancellationToken cancellationToken = default)
     {
         CheckState(state);
         var (h, w) = CommonSize(state);
@@ -142,21 +185,36 @@ public sealed class Sam3Processor : IDisposable
             if (!float.IsFinite(v)) throw new Sam3PromptException($"box coordinate {v} is not finite");
         if (x1 <= x0 || y1 <= y0) throw new Sam3PromptException($"box ({x0},{y0},{x1},{y1}) has a non-positive size");
         if (x0 < 0 || y0 < 0 || x1 > w || y1 > h) throw new Sam3PromptException($"box ({x0},{y0},{x1},{y1}) lies outside the {w}x{h} image");
-        return AddBoxPrompt(state, new BoxPrompt((x0 + x1) / 2 / w, (y0 + y1) / 2 / h, (x1 - x0) / w, (y1 - y0) / h, positive));
+        return AddBoxPrompt(state, new BoxPrompt((x0 + x1) / 2 / w, (y0 + y1) / 2 / h, (x1 - x0) / w, (y1 - y0) / h, positive),
+            cancellationToken: cancellationToken);
     }
 
     /// <summary>Adds a box given in pixels as x, y (top-left), width, height.</summary>
-    public IReadOnlyList<Sam3Detections> AddBoxPromptXywh(Sam3ImageState state, float x, float y, float width, float height, bool positive = true)
-        => AddBoxPromptXyxy(state, x, y, x + width, y + height, positive);
+    public IReadOnlyList<Sam3Detections> AddBoxPromptXywh(Sam3ImageState state, float x, float y, float width, float height, bool positive = true,
+        CancellationToken cancellationToken = default)
+        => AddBoxPromptXyxy(state, x, y, x + width, y + height, positive, cancellationToken);
 
-    /// <summary>Adds a point in normalised xy ([0,1]) and runs the detector (the geometry encoder's point path).</summary>
-    public IReadOnlyList<Sam3Detections> AddPointPrompt(Sam3ImageState state, PointPrompt point, Action<string, Tensor>? probe = null)
+    /// <summary>
+    /// Adds a point in normalised xy ([0,1]) and runs the detector (the geometry encoder's point path). If the call
+    /// fails (or is cancelled) the point is not kept.
+    /// </summary>
+    public IReadOnlyList<Sam3Detections> AddPointPrompt(Sam3ImageState state, PointPrompt point, Action<string, Tensor>? probe = null,
+        CancellationToken cancellationToken = default)
     {
         CheckState(state);
         if (!float.IsFinite(point.X) || !float.IsFinite(point.Y)) throw new Sam3PromptException($"point ({point.X},{point.Y}) is not finite");
         if (point.X < 0 || point.X > 1 || point.Y < 0 || point.Y > 1) throw new Sam3PromptException($"point ({point.X},{point.Y}) is outside [0,1]");
+        cancellationToken.ThrowIfCancellationRequested();
         state.AddPoint(point);
-        return Predict(state, probe);
+        try
+        {
+            return Predict(state, probe, cancellationToken);
+        }
+        catch
+        {
+            state.RemoveLastPoint();
+            throw;
+        }
     }
 
     /// <summary>Removes every prompt and result (the image features stay).</summary>
@@ -166,20 +224,31 @@ public sealed class Sam3Processor : IDisposable
         state.ClearPrompts();
     }
 
-    /// <summary>Changes the threshold; with a state, re-filters its last outputs without rerunning any network.</summary>
+    /// <summary>
+    /// Changes the threshold; with a state, re-filters its last outputs without rerunning any network and returns the
+    /// new results (null when the state has no outputs yet). The previous results of that state are disposed.
+    /// </summary>
     public IReadOnlyList<Sam3Detections>? SetConfidenceThreshold(double threshold, Sam3ImageState? state = null)
     {
         CheckAlive();
         CheckThreshold(threshold);
+        if (state is not null) CheckState(state); // a disposed state is an error, also when it has no outputs
+        if (state?.RawOutput is null)
+        {
+            ConfidenceThreshold = threshold;
+            return state?.Results;
+        }
+        var results = PostProcess(state, state.RawOutput, threshold);
         ConfidenceThreshold = threshold;
-        if (state is null || state.RawOutput is null) return state?.Results;
-        CheckState(state);
-        var results = PostProcess(state, state.RawOutput);
         state.SetResults(results);
         return results;
     }
 
-    /// <summary>Runs the detector with the state's current prompts (text and/or boxes/points).</summary>
+    /// <summary>
+    /// Runs the detector with the state's current prompts (text and/or boxes/points). The returned results are owned by
+    /// the state (<see cref="Sam3ImageState.Results"/>): the next prompt, threshold change, reset or dispose of the
+    /// state disposes them. On failure or cancellation the state keeps its previous results.
+    /// </summary>
     public IReadOnlyList<Sam3Detections> Predict(Sam3ImageState state, Action<string, Tensor>? probe = null, CancellationToken cancellationToken = default)
     {
         CheckState(state);
@@ -192,12 +261,22 @@ public sealed class Sam3Processor : IDisposable
         var (feats, mask) = EncodeText(state.TextPrompt ?? DummyTextPrompt);
         probe?.Invoke("text.out.0", mask);
         probe?.Invoke("text.out.1", feats);
+        cancellationToken.ThrowIfCancellationRequested();
         var prompt = BuildGeometricPrompt(state, b);
         var ids = torch.arange(b, dtype: ScalarType.Int64, device: Device);
         var textIds = torch.zeros(b, dtype: ScalarType.Int64, device: Device);
         var raw = Model.ForwardGrounding(state.Backbone, feats, mask, textIds, ids, prompt, probe);
+        IReadOnlyList<Sam3Detections> results;
+        try
+        {
+            results = PostProcess(state, raw, ConfidenceThreshold);
+        }
+        catch
+        {
+            raw.Dispose();
+            throw;
+        }
         state.SetRaw(raw);
-        var results = PostProcess(state, raw);
         state.SetResults(results);
         return results;
     }
@@ -284,7 +363,7 @@ public sealed class Sam3Processor : IDisposable
     /// Sam3Processor._forward_grounding's post-processing per image: scores, threshold, xyxy pixel boxes, bilinear
     /// (align_corners=False) upsampling of the kept mask logits to the original size, sigmoid, &gt; 0.5.
     /// </summary>
-    private IReadOnlyList<Sam3Detections> PostProcess(Sam3ImageState state, GroundingOutput raw)
+    private static IReadOnlyList<Sam3Detections> PostProcess(Sam3ImageState state, GroundingOutput raw, double threshold)
     {
         var results = new List<Sam3Detections>();
         using var scope = NewDisposeScope();
@@ -292,20 +371,33 @@ public sealed class Sam3Processor : IDisposable
         var presence = raw.PresenceLogitDec!.to(ScalarType.Float32).cpu();
         var boxesAll = raw.PredBoxes!.to(ScalarType.Float32).cpu();
         var masksAll = raw.PredMasks!;
-        for (int i = 0; i < state.BatchSize; i++)
+        try
         {
-            var (h, w) = state.OriginalSizes[i];
-            var probs = (logits[i].sigmoid() * presence[i].sigmoid().unsqueeze(0)).squeeze(-1); // [Q]
-            var keep = probs.gt(ConfidenceThreshold).nonzero().flatten();
-            long[] idx = keep.data<long>().ToArray();
-            var scores = probs.index_select(0, keep);
-            var boxes = BoxOps.Denormalize(BoxOps.CxcywhToXyxy(boxesAll[i].index_select(0, keep)), w, h);
-            var low = masksAll[i].index_select(0, keep.to(masksAll.device)).to(ScalarType.Float32).unsqueeze(1);
-            var prob = nn.functional.interpolate(low, [h, w], mode: InterpolationMode.Bilinear, align_corners: false).sigmoid().squeeze(1).cpu();
-            var masks = prob.gt(MaskProbabilityThreshold);
-            results.Add(new Sam3Detections(i, h, w, masks, prob, boxes, scores, idx));
+            for (int i = 0; i < state.BatchSize; i++)
+                results.Add(PostProcessOne(state, i, logits, presence, boxesAll, masksAll, threshold));
+        }
+        catch
+        {
+            foreach (var r in results) r.Dispose();
+            throw;
         }
         return results;
+    }
+
+    private static Sam3Detections PostProcessOne(Sam3ImageState state, int i, Tensor logits, Tensor presence, Tensor boxesAll, Tensor masksAll,
+        double threshold)
+    {
+        using var scope = NewDisposeScope();
+        var (h, w) = state.OriginalSizes[i];
+        var probs = (logits[i].sigmoid() * presence[i].sigmoid().unsqueeze(0)).squeeze(-1); // [Q]
+        var keep = probs.gt(threshold).nonzero().flatten();
+        long[] idx = keep.data<long>().ToArray();
+        var scores = probs.index_select(0, keep);
+        var boxes = BoxOps.Denormalize(BoxOps.CxcywhToXyxy(boxesAll[i].index_select(0, keep)), w, h);
+        var low = masksAll[i].index_select(0, keep.to(masksAll.device)).to(ScalarType.Float32).unsqueeze(1);
+        var prob = nn.functional.interpolate(low, [h, w], mode: InterpolationMode.Bilinear, align_corners: false).sigmoid().squeeze(1).cpu();
+        var masks = prob.gt(MaskProbabilityThreshold);
+        return new Sam3Detections(i, h, w, masks, prob, boxes, scores, idx);
     }
 
     public void Dispose()
