@@ -56,6 +56,14 @@ public static class SegmentCommand
         if (text is not null && string.IsNullOrWhiteSpace(text)) throw new UsageException("--text is empty");
         var boxes = a.Values("box").Select(v => ParseBox(v, "box")).ToList();
         var boxesXyxy = a.Values("box-xyxy").Select(v => ParseBox(v, "box-xyxy")).ToList();
+        // what the processor would reject, found before the model is loaded
+        foreach (var (v, _) in boxes)
+        {
+            if (v.Any(x => x < 0 || x > 1)) throw new UsageException($"--box {string.Join(',', v.Select(F))}: cx,cy,w,h are normalised to [0,1]");
+            if (v[2] <= 0 || v[3] <= 0) throw new UsageException($"--box {string.Join(',', v.Select(F))}: width and height must be positive");
+        }
+        foreach (var (v, _) in boxesXyxy)
+            if (v[2] <= v[0] || v[3] <= v[1]) throw new UsageException($"--box-xyxy {string.Join(',', v.Select(F))}: expected x0 < x1 and y0 < y1");
         var points = a.Values("point").Select(ParsePoint).ToList();
         if (text is null && boxes.Count == 0 && boxesXyxy.Count == 0 && points.Count == 0)
             throw new UsageException("segment: give a prompt (--text, --box, --box-xyxy or --point)");
@@ -320,6 +328,8 @@ public static class SegmentCommand
         WriteIndented = true,
         Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping,
     };
+
+    private static string F(float v) => v.ToString(CultureInfo.InvariantCulture);
 
     internal static (float X, float Y, bool Positive) ParsePoint(string v)
     {

@@ -77,6 +77,10 @@ public class SegmentParityCliTests
     private static Dictionary<string, string> HashFolder(string dir) =>
         Directory.GetFiles(dir).ToDictionary(Path.GetFileName, p => Convert.ToHexString(SHA256.HashData(File.ReadAllBytes(p))))!;
 
+    /// <summary>The image, checkpoint and vocabulary have the bytes they had before the first run.</summary>
+    private void AssertInputsUnchanged() =>
+        Assert.That(HashInputs(), Is.EqualTo(_inputHashesBefore), "image, checkpoint and vocabulary unchanged");
+
     // ---------------------------------------------------------------- running the CLI
 
     private sealed record Result(int ExitCode, string Out, string Err, double Seconds)
@@ -175,6 +179,19 @@ public class SegmentParityCliTests
             counts.Add(x);
         }
         return counts.ToArray();
+    }
+
+    [Test]
+    public void IndependentRleDecoderReadsHandEncodedCounts()
+    {
+        // worked by hand from the format: 40 = 8 + 1·32 -> groups 8 (with the continuation bit: 40 -> 'X') and 1 ('1');
+        // "254M": 2, 5, 4, then 'M' = 77 - 48 = 29 = 0b11101, sign bit set -> -3, stored relative to counts[1] = 5 -> 2
+        Assert.That(PycocoCounts("X1"), Is.EqualTo(new long[] { 40 }));
+        Assert.That(PycocoCounts("254M"), Is.EqualTo(new long[] { 2, 5, 4, 2 }));
+        // 2 x 3 mask, column-major runs 1 background, 3 foreground, 2 background: pixels (y,x) = (1,0), (0,1), (1,1)
+        Assert.That(DecodeRuns([1, 3, 2], 2, 3), Is.EqualTo(new byte[] { 0, 1, 0, 1, 1, 0 }));
+        // and the library agrees on the hand-made string
+        Assert.That(new CocoRle([2, 3], "132").Decode(), Is.EqualTo(new byte[] { 0, 1, 0, 1, 1, 0 }));
     }
 
     /// <summary>Row-major 0/1 mask from column-major runs that start with background.</summary>
@@ -335,6 +352,7 @@ public class SegmentParityCliTests
         AssertRleIs(objects[0], p.MaskBytes(best), p.Height, p.Width, "point mask");
         Assert.That(File.Exists(Path.Combine(PointOut, "truck.png")));
         Assert.That(Directory.GetFiles(PointOut, "truck_mask*.png"), Is.Empty, "no mask PNGs without --masks");
+        AssertInputsUnchanged();
     }
 
     [Test]
@@ -356,8 +374,10 @@ public class SegmentParityCliTests
             AssertRleIs(objects[k], mask, p.Height, p.Width, $"box {k}");
             // the box written is the mask's tight box (inclusive pixel ends)
             var bounds = BinaryMask.FromBytes(mask, p.Width, p.Height).Bounds();
-            if (bounds is { } b) Assert.That(objects[k].Box, Is.EqualTo(new float[] { b.X0, b.Y0, b.X1, b.Y1 }));
+            float[] expectedBox = bounds is { } b ? [b.X0, b.Y0, b.X1, b.Y1] : [0, 0, 0, 0];
+            Assert.That(objects[k].Box, Is.EqualTo(expectedBox), $"box {k}");
         }
+        AssertInputsUnchanged();
     }
 
     // ---------------------------------------------------------------- 2. files
@@ -384,9 +404,7 @@ public class SegmentParityCliTests
         Assert.That(File.ReadAllText(Path.Combine(maskOnly, "truck_mask0.png")), Is.EqualTo("precious"));
         Assert.That(Directory.GetFiles(maskOnly), Has.Length.EqualTo(1), "nothing written");
 
-        _ = PointRun;
-        _ = BoxesRun;
-        Assert.That(HashInputs(), Is.EqualTo(_inputHashesBefore), "image, checkpoint and vocabulary unchanged");
+        AssertInputsUnchanged();
     }
 
     [Test]
@@ -448,8 +466,10 @@ public class SegmentParityCliTests
         AssertOneLineError(wrongConfig, 1, "does not fit the 'full' configuration");
         Assert.That(sw.Elapsed.TotalSeconds, Is.LessThan(20), "the mismatch is found without building the full model's weights");
 
-        foreach (var (box, fragment) in new[] { ("1,2,3", "expected 4"), ("a,b,c,d", "'a' is not a number"), ("0.5,0.5,0.2,0.2:maybe", "suffix") })
+        foreach (var (box, fragment) in new[] { ("1,2,3", "expected 4"), ("a,b,c,d", "'a' is not a number"), ("0.5,0.5,0.2,0.2:maybe", "suffix"),
+                     ("1.5,0.5,0.2,0.2", "[0,1]"), ("0.5,0.5,0,0.2", "positive") })
             AssertOneLineError(Run(Args(Tiny, Truck, "tiny", "--box", box)), 2, fragment);
+        AssertOneLineError(Run(Args(Tiny, Truck, "tiny", "--box-xyxy", "300,10,100,200")), 2, "x0 < x1");
         AssertOneLineError(Run(Args(Tiny, Truck, "tiny", "--text", TextPrompt, "--threshold", "2")), 2, "--threshold");
         AssertOneLineError(Run(Args(Tiny, Truck, "tiny")), 2, "give a prompt");
         Assert.That(Directory.Exists(outDir), Is.False, "no run created the output folder");
