@@ -1,4 +1,5 @@
 using System.Globalization;
+using Sam3.Torch;
 using Sam3.Torch.Parity;
 
 namespace Sam3.Cli;
@@ -22,8 +23,20 @@ public static class ParityCommand
         double atol = a.Double("atol", 1e-4), rtol = a.Double("rtol", 1e-4);
         if (atol < 0 || rtol < 0) throw new UsageException("--atol and --rtol must be non-negative");
         var prefixes = a.Values("scenario").SelectMany(v => v.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)).ToList();
-        using var runner = new ParityRunner(reference, a.Value("model") ?? "tiny", new Tolerance(atol, rtol));
-        var scenarios = runner.Select(prefixes);
+        if (a.Values("scenario").Count > 0 && prefixes.Count == 0) throw new UsageException("--scenario names no scenario");
+        string model = a.Value("model") ?? "tiny";
+        if (!Directory.Exists(Path.Combine(reference, model)))
+            throw new UsageException($"--reference {reference}: no '{model}' model folder (expected {Path.Combine(reference, model)} with config.json and the scenario files)");
+        using var runner = new ParityRunner(reference, model, new Tolerance(atol, rtol));
+        IReadOnlyList<string> scenarios;
+        try
+        {
+            scenarios = runner.Select(prefixes);
+        }
+        catch (Sam3Exception e)
+        {
+            throw new UsageException(e.Message); // an unknown --scenario prefix: a usage error, nothing was run
+        }
         int passed = 0, failed = 0;
         foreach (var name in scenarios)
         {

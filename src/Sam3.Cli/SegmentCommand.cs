@@ -56,6 +56,14 @@ public static class SegmentCommand
         if (text is not null && string.IsNullOrWhiteSpace(text)) throw new UsageException("--text is empty");
         var boxes = a.Values("box").Select(v => ParseBox(v, "box")).ToList();
         var boxesXyxy = a.Values("box-xyxy").Select(v => ParseBox(v, "box-xyxy")).ToList();
+        // what the processor would reject, found before the model is loaded
+        foreach (var (v, _) in boxes)
+        {
+            if (v.Any(x => x < 0 || x > 1)) throw new UsageException($"--box {string.Join(',', v.Select(F))}: cx,cy,w,h are normalised to [0,1]");
+            if (v[2] <= 0 || v[3] <= 0) throw new UsageException($"--box {string.Join(',', v.Select(F))}: width and height must be positive");
+        }
+        foreach (var (v, _) in boxesXyxy)
+            if (v[2] <= v[0] || v[3] <= v[1]) throw new UsageException($"--box-xyxy {string.Join(',', v.Select(F))}: expected x0 < x1 and y0 < y1");
         var points = a.Values("point").Select(ParsePoint).ToList();
         if (text is null && boxes.Count == 0 && boxesXyxy.Count == 0 && points.Count == 0)
             throw new UsageException("segment: give a prompt (--text, --box, --box-xyxy or --point)");
@@ -64,19 +72,38 @@ public static class SegmentCommand
         if (interactive && boxesXyxy.Any(b => !b.Positive)) throw new UsageException("segment: negative boxes need the detector (give --text)");
         if (interactive && points.Count > 0 && boxesXyxy.Count > 1) throw new UsageException("segment: points go with at most one --box-xyxy");
         if (!interactive && a.Flag("multimask")) throw new UsageException("segment: --multimask applies to the interactive mode only");
-        if (!File.Exists(checkpoint)) throw new Sam3CheckpointException($"checkpoint not found: {checkpoint}");
+        // Cheap checks first: output plan (overwrites), images, configuration fit; the model load comes last.
+        var outputs = PlanOutputs(images, outDir, a.Flag("force"), a.Flag("masks"));
         foreach (var img in images) if (!File.Exists(img)) throw new Sam3ImageException($"image not found: {img}");
-        var config = ResolveConfig(a.Value("config") ?? "full");
+        if (!File.Exists(checkpoint)) throw new Sam3CheckpointException($"checkpoint not found: {checkpoint}");
+        string configName = a.Value("config") ?? "full";
+        var config = ResolveConfig(configName);
+        var decoded = images.Select(p => (Path: p, Image: ImageLoader.Load(p))).ToList();
+        CheckConfigurationFits(checkpoint, config, configName);
         var tokenizer = LoadTokenizer(a.Value("vocab"), checkpoint, config);
 
-        // Decode every image before the (slow) model load so a bad file fails fast.
-        var decoded = images.Select(p => (Path: p, Image: ImageLoader.Load(p))).ToList();
-        var outputs = PlanOutputs(decoded.Select(d => d.Path).ToList(), outDir, a.Flag("force"));
-
         var sw = System.Diagnostics.Stopwatch.StartNew();
-        var progress = new ConvertProgress(stderr, Commands.IsConsoleTerminal(stderr), new Dictionary<string, long>(), "loading checkpoint");
-        using var model = Sam3ModelLoader.LoadImageModel(checkpoint, config, new Sam3LoadOptions { Progress = progress });
-        progress.Finish();
+        // Progress only on a terminal (one line rewritten in place): in logs and pipes an error stays a single line.
+        bool terminal = Commands.IsConsoleTerminal(stderr);
+        var progress = terminal ? new ConvertProgress(stderr, true, new Dictionary<string, long>(), "loading checkpoint") : null;
+        Sam3Image model;
+        try
+        {
+            model = Sam3ModelLoader.LoadImageModel(checkpoint, config, new Sam3LoadOptions { Progress = progress });
+        }
+        catch (Sam3Exception e) when (e.Message.Contains('\n'))
+        {
+            progress?.Finish();
+            // a multi-line report (e.g. every mismatching key): its first line, and where to get the rest
+            throw new Sam3CheckpointException($"{FirstLine(e.Message)} (sam3 inspect {checkpoint} --config {configName} lists the keys)", e);
+        }
+        catch
+        {
+            progress?.Finish();
+            throw;
+        }
+        using var _ = model;
+        progress?.Finish();
         stderr.WriteLine(string.Format(CultureInfo.InvariantCulture, "loaded {0} in {1:F1} s", Path.GetFileName(checkpoint), sw.Elapsed.TotalSeconds));
         using var processor = new Sam3Processor(model, tokenizer, threshold);
         var interactivePredictor = interactive ? new InteractiveImagePredictor(model) : null;
@@ -101,9 +128,10 @@ public static class SegmentCommand
                 if (text is not null) results = processor.SetTextPrompt(state, text);
                 foreach (var (v, positive) in boxes) results = processor.AddBoxPrompt(state, new BoxPrompt(v[0], v[1], v[2], v[3], positive));
                 foreach (var (v, positive) in boxesXyxy) results = processor.AddBoxPromptXyxy(state, v[0], v[1], v[2], v[3], positive);
-                var det = results![0];
-                var scores = det.ScoreArray();
-                var detBoxes = det.BoxArray();
+                var det = results![0]; // owned by the state
+                // no detections: nothing to read (TorchSharp's data accessor throws on an empty [0, 4] tensor)
+                var scores = det.Count == 0 ? [] : det.ScoreArray();
+                var detBoxes = det.Count == 0 ? [] : det.BoxArray();
                 objects = Enumerable.Range(0, det.Count)
                     .Select(k => new SegmentObject(Visualization.BinaryMask.FromBytes(det.MaskBytes(k), det.Width, det.Height), scores[k], detBoxes[k])).ToList();
             }
@@ -117,28 +145,101 @@ public static class SegmentCommand
 
     internal sealed record OutputPaths(string Overlay, string Json, string MaskPrefix);
 
-    /// <summary>Output names per image; refuses to write onto any input or onto existing files (unless --force).</summary>
-    internal static List<OutputPaths> PlanOutputs(IReadOnlyList<string> inputs, string outDir, bool force)
+    /// <summary>File names compare case-insensitively where the file system usually does (Windows, macOS).</summary>
+    private static StringComparer PathComparer => OperatingSystem.IsWindows() || OperatingSystem.IsMacOS() ? StringComparer.OrdinalIgnoreCase : StringComparer.Ordinal;
+    private static StringComparison PathComparison => OperatingSystem.IsWindows() || OperatingSystem.IsMacOS() ? StringComparison.OrdinalIgnoreCase : StringComparison.Ordinal;
+
+    /// <summary>Whether <paramref name="fileName"/> is the name of a mask PNG (<c>STEM_maskK.png</c>) of output stem <paramref name="stem"/>.</summary>
+    internal static bool IsMaskFileOf(string fileName, string stem) =>
+        fileName.Length > stem.Length + "_mask.png".Length
+        && fileName.StartsWith(stem + "_mask", PathComparison)
+        && fileName.EndsWith(".png", PathComparison)
+        && fileName[(stem.Length + "_mask".Length)..^".png".Length].All(char.IsAsciiDigit);
+
+    /// <summary>
+    /// Output names per image (STEM.png, STEM.json and, with --masks, STEM_mask0.png, ...): stems made unique, also
+    /// against each other's mask names. Refuses, even with --force, any output that is an input (paths compared with
+    /// symbolic links resolved), and without --force any output file that already exists, mask PNGs included.
+    /// </summary>
+    internal static List<OutputPaths> PlanOutputs(IReadOnlyList<string> inputs, string outDir, bool force, bool masks)
     {
-        var inputSet = inputs.Select(Path.GetFullPath).ToHashSet();
-        var used = new HashSet<string>();
+        string dir = RealPath(outDir);
+        var inputSet = inputs.Select(RealPath).ToHashSet(PathComparer);
+        var inputsInDir = inputSet.Where(p => PathComparer.Equals(Path.GetDirectoryName(p), dir)).Select(Path.GetFileName).ToList();
+        var existing = Directory.Exists(dir) ? Directory.GetFiles(dir).Select(Path.GetFileName).ToList() : [];
+        var used = new HashSet<string>(PathComparer);
+        bool Clashes(string stem) => used.Contains(stem) || (masks && used.Any(u => IsMaskFileOf(stem + ".png", u) || IsMaskFileOf(u + ".png", stem)));
         var result = new List<OutputPaths>();
         foreach (var input in inputs)
         {
             string stem = Path.GetFileNameWithoutExtension(input);
             string candidate = stem;
-            for (int k = 2; !used.Add(candidate); k++) candidate = $"{stem}_{k}";
-            var paths = new OutputPaths(Path.GetFullPath(Path.Combine(outDir, candidate + ".png")), Path.GetFullPath(Path.Combine(outDir, candidate + ".json")),
-                Path.GetFullPath(Path.Combine(outDir, candidate + "_mask")));
+            for (int k = 2; Clashes(candidate); k++) candidate = $"{stem}_{k}";
+            used.Add(candidate);
+            var paths = new OutputPaths(Path.Combine(dir, candidate + ".png"), Path.Combine(dir, candidate + ".json"), Path.Combine(dir, candidate + "_mask"));
             foreach (var p in new[] { paths.Overlay, paths.Json })
             {
                 if (inputSet.Contains(p)) throw new UsageException($"output {p} would overwrite an input image; choose another --out");
                 if (File.Exists(p) && !force) throw new UsageException($"output {p} exists (use --force to replace it)");
             }
+            if (masks)
+            {
+                if (inputsInDir.FirstOrDefault(n => IsMaskFileOf(n!, candidate)) is { } clash)
+                    throw new UsageException($"mask output {Path.Combine(dir, clash!)} would overwrite an input image; choose another --out");
+                if (!force && existing.FirstOrDefault(n => IsMaskFileOf(n!, candidate)) is { } old)
+                    throw new UsageException($"output {Path.Combine(dir, old!)} exists (use --force to replace it)");
+            }
             result.Add(paths);
         }
         return result;
     }
+
+    /// <summary>
+    /// The absolute path with every symbolic link along it resolved (as POSIX realpath), so that an output reached
+    /// through a linked folder or file is recognised as the input it is. Parts that do not exist are kept as they are.
+    /// </summary>
+    internal static string RealPath(string path)
+    {
+        string full = Path.GetFullPath(path);
+        string root = Path.GetPathRoot(full) ?? "";
+        string current = root;
+        foreach (var part in full[root.Length..].Split(Path.DirectorySeparatorChar, Path.AltDirectorySeparatorChar))
+        {
+            if (part.Length == 0) continue;
+            string next = Path.Combine(current, part);
+            try
+            {
+                FileSystemInfo info = Directory.Exists(next) ? new DirectoryInfo(next) : new FileInfo(next);
+                if (info.LinkTarget is not null && info.ResolveLinkTarget(returnFinalTarget: true) is { } target)
+                    next = target.FullName.Length < 4096 && !PathComparer.Equals(target.FullName, full) ? RealPath(target.FullName) : target.FullName;
+            }
+            catch (IOException)
+            {
+                // a link loop or an unreadable link: keep the path as written (the write itself will fail)
+            }
+            current = next;
+        }
+        return current;
+    }
+
+    /// <summary>
+    /// Whether the checkpoint's keys and shapes fit the configuration, checked on the META device (no weights built) so
+    /// that a checkpoint of another size fails at once with one line instead of after building the model.
+    /// </summary>
+    private static void CheckConfigurationFits(string checkpointPath, Sam3Config config, string configName)
+    {
+        using var checkpoint = CheckpointFile.Open(checkpointPath);
+        var match = ConfigurationMatch.Check(checkpoint, config);
+        if (match.IsMatch) return;
+        string what = match.LayoutProblem
+            ?? (match.Comparison is { IsMatch: false } c
+                ? $"{c.Missing.Count} missing, {c.Unexpected.Count} unexpected, {c.WrongShape.Count} wrongly shaped, {c.WrongDType.Count} wrongly typed key(s)"
+                : $"{match.RopeValueMismatches.Count} RoPE table(s) differ from the recomputed ones");
+        throw new Sam3CheckpointException(
+            $"{checkpointPath} does not fit the '{configName}' configuration: {FirstLine(what)} (sam3 inspect {checkpointPath} --config {configName} lists them)");
+    }
+
+    private static string FirstLine(string message) => message.Split('\n', 2)[0].TrimEnd('\r');
 
     /// <summary>Interactive (SAM1-style) prediction: points + one box, or a batch of boxes; best mask per prompt unless multimask.</summary>
     private static List<SegmentObject> RunInteractive(InteractiveImagePredictor predictor, Sam3ImageState state,
@@ -218,8 +319,17 @@ public static class SegmentCommand
             ["score"] = mode == "detector" ? "sigmoid(logit)*sigmoid(presence)" : "predicted IoU",
             ["detections"] = list,
         };
-        File.WriteAllText(o.Json, doc.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+        File.WriteAllText(o.Json, doc.ToJsonString(JsonOptions));
     }
+
+    /// <summary>Indented; RLE counts written as they are ('<', '>', '`' unescaped, as pycocotools' own json.dump writes them).</summary>
+    private static readonly JsonSerializerOptions JsonOptions = new()
+    {
+        WriteIndented = true,
+        Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping,
+    };
+
+    private static string F(float v) => v.ToString(CultureInfo.InvariantCulture);
 
     internal static (float X, float Y, bool Positive) ParsePoint(string v)
     {
