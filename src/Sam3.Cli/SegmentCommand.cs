@@ -333,26 +333,14 @@ public static class SegmentCommand
 
     internal static (float X, float Y, bool Positive) ParsePoint(string v)
     {
-        bool positive = true;
-        string body = v;
-        int colon = v.LastIndexOf(':');
-        if (colon >= 0)
-        {
-            string tag = v[(colon + 1)..].Trim().ToLowerInvariant();
-            if (tag is "neg" or "negative") positive = false;
-            else if (tag is not ("pos" or "positive")) throw new UsageException($"--point '{v}': the suffix must be :neg or :pos");
-            body = v[..colon];
-        }
-        var parts = body.Split(',');
-        if (parts.Length != 2) throw new UsageException($"--point '{v}': expected x,y");
-        var xy = new float[2];
-        for (int i = 0; i < 2; i++)
-            if (!float.TryParse(parts[i].Trim(), NumberStyles.Float, CultureInfo.InvariantCulture, out xy[i]) || !float.IsFinite(xy[i]))
-                throw new UsageException($"--point '{v}': '{parts[i]}' is not a number");
+        var (xy, positive) = ParseTagged(v, "point", 2, "x,y");
         return (xy[0], xy[1], positive);
     }
 
-    internal static (float[] Values, bool Positive) ParseBox(string v, string option)
+    internal static (float[] Values, bool Positive) ParseBox(string v, string option) => ParseTagged(v, option, 4, "4 comma-separated numbers");
+
+    /// <summary>"n1,n2,...[:neg|:pos]" with exactly <paramref name="count"/> finite numbers.</summary>
+    private static (float[] Values, bool Positive) ParseTagged(string v, string option, int count, string expected)
     {
         bool positive = true;
         string body = v;
@@ -365,9 +353,9 @@ public static class SegmentCommand
             body = v[..colon];
         }
         var parts = body.Split(',');
-        if (parts.Length != 4) throw new UsageException($"--{option} '{v}': expected 4 comma-separated numbers");
-        var values = new float[4];
-        for (int i = 0; i < 4; i++)
+        if (parts.Length != count) throw new UsageException($"--{option} '{v}': expected {expected}");
+        var values = new float[count];
+        for (int i = 0; i < count; i++)
             if (!float.TryParse(parts[i].Trim(), NumberStyles.Float, CultureInfo.InvariantCulture, out values[i]) || !float.IsFinite(values[i]))
                 throw new UsageException($"--{option} '{v}': '{parts[i]}' is not a number");
         return (values, positive);
