@@ -1,6 +1,21 @@
+using BenchmarkDotNet.Configs;
+using BenchmarkDotNet.Jobs;
 using BenchmarkDotNet.Running;
+using BenchmarkDotNet.Toolchains.InProcess.Emit;
 
 // Patch TorchSharp's native library before anything loads it: BenchmarkDotNet's generated child projects do not
 // import Directory.Build.targets, so the build-time patch does not reach their output folders.
 Sam3.Torch.IO.NativeLoaderFix.EnsurePatched();
-BenchmarkSwitcher.FromAssembly(typeof(Program).Assembly).Run(args);
+
+// BenchmarkDotNet's own --inProcess adds a second, default-settings job next to a class's configured job (the model
+// benchmarks would then run twice, once with pilot and overhead stages). Handle the switch here instead: the model
+// benchmarks' config moves its own job in process (SAM3_BENCH_INPROCESS=1), and classes without a config get an
+// in-process default job that BenchmarkDotNet drops wherever a class defines its own.
+IConfig? config = null;
+if (args.Any(a => a.Equals("--inProcess", StringComparison.OrdinalIgnoreCase) || a == "-i"))
+{
+    args = args.Where(a => !a.Equals("--inProcess", StringComparison.OrdinalIgnoreCase) && a != "-i").ToArray();
+    Environment.SetEnvironmentVariable("SAM3_BENCH_INPROCESS", "1");
+    config = DefaultConfig.Instance.AddJob(Job.Default.WithToolchain(InProcessEmitToolchain.Instance).AsDefault());
+}
+BenchmarkSwitcher.FromAssembly(typeof(Program).Assembly).Run(args, config);
