@@ -6,7 +6,8 @@ here), so the C# tests compare these cases with the tokenizer's ftfy subset swit
 iopath are replaced by minimal stand-ins (only zeros/tensor/open are used). The `regex` package is
 the real one.
 
-usage: python3 gen_tokenizer_extra_cases.py /tmp/sam3src ../../../../shared/parity/inputs/bpe_simple_vocab_16e6.txt.gz
+usage: python3 gen_tokenizer_extra_cases.py "$SAM3_SRC" ../../../../shared/parity/inputs/bpe_simple_vocab_16e6.txt.gz
+(SAM3_SRC: a work tree of the official sam3 repository, see shared/pyref/checkout_sam3.sh)
 """
 import importlib.util
 import json
