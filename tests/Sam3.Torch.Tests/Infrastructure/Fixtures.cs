@@ -7,6 +7,12 @@ namespace Sam3.Torch.Tests.Infrastructure;
 /// <summary>Opens tiny scenarios and asserts tensors against them with the parity bar.</summary>
 public static class Fixtures
 {
+    /// <summary>NCHW feature map → seq-first tokens [H·W,B,C] (Sam3Image._get_img_feats).</summary>
+    public static Tensor SeqFirst(Tensor nchw) => nchw.flatten(2).permute(2, 0, 1);
+
+    /// <summary>(H, W) of an NCHW tensor.</summary>
+    public static (int, int) Hw(Tensor nchw) => ((int)nchw.shape[2], (int)nchw.shape[3]);
+
     public static ScenarioFixture Tiny(string scenario) => ScenarioFixture.Open(SharedData.Parity("tiny", scenario + ".json"));
 
     public static ComparisonResult AssertClose(ScenarioFixture fx, string name, Tensor actual, Tolerance? tol = null)

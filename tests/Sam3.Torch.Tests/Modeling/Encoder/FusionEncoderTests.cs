@@ -24,15 +24,13 @@ public class FusionEncoderTests
         return m;
     }
 
-    private static Tensor SeqFirst(Tensor nchw) => nchw.flatten(2).permute(2, 0, 1);
-    private static (int, int) Hw(Tensor nchw) => ((int)nchw.shape[2], (int)nchw.shape[3]);
 
     /// <summary>Image position encoding of a level, computed with the neck's PositionEmbeddingSine (seq-first).</summary>
     private static Tensor NeckPos(Tensor nchw)
     {
         var cfg = Sam3Config.Tiny;
         using var pe = new PositionEmbeddingSine(cfg.PositionEncoding with { NumPosFeats = cfg.Neck.DModel });
-        return SeqFirst(pe.forward(nchw));
+        return Fixtures.SeqFirst(pe.forward(nchw));
     }
 
     private static void AssertOutputs(ScenarioFixture fx, string prefix, EncoderFusionOutput o)
@@ -69,7 +67,7 @@ public class FusionEncoderTests
         var prompt = fx.Get("enc.out.memory_text");                        // cat(text features, geometry output)
         var promptMask = torch.cat([fx.Get("text.out.0"), fx.Get("geo.out.1")], 1);
         var layers = new List<Tensor>();
-        var o = m.forward([SeqFirst(feat)], [Hw(feat)], [SeqFirst(fx.Get("neck.sam3_pos.2"))], prompt, promptMask, layerOutputs: layers);
+        var o = m.forward([Fixtures.SeqFirst(feat)], [Fixtures.Hw(feat)], [Fixtures.SeqFirst(fx.Get("neck.sam3_pos.2"))], prompt, promptMask, layerOutputs: layers);
         Assert.That(layers, Has.Count.EqualTo(Sam3Config.Tiny.Encoder.NumLayers));
         for (int i = 0; i < layers.Count; i++) Fixtures.AssertClose(fx, $"enc.layer{i}", layers[i]);
         AssertOutputs(fx, "", o);
@@ -96,9 +94,9 @@ public class FusionEncoderTests
             var mask = torch.cat([fx.Get("text.out.0"), fx.Get($"img{i}.geo.out.1")], 1);
             prompts.Add(prompt);
             masks.Add(mask);
-            AssertOutputs(fx, $"img{i}.", m.forward([SeqFirst(fi)], [Hw(fi)], [NeckPos(fi)], prompt, mask));
+            AssertOutputs(fx, $"img{i}.", m.forward([Fixtures.SeqFirst(fi)], [Fixtures.Hw(fi)], [NeckPos(fi)], prompt, mask));
         }
-        var ob = m.forward([SeqFirst(feat)], [Hw(feat)], [NeckPos(feat)], torch.cat(prompts, 1), torch.cat(masks, 0));
+        var ob = m.forward([Fixtures.SeqFirst(feat)], [Fixtures.Hw(feat)], [NeckPos(feat)], torch.cat(prompts, 1), torch.cat(masks, 0));
         for (int i = 0; i < n; i++)
         {
             var col = TensorIndex.Slice(i, i + 1);
@@ -120,7 +118,7 @@ public class FusionEncoderTests
         var prompt = fx.Get($"step{step}.enc.out.memory_text");
         // the text ("visual") is encoded once, at step 1, and reused
         var mask = torch.cat([fx.Get("step1.text.out.0"), fx.Get($"step{step}.geo.out.1")], 1);
-        AssertOutputs(fx, $"step{step}.", m.forward([SeqFirst(feat)], [Hw(feat)], [NeckPos(feat)], prompt, mask));
+        AssertOutputs(fx, $"step{step}.", m.forward([Fixtures.SeqFirst(feat)], [Fixtures.Hw(feat)], [NeckPos(feat)], prompt, mask));
     }
 
     [Test]
@@ -138,12 +136,12 @@ public class FusionEncoderTests
         using var _ = torch.no_grad();
         var t = text.forward(fx.Get("text.token_ids"));
         var feat = fx.Get("neck.sam3_fpn.2");
-        var img = SeqFirst(feat);
+        var img = Fixtures.SeqFirst(feat);
         var pos = NeckPos(feat);
-        var (g, gm) = geo.forward(Prompt.Empty(1), [img], [Hw(feat)], [pos]);
+        var (g, gm) = geo.forward(Prompt.Empty(1), [img], [Fixtures.Hw(feat)], [pos]);
         var prompt = torch.cat([t.LanguageFeatures, g], 0);
         var promptMask = torch.cat([t.LanguageMask, gm], 1);
-        AssertOutputs(fx, "", enc.forward([img], [Hw(feat)], [pos], prompt, promptMask));
+        AssertOutputs(fx, "", enc.forward([img], [Fixtures.Hw(feat)], [pos], prompt, promptMask));
     }
 
     [Test]
@@ -159,7 +157,7 @@ public class FusionEncoderTests
         var promptMask = torch.cat([fx.Get("text.out.0"), fx.Get("geo.out.1")], 1);
         var padded = torch.cat([prompt, torch.full(3, 1, prompt.shape[2], 7.0f)], 0);
         var paddedMask = torch.cat([promptMask, torch.ones(1, 3, dtype: ScalarType.Bool)], 1);
-        var o = m.forward([SeqFirst(feat)], [Hw(feat)], [SeqFirst(fx.Get("neck.sam3_pos.2"))], padded, paddedMask);
+        var o = m.forward([Fixtures.SeqFirst(feat)], [Fixtures.Hw(feat)], [Fixtures.SeqFirst(fx.Get("neck.sam3_pos.2"))], padded, paddedMask);
         Fixtures.AssertClose(fx, "enc.out.memory", o.Memory);
     }
 

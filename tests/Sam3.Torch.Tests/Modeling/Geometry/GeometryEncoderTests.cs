@@ -24,9 +24,6 @@ public class GeometryEncoderTests
     }
 
     /// <summary>NCHW → seq-first [H·W,B,C] (as Sam3Image._get_img_feats).</summary>
-    internal static Tensor SeqFirst(Tensor nchw) => nchw.flatten(2).permute(2, 0, 1);
-
-    private static (int, int) Hw(Tensor nchw) => ((int)nchw.shape[2], (int)nchw.shape[3]);
 
     private static float[] Floats(JsonElement e) => e.EnumerateArray().Select(x => (float)x.GetDouble()).ToArray();
 
@@ -71,7 +68,7 @@ public class GeometryEncoderTests
         using var scope = NewDisposeScope();
         using var _ = torch.no_grad();
         var feat = fx.Get("neck.sam3_fpn.2");
-        var (emb, mask) = m.forward(Prompt.Empty(1), [SeqFirst(feat)], [Hw(feat)], [SeqFirst(fx.Get("neck.sam3_pos.2"))]);
+        var (emb, mask) = m.forward(Prompt.Empty(1), [Fixtures.SeqFirst(feat)], [Fixtures.Hw(feat)], [Fixtures.SeqFirst(fx.Get("neck.sam3_pos.2"))]);
         Fixtures.AssertClose(fx, "geo.out.0", emb);
         Fixtures.AssertClose(fx, "geo.out.1", mask);
     }
@@ -91,11 +88,11 @@ public class GeometryEncoderTests
             var fi = feat[TensorIndex.Slice(i, i + 1)];
             var pi = fx.Get($"img{i}.enc.out.pos_embed"); // the image position encoding, seq-first
             pos.Add(pi);
-            var (emb, mask) = m.forward(Prompt.Empty(1), [SeqFirst(fi)], [Hw(fi)], [pi]);
+            var (emb, mask) = m.forward(Prompt.Empty(1), [Fixtures.SeqFirst(fi)], [Fixtures.Hw(fi)], [pi]);
             Fixtures.AssertClose(fx, $"img{i}.geo.out.0", emb);
             Fixtures.AssertClose(fx, $"img{i}.geo.out.1", mask);
         }
-        var (embB, maskB) = m.forward(Prompt.Empty(n), [SeqFirst(feat)], [Hw(feat)], [torch.cat(pos, 1)]);
+        var (embB, maskB) = m.forward(Prompt.Empty(n), [Fixtures.SeqFirst(feat)], [Fixtures.Hw(feat)], [torch.cat(pos, 1)]);
         for (int i = 0; i < n; i++)
         {
             Fixtures.AssertClose(fx, $"img{i}.geo.out.0", embB[.., TensorIndex.Slice(i, i + 1)]);
@@ -114,7 +111,7 @@ public class GeometryEncoderTests
         using var _ = torch.no_grad();
         var feat = fx.Get("neck.sam3_fpn.2");
         var prompt = ScenarioCPrompt(fx, step);
-        var (emb, mask) = m.forward(prompt, [SeqFirst(feat)], [Hw(feat)], [fx.Get($"step{step}.enc.out.pos_embed")]);
+        var (emb, mask) = m.forward(prompt, [Fixtures.SeqFirst(feat)], [Fixtures.Hw(feat)], [fx.Get($"step{step}.enc.out.pos_embed")]);
         Fixtures.AssertClose(fx, $"step{step}.geo.out.0", emb);
         Fixtures.AssertClose(fx, $"step{step}.geo.out.1", mask);
     }
@@ -135,9 +132,9 @@ public class GeometryEncoderTests
         var mask = torch.tensor(new[] { false, false, false, true }).view(2, 2);
         var batched = new Prompt(boxEmbeddings: boxes, boxMask: mask, boxLabels: labels);
         var feat = fx.Get("neck.sam3_fpn.2");
-        var img = SeqFirst(feat).repeat(1, 2, 1);
+        var img = Fixtures.SeqFirst(feat).repeat(1, 2, 1);
         var pos = fx.Get("step1.enc.out.pos_embed").repeat(1, 2, 1);
-        var (emb, outMask) = m.forward(batched, [img], [Hw(feat)], [pos]);
+        var (emb, outMask) = m.forward(batched, [img], [Fixtures.Hw(feat)], [pos]);
         Assert.That(outMask.data<bool>().ToArray(), Is.EqualTo(new[] { false, false, false, false, false, true }));
         Fixtures.AssertClose(fx, "step2.geo.out.0", emb[.., TensorIndex.Slice(0, 1)]);
         Fixtures.AssertClose(fx, "step1.geo.out.0", emb[TensorIndex.Slice(0, 2), TensorIndex.Slice(1, 2)]);
