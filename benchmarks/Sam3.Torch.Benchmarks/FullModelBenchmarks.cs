@@ -1,3 +1,4 @@
+using Sam3.Torch.Loading;
 using BenchmarkDotNet.Attributes;
 using Sam3.Torch.Config;
 using Sam3.Torch.Modeling.Detector;
@@ -33,7 +34,7 @@ public class FullModelBenchmarks
     /// <summary>The text prompt of every benchmark.</summary>
     public const string PromptText = "a red car";
 
-    private Sam3Image _model = null!;
+    private Sam3ImageModel _model = null!;
     private ClipBpeTokenizer _tokenizer = null!;
     private Tensor _image = null!;
     private Tensor _tokenIds = null!;

@@ -1,13 +1,13 @@
 namespace Sam3.Cli;
 
 /// <summary>A command-line usage error: printed as one line, exit code 2.</summary>
-public sealed class UsageException(string message) : Exception(message);
+internal sealed class UsageException(string message) : Exception(message);
 
 /// <summary>
 /// Minimal option parser: positional arguments, <c>--name value</c>, <c>--name=value</c>, repeatable options and flags.
 /// Every option must be declared by the command; an unknown one is a usage error naming it.
 /// </summary>
-public sealed class CliArgs
+internal sealed class CliArgs
 {
     private readonly Dictionary<string, List<string>> _values = new();
     private readonly HashSet<string> _flags = new();

@@ -1,7 +1,7 @@
 namespace Sam3.Cli;
 
 /// <summary>The sam3 commands. Each returns an exit code; errors are thrown as Sam3Exception / UsageException.</summary>
-public static partial class Commands
+internal static partial class Commands
 {
     /// <summary><c>sam3 inspect</c>: see <see cref="InspectCommand"/>.</summary>
     public static int Inspect(string[] args, TextWriter stdout, TextWriter stderr) => InspectCommand.Run(args, stdout, stderr);

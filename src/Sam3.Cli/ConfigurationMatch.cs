@@ -1,3 +1,4 @@
+using Sam3.Torch.Loading;
 using Sam3.Torch;
 using Sam3.Torch.Config;
 using Sam3.Torch.IO;
@@ -15,7 +16,7 @@ namespace Sam3.Cli;
 /// The ViT RoPE tables (<c>*.attn.freqs_cis</c>), which the model recomputes rather than registers, are checked as
 /// the loader checks them: every table must be present, with the recomputed shape and values.
 /// </summary>
-public sealed class ConfigurationMatch
+internal sealed class ConfigurationMatch
 {
     /// <summary>The key comparison (null when the key layout itself is not loadable, see <see cref="LayoutProblem"/>).</summary>
     public StateDictComparison? Comparison { get; private init; }

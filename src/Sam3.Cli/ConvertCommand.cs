@@ -11,7 +11,7 @@ namespace Sam3.Cli;
 /// stderr. An existing OUT is never replaced without <c>--force</c>, OUT may not be IN, and OUT's folder is created.
 /// The file is written under a temporary name and renamed when complete, so a failed conversion leaves no partial OUT.
 /// </summary>
-public static class ConvertCommand
+internal static class ConvertCommand
 {
     public const string Synopsis = "sam3 convert IN OUT.safetensors [--force]";
 

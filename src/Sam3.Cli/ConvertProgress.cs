@@ -7,7 +7,7 @@ namespace Sam3.Cli;
 /// On a terminal one line is rewritten in place (<c>\r</c>) at every percent change; otherwise one line is written
 /// each time another 10 % is reached (at most ten lines), so logs stay short.
 /// </summary>
-public sealed class ConvertProgress : IProgress<(int done, int total, string key)>
+internal sealed class ConvertProgress : IProgress<(int done, int total, string key)>
 {
     private readonly TextWriter _writer;
     private readonly bool _terminal;

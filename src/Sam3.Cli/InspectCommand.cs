@@ -11,7 +11,7 @@ namespace Sam3.Cli;
 /// shaped/typed key (at most <see cref="MaxListedPerKind"/> per kind, with the count). Exit 0 when it fits, 1 when not
 /// (the report is still printed, and one line goes to stderr), 2 for usage errors.
 /// </summary>
-public static class InspectCommand
+internal static class InspectCommand
 {
     public const string Synopsis = "sam3 inspect CHECKPOINT [--config full|tiny|PATH]";
     public const int MaxListedPerKind = 20;

@@ -5,7 +5,7 @@ using Sam3.Torch.Parity;
 namespace Sam3.Cli;
 
 /// <summary><c>sam3 parity</c>: runs reference scenarios through the library (the same runner as the test suite).</summary>
-public static class ParityCommand
+internal static class ParityCommand
 {
     public const string Usage = """
         sam3 parity --reference DIR [--scenario a,b,c ...] [--model tiny] [--atol 1e-4] [--rtol 1e-4] [--all-tensors]

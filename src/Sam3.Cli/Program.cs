@@ -2,7 +2,7 @@ using Sam3.Torch;
 
 namespace Sam3.Cli;
 
-public static class Program
+internal static class Program
 {
     public const string Usage = """
         sam3 — SAM3 (Segment Anything Model 3) on TorchSharp

@@ -1,3 +1,4 @@
+using Sam3.Torch.Loading;
 using System.Globalization;
 using System.Text.Json;
 using System.Text.Json.Nodes;
@@ -16,13 +17,15 @@ namespace Sam3.Cli;
 /// <c>sam3 segment</c>: loads a checkpoint, runs text / box prompts on one or more images and writes, per image, an overlay
 /// PNG and a JSON file with COCO-style results (xyxy boxes, scores, masks as COCO compressed RLE).
 /// </summary>
-public static class SegmentCommand
+internal static class SegmentCommand
 {
     public const string Usage = """
         sam3 segment --checkpoint PATH --image IMG [--image IMG ...] --out DIR [options]
-          --config full|tiny|PATH     model configuration (default: full)
+          --checkpoint PATH           a checkpoint file, or a folder holding one (sam3.pt, model.safetensors, ...)
+                                      with its config.json and tokenizer, as downloaded
+          --config full|tiny|PATH     model configuration (default: config.json beside the checkpoint, else full)
           --vocab PATH                bpe_simple_vocab_16e6.txt.gz, or vocab.json (with merges.txt beside it);
-                                      default: looked up next to the checkpoint
+                                      default: looked up beside the checkpoint
           --text "red car"            text prompt (finds every instance)
           --box cx,cy,w,h[:neg]       box prompt, normalised [0,1] center/size (repeatable; :neg = negative)
           --box-xyxy x0,y0,x1,y1[:neg]  box prompt in pixels (repeatable)
@@ -75,27 +78,31 @@ public static class SegmentCommand
         // Cheap checks first: output plan (overwrites), images, configuration fit; the model load comes last.
         var outputs = PlanOutputs(images, outDir, a.Flag("force"), a.Flag("masks"));
         foreach (var img in images) if (!File.Exists(img)) throw new Sam3ImageException($"image not found: {img}");
-        if (!File.Exists(checkpoint)) throw new Sam3CheckpointException($"checkpoint not found: {checkpoint}");
-        string configName = a.Value("config") ?? "full";
-        var config = ResolveConfig(configName);
+        var configOption = a.Value("config");
+        var files = ModelFolder.Locate(checkpoint, new Sam3ModelOptions
+        {
+            Config = configOption is null ? null : ResolveConfig(configOption),
+            TokenizerPath = a.Value("vocab"),
+        });
+        string configName = configOption ?? (files.Config.Name == Sam3Config.Tiny.Name ? "tiny" : files.ConfigSource);
         var decoded = images.Select(p => (Path: p, Image: ImageLoader.Load(p))).ToList();
-        CheckConfigurationFits(checkpoint, config, configName);
-        var tokenizer = LoadTokenizer(a.Value("vocab"), checkpoint, config);
+        CheckConfigurationFits(files.CheckpointPath, files.Config, configName);
 
         var sw = System.Diagnostics.Stopwatch.StartNew();
         // Progress only on a terminal (one line rewritten in place): in logs and pipes an error stays a single line.
         bool terminal = Commands.IsConsoleTerminal(stderr);
         var progress = terminal ? new ConvertProgress(stderr, true, new Dictionary<string, long>(), "loading checkpoint") : null;
-        Sam3Image model;
+        Sam3Model model;
         try
         {
-            model = Sam3ModelLoader.LoadImageModel(checkpoint, config, new Sam3LoadOptions { Progress = progress });
+            model = Sam3Model.LoadAsync(files.CheckpointPath, new Sam3ModelOptions { Config = files.Config, TokenizerPath = files.TokenizerPath },
+                progress is null ? null : new LoadProgressAdapter(progress)).GetAwaiter().GetResult();
         }
         catch (Sam3Exception e) when (e.Message.Contains('\n'))
         {
             progress?.Finish();
             // a multi-line report (e.g. every mismatching key): its first line, and where to get the rest
-            throw new Sam3CheckpointException($"{FirstLine(e.Message)} (sam3 inspect {checkpoint} --config {configName} lists the keys)", e);
+            throw new Sam3CheckpointException($"{FirstLine(e.Message)} (sam3 inspect {files.CheckpointPath} --config {configName} lists the keys)", e);
         }
         catch
         {
@@ -104,9 +111,9 @@ public static class SegmentCommand
         }
         using var _ = model;
         progress?.Finish();
-        stderr.WriteLine(string.Format(CultureInfo.InvariantCulture, "loaded {0} in {1:F1} s", Path.GetFileName(checkpoint), sw.Elapsed.TotalSeconds));
-        using var processor = new Sam3Processor(model, tokenizer, threshold);
-        var interactivePredictor = interactive ? new InteractiveImagePredictor(model) : null;
+        stderr.WriteLine(string.Format(CultureInfo.InvariantCulture, "loaded {0} in {1:F1} s", Path.GetFileName(files.CheckpointPath), sw.Elapsed.TotalSeconds));
+        using var processor = model.CreateImagePredictor(new ImagePredictorOptions { ConfidenceThreshold = threshold });
+        var interactivePredictor = interactive ? model.CreateInteractivePredictor() : null;
         Directory.CreateDirectory(outDir);
 
         for (int i = 0; i < decoded.Count; i++)
@@ -124,16 +131,12 @@ public static class SegmentCommand
             else
             {
                 mode = "detector";
-                IReadOnlyList<Sam3Detections>? results = null;
+                IReadOnlyList<ImageDetections>? results = null;
                 if (text is not null) results = processor.SetTextPrompt(state, text);
-                foreach (var (v, positive) in boxes) results = processor.AddBoxPrompt(state, new BoxPrompt(v[0], v[1], v[2], v[3], positive));
-                foreach (var (v, positive) in boxesXyxy) results = processor.AddBoxPromptXyxy(state, v[0], v[1], v[2], v[3], positive);
-                var det = results![0]; // owned by the state
-                // no detections: nothing to read (TorchSharp's data accessor throws on an empty [0, 4] tensor)
-                var scores = det.Count == 0 ? [] : det.ScoreArray();
-                var detBoxes = det.Count == 0 ? [] : det.BoxArray();
-                objects = Enumerable.Range(0, det.Count)
-                    .Select(k => new SegmentObject(Visualization.BinaryMask.FromBytes(det.MaskBytes(k), det.Width, det.Height), scores[k], detBoxes[k])).ToList();
+                foreach (var (v, positive) in boxes) results = processor.AddBox(state, BoxPrompt.NormalizedCxcywh(v[0], v[1], v[2], v[3], positive));
+                foreach (var (v, positive) in boxesXyxy) results = processor.AddBox(state, BoxPrompt.Xyxy(v[0], v[1], v[2], v[3], positive));
+                objects = results![0]
+                    .Select(d => d.Box.ToXyxy() is var (x0, y0, x1, y1) ? new SegmentObject(d.Mask, d.Score, [x0, y0, x1, y1]) : null!).ToList();
             }
             WriteOutputs(outputs[i], path, image, objects, mode, text, threshold, a.Flag("masks"));
             stdout.WriteLine(string.Format(CultureInfo.InvariantCulture, "{0}: {1} {2}{3} in {4:F2} s -> {5}",
@@ -242,17 +245,17 @@ public static class SegmentCommand
     private static string FirstLine(string message) => message.Split('\n', 2)[0].TrimEnd('\r');
 
     /// <summary>Interactive (SAM1-style) prediction: points + one box, or a batch of boxes; best mask per prompt unless multimask.</summary>
-    private static List<SegmentObject> RunInteractive(InteractiveImagePredictor predictor, Sam3ImageState state,
+    private static List<SegmentObject> RunInteractive(Sam3InteractivePredictor predictor, Sam3ImageState state,
         List<(float X, float Y, bool Positive)> points, List<(float[] Values, bool Positive)> boxes, bool multimask)
     {
         var objects = new List<SegmentObject>();
         void Collect(InteractivePrediction p, int prompt)
         {
-            var ious = p.IouArray(prompt);
-            var order = multimask ? Enumerable.Range(0, p.NumMasks) : [p.BestIndex(prompt)];
+            var ious = p.IouScores(prompt);
+            var order = multimask ? Enumerable.Range(0, p.MaskCount) : [p.BestIndex(prompt)];
             foreach (int c in order)
             {
-                var mask = Visualization.BinaryMask.FromBytes(p.MaskBytes(c, prompt), p.Width, p.Height);
+                var mask = p.Masks(prompt)[c];
                 var b = mask.Bounds();
                 float[] box = b is { } v ? [v.X0, v.Y0, v.X1, v.Y1] : [0, 0, 0, 0];
                 objects.Add(new SegmentObject(mask, ious[c], box, prompt, c));
@@ -260,18 +263,18 @@ public static class SegmentCommand
         }
         if (points.Count == 0 && boxes.Count > 1)
         {
-            using var batch = predictor.PredictBoxes(state, boxes.Select(b => new PixelBox(b.Values[0], b.Values[1], b.Values[2], b.Values[3])).ToList(), multimask);
+            var batch = predictor.PredictBoxes(state, boxes.Select(b => Box.FromXyxy(b.Values[0], b.Values[1], b.Values[2], b.Values[3])).ToList(), multimask);
             for (int k = 0; k < boxes.Count; k++) Collect(batch, k);
             return objects;
         }
         var prompt = new InteractivePrompt
         {
-            Points = points.Select(p => new InteractivePoint(p.X, p.Y, p.Positive ? 1 : 0)).ToList(),
-            Box = boxes.Count == 1 ? new PixelBox(boxes[0].Values[0], boxes[0].Values[1], boxes[0].Values[2], boxes[0].Values[3]) : null,
+            Points = points.Select(p => PointPrompt.Pixel(p.X, p.Y, p.Positive)).ToList(),
+            Box = boxes.Count == 1 ? Box.FromXyxy(boxes[0].Values[0], boxes[0].Values[1], boxes[0].Values[2], boxes[0].Values[3]) : null,
             // upstream default: multimask for a single click, one mask for a box or several clicks
             MultimaskOutput = multimask || (boxes.Count == 0 && points.Count == 1),
         };
-        using var single = predictor.Predict(state, prompt);
+        var single = predictor.Predict(state, prompt);
         Collect(single, 0);
         return objects;
     }
@@ -281,8 +284,7 @@ public static class SegmentCommand
     {
         var overlay = Plot.Results(image, objects.Select(x => x.Mask).ToList(), objects.SelectMany(x => x.Box).ToArray(),
             objects.Select(x => x.Score).ToArray());
-        if (File.Exists(o.Overlay)) File.Delete(o.Overlay); // --force was checked when planning
-        ImageWriter.Save(overlay, o.Overlay);
+        ImageWriter.Save(overlay, o.Overlay, overwrite: true); // --force was checked when planning; written atomically
         var list = new JsonArray();
         for (int k = 0; k < objects.Count; k++)
         {
@@ -302,10 +304,9 @@ public static class SegmentCommand
             if (masks)
             {
                 string maskPath = $"{o.MaskPrefix}{k}.png";
-                if (File.Exists(maskPath)) File.Delete(maskPath);
                 var rgb = new byte[obj.Mask.Data.Length * 3];
                 for (int j = 0; j < obj.Mask.Data.Length; j++) rgb[3 * j] = rgb[3 * j + 1] = rgb[3 * j + 2] = (byte)(obj.Mask.Data[j] != 0 ? 255 : 0);
-                ImageWriter.Save(new RgbImage(obj.Mask.Width, obj.Mask.Height, rgb), maskPath);
+                ImageWriter.Save(new RgbImage(obj.Mask.Width, obj.Mask.Height, rgb), maskPath, overwrite: true);
             }
         }
         var doc = new JsonObject
@@ -319,7 +320,7 @@ public static class SegmentCommand
             ["score"] = mode == "detector" ? "sigmoid(logit)*sigmoid(presence)" : "predicted IoU",
             ["detections"] = list,
         };
-        File.WriteAllText(o.Json, doc.ToJsonString(JsonOptions));
+        AtomicFile.WriteAllText(o.Json, doc.ToJsonString(JsonOptions));
     }
 
     /// <summary>Indented; RLE counts written as they are ('<', '>', '`' unescaped, as pycocotools' own json.dump writes them).</summary>
@@ -366,25 +367,5 @@ public static class SegmentCommand
         if (value is "full" or "tiny") return Sam3Config.Resolve(value);
         if (!File.Exists(value)) throw new UsageException($"--config '{value}' is neither full, tiny nor an existing file");
         return Sam3Config.Load(value);
-    }
-
-    /// <summary>--vocab, else a vocabulary next to the checkpoint (bpe gz, or vocab.json + merges.txt).</summary>
-    internal static ClipBpeTokenizer LoadTokenizer(string? vocab, string checkpoint, Sam3Config config)
-    {
-        var options = new ClipTokenizerOptions { Text = config.Text };
-        if (vocab is null)
-        {
-            string dir = Path.GetDirectoryName(Path.GetFullPath(checkpoint))!;
-            foreach (var candidate in new[] { Path.Combine(dir, "bpe_simple_vocab_16e6.txt.gz"), Path.Combine(dir, "vocab.json") })
-                if (File.Exists(candidate)) { vocab = candidate; break; }
-            if (vocab is null) throw new UsageException("no tokenizer vocabulary next to the checkpoint: pass --vocab bpe_simple_vocab_16e6.txt.gz");
-        }
-        if (!File.Exists(vocab)) throw new Sam3VocabularyException($"vocabulary not found: {vocab}");
-        if (vocab.EndsWith(".json", StringComparison.OrdinalIgnoreCase))
-        {
-            string merges = Path.Combine(Path.GetDirectoryName(Path.GetFullPath(vocab))!, "merges.txt");
-            return ClipBpeTokenizer.FromHuggingFace(vocab, merges, options);
-        }
-        return ClipBpeTokenizer.FromBpeGz(vocab, options);
     }
 }

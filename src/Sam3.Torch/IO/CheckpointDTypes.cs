@@ -3,7 +3,7 @@ using static TorchSharp.torch;
 namespace Sam3.Torch.IO;
 
 /// <summary>dtype names and sizes shared by the checkpoint readers, writers and manifests.</summary>
-public static class CheckpointDTypes
+internal static class CheckpointDTypes
 {
     public static int ElementSize(ScalarType t) => t switch
     {

@@ -7,7 +7,7 @@ namespace Sam3.Torch.IO;
 /// <see cref="Open"/> returns the matching <see cref="ICheckpoint"/> (<see cref="SafetensorsFile"/> or
 /// <see cref="TorchCheckpointReader"/>). Unreadable files raise a <see cref="Sam3CheckpointException"/> that says why.
 /// </summary>
-public static class CheckpointFile
+internal static class CheckpointFile
 {
     /// <summary>Detects the format from the first bytes (the file name is not consulted).</summary>
     public static CheckpointFormat DetectFormat(string path)

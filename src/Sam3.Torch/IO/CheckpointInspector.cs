@@ -11,7 +11,7 @@ namespace Sam3.Torch.IO;
 /// <param name="TotalBytes">Bytes of tensor data.</param>
 /// <param name="DTypeHistogram">Logical dtype name (complex-as-real tensors count as complex64) → (tensors, elements).</param>
 /// <param name="Layout">Key layout.</param>
-public sealed record CheckpointSummary(int KeyCount, int ParameterKeyCount, long ParameterCount, int BufferKeyCount, long BufferElementCount,
+internal sealed record CheckpointSummary(int KeyCount, int ParameterKeyCount, long ParameterCount, int BufferKeyCount, long BufferElementCount,
     long TotalBytes, IReadOnlyDictionary<string, (int Keys, long Elements)> DTypeHistogram, CheckpointLayout Layout)
 {
     public override string ToString()
@@ -30,7 +30,7 @@ public sealed record CheckpointSummary(int KeyCount, int ParameterKeyCount, long
 /// Inspection of checkpoints: counts (keys, parameters without buffers, dtype histogram), comparison with an expected
 /// key/shape list, and conversion to safetensors.
 /// </summary>
-public static class CheckpointInspector
+internal static class CheckpointInspector
 {
     /// <summary>
     /// The persistent buffers of SAM3's state dicts (guide §1.1, <c>sam3-state-dict-video.tsv</c>: 33 of 1,465 keys):

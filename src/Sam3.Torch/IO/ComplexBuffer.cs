@@ -11,7 +11,7 @@ namespace Sam3.Torch.IO;
 /// <param name="Key">Model key (after mapping).</param>
 /// <param name="SourceKey">Checkpoint key.</param>
 /// <param name="AsReal">The table as a real tensor with a trailing dimension of 2 (<c>view_as_real</c> layout).</param>
-public sealed record ComplexBuffer(string Key, string SourceKey, Tensor AsReal)
+internal sealed record ComplexBuffer(string Key, string SourceKey, Tensor AsReal)
 {
     /// <summary>Logical (complex) shape.</summary>
     public long[] Shape => AsReal.shape[..^1];

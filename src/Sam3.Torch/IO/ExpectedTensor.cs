@@ -6,7 +6,7 @@ namespace Sam3.Torch.IO;
 /// One entry of a model's state dict as a loader expects it: key, shape and dtype (complex buffers keep their
 /// complex dtype and logical shape, e.g. <c>freqs_cis</c> complex64 [576, 32]), and whether it is a buffer.
 /// </summary>
-public sealed record ExpectedTensor(string Key, long[] Shape, ScalarType DType, bool IsBuffer = false)
+internal sealed record ExpectedTensor(string Key, long[] Shape, ScalarType DType, bool IsBuffer = false)
 {
     public long NumElements => Shape.Aggregate(1L, (a, b) => checked(a * b));
 

@@ -3,7 +3,7 @@ using static TorchSharp.torch;
 namespace Sam3.Torch.IO;
 
 /// <summary>File formats a checkpoint can have, detected from its first bytes.</summary>
-public enum CheckpointFormat
+internal enum CheckpointFormat
 {
     /// <summary>Not recognised.</summary>
     Unknown,
@@ -19,7 +19,7 @@ public enum CheckpointFormat
 /// Shape and dtype of one checkpoint tensor as <see cref="ICheckpoint.Load"/> returns it. Complex tensors are exposed
 /// as real tensors with a trailing dimension of 2 (<c>view_as_real</c> layout), flagged by <see cref="ComplexAsReal"/>.
 /// </summary>
-public sealed record CheckpointTensorInfo(string Name, long[] Shape, ScalarType DType, bool ComplexAsReal)
+internal sealed record CheckpointTensorInfo(string Name, long[] Shape, ScalarType DType, bool ComplexAsReal)
 {
     public long NumElements => Shape.Aggregate(1L, (a, b) => checked(a * b));
 
@@ -38,7 +38,7 @@ public sealed record CheckpointTensorInfo(string Name, long[] Shape, ScalarType 
 /// Tensors returned by <see cref="Load"/> are CPU tensors owned by the caller (and its dispose scope); memory-mapped
 /// views stay valid after the checkpoint is disposed (LibTorch keeps the mapping alive while a view references it).
 /// </summary>
-public interface ICheckpoint : IDisposable
+internal interface ICheckpoint : IDisposable
 {
     string Path { get; }
     CheckpointFormat Format { get; }

@@ -5,7 +5,7 @@ namespace Sam3.Torch.IO;
 /// <see cref="Bmp"/> and <see cref="WebP"/> are decoded (see <see cref="ImageHeader.SupportedFormats"/>); the others
 /// are recognised so that the error can name them.
 /// </summary>
-public enum ImageFileFormat
+internal enum ImageFileFormat
 {
     /// <summary>No known signature.</summary>
     Unknown,

@@ -13,7 +13,7 @@ namespace Sam3.Torch.IO;
 /// must come first and the chunk chain must reach IEND; BMP — the pixel array of an uncompressed bitmap must fit in the
 /// file; WebP — the RIFF size must fit in the file. Checksums and the entropy-coded data are left to the decoder.
 /// </remarks>
-public static class ImageHeader
+internal static class ImageHeader
 {
     /// <summary>The formats <see cref="ImageLoader"/> decodes.</summary>
     public static IReadOnlyList<ImageFileFormat> SupportedFormats { get; } =

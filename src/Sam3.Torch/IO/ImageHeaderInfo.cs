@@ -4,4 +4,4 @@ namespace Sam3.Torch.IO;
 /// What <see cref="ImageHeader.Inspect"/> read from an image file without decoding its pixels: the container format
 /// and the stored width and height (before any EXIF orientation).
 /// </summary>
-public readonly record struct ImageHeaderInfo(ImageFileFormat Format, long Width, long Height);
+internal readonly record struct ImageHeaderInfo(ImageFileFormat Format, long Width, long Height);

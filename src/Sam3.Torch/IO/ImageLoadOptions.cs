@@ -1,4 +1,7 @@
-namespace Sam3.Torch.IO;
+using Sam3.Torch.IO;
+using Sam3.Torch.Processing;
+
+namespace Sam3.Torch;
 
 /// <summary>Options of <see cref="ImageLoader"/>.</summary>
 public sealed record ImageLoadOptions

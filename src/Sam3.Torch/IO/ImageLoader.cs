@@ -3,7 +3,10 @@ using OpenCvSharp;
 using SixLabors.ImageSharp.PixelFormats;
 using ImageSharpImage = SixLabors.ImageSharp.Image;
 
-namespace Sam3.Torch.IO;
+using Sam3.Torch.IO;
+using Sam3.Torch.Processing;
+
+namespace Sam3.Torch;
 
 /// <summary>
 /// Turns image files and in-memory images into <see cref="RgbImage"/> (8-bit RGB, HWC).

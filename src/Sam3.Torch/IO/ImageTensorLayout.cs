@@ -1,7 +1,7 @@
 namespace Sam3.Torch.IO;
 
 /// <summary>Memory layout of an image tensor.</summary>
-public enum ImageTensorLayout
+internal enum ImageTensorLayout
 {
     /// <summary>[3, H, W] (channels first, what <c>torchvision.transforms.v2.functional.to_image</c> gives).</summary>
     Chw,

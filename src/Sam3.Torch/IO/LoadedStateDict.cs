@@ -7,7 +7,7 @@ namespace Sam3.Torch.IO;
 /// complex buffers, and the checkpoint keys that were deliberately ignored. The tensors are owned by this object
 /// (detached from any dispose scope); dispose it once they have been copied or adopted as parameters.
 /// </summary>
-public sealed class LoadedStateDict : IDisposable
+internal sealed class LoadedStateDict : IDisposable
 {
     internal LoadedStateDict(Dictionary<string, Tensor> tensors, List<ComplexBuffer> complexBuffers, List<string> ignored)
     {

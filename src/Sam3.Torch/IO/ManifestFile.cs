@@ -9,7 +9,7 @@ namespace Sam3.Torch.IO;
 /// parameter/buffer table <c>docs/sam3-state-dict-video.tsv</c>. JSON manifests carry no buffer flag; their entries are
 /// marked buffers by <see cref="CheckpointInspector.IsKnownBuffer"/>.
 /// </summary>
-public sealed class ManifestFile
+internal sealed class ManifestFile
 {
     private ManifestFile(string path, string section, List<ExpectedTensor> entries, long? numParameters)
     {

@@ -15,10 +15,10 @@ namespace Sam3.Torch.IO;
 /// list → <c>List&lt;object?&gt;</c>, dict → <see cref="PickleDict"/>. Malformed input is a
 /// <see cref="Sam3CheckpointException"/> naming the byte offset.
 /// </summary>
-public sealed class PickleReader
+internal sealed class PickleReader
 {
     /// <summary>Resolves a call of <paramref name="callable"/> with <paramref name="args"/>; false = not handled.</summary>
-    public delegate bool ReduceHandler(PickleGlobal callable, object?[] args, out object? result);
+    internal delegate bool ReduceHandler(PickleGlobal callable, object?[] args, out object? result);
 
     private readonly byte[] _data;
     private readonly string _source;

@@ -3,7 +3,7 @@ using System.Collections;
 namespace Sam3.Torch.IO;
 
 /// <summary>A Python global (<c>module.name</c>) named by a pickle. It is only a name: nothing is ever imported or run.</summary>
-public sealed record PickleGlobal(string Module, string Name)
+internal sealed record PickleGlobal(string Module, string Name)
 {
     public string FullName => $"{Module}.{Name}";
     public override string ToString() => FullName;
@@ -13,7 +13,7 @@ public sealed record PickleGlobal(string Module, string Name)
 /// The result of calling (REDUCE / NEWOBJ) a global the reader does not know. It keeps the callable, the arguments
 /// and any BUILD state and items, so a caller can report exactly what the file contained.
 /// </summary>
-public sealed class PickleOpaque
+internal sealed class PickleOpaque
 {
     public PickleOpaque(PickleGlobal callable, object?[] args) { Callable = callable; Args = args; }
     public PickleGlobal Callable { get; }
@@ -29,7 +29,7 @@ public sealed class PickleOpaque
 /// (strings, integers, floats, tuples as <c>object?[]</c>). A later SETITEM on an existing key replaces the value
 /// and keeps the key's first position, as Python does.
 /// </summary>
-public sealed class PickleDict : IEnumerable<KeyValuePair<object, object?>>
+internal sealed class PickleDict : IEnumerable<KeyValuePair<object, object?>>
 {
     private readonly List<object> _keys = new();
     private readonly Dictionary<object, object?> _values = new(KeyComparer.Instance);
@@ -59,7 +59,7 @@ public sealed class PickleDict : IEnumerable<KeyValuePair<object, object?>>
     IEnumerator IEnumerable.GetEnumerator() => GetEnumerator();
 
     /// <summary>Python's <c>None</c> used as a dictionary key.</summary>
-    public sealed class NoneKey
+    internal sealed class NoneKey
     {
         public static readonly NoneKey Instance = new();
         public override string ToString() => "None";

@@ -4,7 +4,10 @@ using SixLabors.ImageSharp;
 using SixLabors.ImageSharp.PixelFormats;
 using TorchSharp;
 
-namespace Sam3.Torch.IO;
+using Sam3.Torch.IO;
+using Sam3.Torch.Processing;
+
+namespace Sam3.Torch;
 
 /// <summary>
 /// A decoded 8-bit RGB image: <see cref="Data"/> holds Height × Width × 3 bytes, row-major, channels interleaved
@@ -50,7 +53,7 @@ public sealed class RgbImage
     /// A new uint8 CPU tensor: [3, H, W] for <see cref="ImageTensorLayout.Chw"/> (the default, what the preprocessor
     /// takes) or [H, W, 3] for <see cref="ImageTensorLayout.Hwc"/>. Contiguous; owned by the caller's dispose scope.
     /// </summary>
-    public torch.Tensor ToTensor(ImageTensorLayout layout = ImageTensorLayout.Chw)
+    internal torch.Tensor ToTensor(ImageTensorLayout layout = ImageTensorLayout.Chw)
     {
         using var scope = torch.NewDisposeScope();
         var hwc = torch.tensor(Data, new long[] { Height, Width, 3 }, dtype: torch.ScalarType.Byte);
@@ -77,4 +80,13 @@ public sealed class RgbImage
 
     /// <summary>A new ImageSharp image with the same pixels. The caller disposes it.</summary>
     public Image<Rgb24> ToImageSharp() => SixLabors.ImageSharp.Image.LoadPixelData<Rgb24>(Data, Width, Height);
+
+    /// <summary>
+    /// Writes the image as PNG or JPEG (by the extension). The file is written under a temporary name and renamed when
+    /// complete; an existing file is replaced only with <paramref name="overwrite"/>.
+    /// </summary>
+    public void Save(string path, bool overwrite = false) => Sam3.Torch.Visualization.ImageWriter.Save(this, path, overwrite);
+
+    /// <summary>The image encoded as PNG.</summary>
+    public byte[] EncodePng() => Sam3.Torch.Visualization.ImageWriter.EncodePng(this);
 }

@@ -6,7 +6,7 @@ using static TorchSharp.torch;
 namespace Sam3.Torch.IO;
 
 /// <summary>One tensor entry of a safetensors header.</summary>
-public sealed record SafetensorsEntry(string Name, string DType, long[] Shape, long Begin, long End)
+internal sealed record SafetensorsEntry(string Name, string DType, long[] Shape, long Begin, long End)
 {
     public long NumElements => Shape.Aggregate(1L, (a, b) => checked(a * b));
 }
@@ -19,7 +19,7 @@ public sealed record SafetensorsEntry(string Name, string DType, long[] Shape, l
 /// Tensors named in <c>__metadata__</c> with the value <see cref="ComplexAsRealTag"/> are complex tensors stored as
 /// float32 <c>view_as_real</c> tensors (trailing dimension 2); <see cref="Info"/> flags them.
 /// </summary>
-public sealed class SafetensorsFile : ICheckpoint
+internal sealed class SafetensorsFile : ICheckpoint
 {
     /// <summary>Metadata value marking a tensor as a complex64 tensor stored in view_as_real layout.</summary>
     public const string ComplexAsRealTag = "complex64_as_real";

@@ -15,10 +15,10 @@ namespace Sam3.Torch.IO;
 /// offset is a multiple of its element size and can be memory-mapped. The file is written to a temporary name and
 /// renamed when complete.
 /// </summary>
-public static class SafetensorsWriter
+internal static class SafetensorsWriter
 {
     /// <summary>A tensor to write: its declared shape/dtype (used for the header) and a producer called once while writing.</summary>
-    public sealed record Item(string Name, long[] Shape, ScalarType DType, Func<Tensor> Produce);
+    internal sealed record Item(string Name, long[] Shape, ScalarType DType, Func<Tensor> Produce);
 
     /// <summary>Writes the tensors of <paramref name="tensors"/> (in enumeration order, see class remarks).</summary>
     public static void Write(string path, IEnumerable<KeyValuePair<string, Tensor>> tensors, IReadOnlyDictionary<string, string>? metadata = null)

@@ -8,10 +8,10 @@ namespace Sam3.Torch.IO;
 /// unexpected, wrongly shaped and wrongly typed keys, plus the complex buffers (<c>*.freqs_cis</c>) that are handed to
 /// the model for verification instead of being loaded.
 /// </summary>
-public sealed class StateDictComparison
+internal sealed class StateDictComparison
 {
-    public sealed record ShapeMismatch(string Key, string SourceKey, long[] CheckpointShape, long[] ExpectedShape, string Note = "");
-    public sealed record DTypeMismatch(string Key, string SourceKey, ScalarType CheckpointDType, ScalarType ExpectedDType);
+    internal sealed record ShapeMismatch(string Key, string SourceKey, long[] CheckpointShape, long[] ExpectedShape, string Note = "");
+    internal sealed record DTypeMismatch(string Key, string SourceKey, ScalarType CheckpointDType, ScalarType ExpectedDType);
 
     /// <summary>Expected entries the checkpoint does not provide.</summary>
     public List<ExpectedTensor> Missing { get; } = new();

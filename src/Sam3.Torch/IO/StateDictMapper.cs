@@ -1,7 +1,7 @@
 namespace Sam3.Torch.IO;
 
 /// <summary>Key layouts a SAM3 checkpoint can have.</summary>
-public enum CheckpointLayout
+internal enum CheckpointLayout
 {
     Unknown,
     /// <summary>The released <c>sam3.pt</c>: the video model's state dict, keys <c>detector.*</c> and <c>tracker.*</c>.</summary>
@@ -13,7 +13,7 @@ public enum CheckpointLayout
 }
 
 /// <summary>A checkpoint key and the model key it loads into.</summary>
-public sealed record KeyMapping(string Source, string Target);
+internal sealed record KeyMapping(string Source, string Target);
 
 /// <summary>
 /// Checkpoint-key → model-key mappings.
@@ -34,7 +34,7 @@ public sealed record KeyMapping(string Source, string Target);
 /// with a clear message for now.
 /// </para>
 /// </summary>
-public static class StateDictMapper
+internal static class StateDictMapper
 {
     public const string DetectorPrefix = "detector.";
     public const string TrackerPrefix = "tracker.";

@@ -4,7 +4,7 @@ using static TorchSharp.torch;
 namespace Sam3.Torch.IO;
 
 /// <summary>Options of <see cref="StrictLoader.Load"/>.</summary>
-public sealed class StrictLoadOptions
+internal sealed class StrictLoadOptions
 {
     /// <summary>Checkpoint key → model key pairs (e.g. <see cref="StateDictMapper.ForImageModel"/>); null = identity.</summary>
     public IReadOnlyList<KeyMapping>? Mapping { get; init; }
@@ -34,7 +34,7 @@ public sealed class StrictLoadOptions
 /// <see cref="LoadedStateDict.ComplexBuffers"/> (and passed to <see cref="StrictLoadOptions.OnComplexBuffer"/>) for
 /// verification against the model's recomputed tables.
 /// </summary>
-public static class StrictLoader
+internal static class StrictLoader
 {
     /// <summary>
     /// Loads <paramref name="checkpoint"/> strictly into <paramref name="module"/>: the expected list is the module's

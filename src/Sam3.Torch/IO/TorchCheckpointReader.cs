@@ -16,7 +16,7 @@ namespace Sam3.Torch.IO;
 /// The state dict is the top-level dict, or <c>ckpt["model"]</c> when that is a dict (as
 /// <c>model_builder._load_checkpoint</c> does), or else <c>ckpt["state_dict"]</c> when the top level holds no tensors.
 /// </summary>
-public sealed class TorchCheckpointReader : ICheckpoint
+internal sealed class TorchCheckpointReader : ICheckpoint
 {
     /// <summary>Largest <c>data.pkl</c> accepted (the full SAM3 checkpoint's is ~100 KB).</summary>
     public const long MaxPickleBytes = 512L * 1024 * 1024;
@@ -27,10 +27,10 @@ public sealed class TorchCheckpointReader : ICheckpoint
     /// <param name="DType">Element dtype (complex for complex storages); null for an untyped storage.</param>
     /// <param name="Location">Device the storage was saved from (e.g. "cpu", "cuda:0"); ignored, everything loads to the CPU.</param>
     /// <param name="Numel">Element count as recorded (bytes for an untyped storage).</param>
-    public sealed record StorageRef(string Key, string StorageType, ScalarType? DType, string Location, long Numel);
+    internal sealed record StorageRef(string Key, string StorageType, ScalarType? DType, string Location, long Numel);
 
     /// <summary>A tensor as described by <c>torch._utils._rebuild_tensor_v2/v3</c>.</summary>
-    public sealed record TensorRef(StorageRef Storage, ScalarType DType, long StorageOffset, long[] Sizes, long[] Strides)
+    internal sealed record TensorRef(StorageRef Storage, ScalarType DType, long StorageOffset, long[] Sizes, long[] Strides)
     {
         public bool IsContiguous
         {

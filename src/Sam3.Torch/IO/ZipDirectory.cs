@@ -11,7 +11,7 @@ namespace Sam3.Torch.IO;
 /// <param name="UncompressedSize">Bytes after decompression (equal to <paramref name="CompressedSize"/> when stored).</param>
 /// <param name="LocalHeaderOffset">Offset of the member's local file header.</param>
 /// <param name="DataOffset">Absolute offset of the member's data (after the local header, its name and extra field).</param>
-public sealed record ZipMember(string Name, int Method, long CompressedSize, long UncompressedSize, long LocalHeaderOffset, long DataOffset)
+internal sealed record ZipMember(string Name, int Method, long CompressedSize, long UncompressedSize, long LocalHeaderOffset, long DataOffset)
 {
     public bool IsStored => Method == 0;
 }
@@ -24,7 +24,7 @@ public sealed record ZipMember(string Name, int Method, long CompressedSize, lon
 /// local headers); the local header is read only for the length of its name and extra field (PyTorch pads the extra
 /// field so that data starts on a 64-byte boundary). Any inconsistency is a <see cref="Sam3CheckpointException"/>.
 /// </summary>
-public sealed class ZipDirectory
+internal sealed class ZipDirectory
 {
     private const uint LocalHeaderSignature = 0x04034b50;
     private const uint CentralHeaderSignature = 0x02014b50;

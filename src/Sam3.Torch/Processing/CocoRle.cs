@@ -7,7 +7,10 @@ using System.Text.Json.Serialization;
 using TorchSharp;
 using static TorchSharp.torch;
 
-namespace Sam3.Torch.Processing;
+using Sam3.Torch.IO;
+using Sam3.Torch.Processing;
+
+namespace Sam3.Torch;
 
 /// <summary>
 /// A binary mask in COCO's compressed run-length encoding, as pycocotools' <c>mask.encode</c> returns it and COCO
@@ -141,7 +144,7 @@ public sealed record CocoRle
     /// Encodes a mask tensor [H, W] (bool, or an integer type where nonzero is foreground; any device, any strides).
     /// Floating-point masks are refused: threshold them first (e.g. <c>probs &gt; 0.5</c>).
     /// </summary>
-    public static CocoRle Encode(Tensor mask)
+    internal static CocoRle Encode(Tensor mask)
     {
         ArgumentNullException.ThrowIfNull(mask);
         if (mask.dim() != 2) throw new Sam3Exception($"COCO RLE: expected a [H, W] mask tensor, got shape [{string.Join(", ", mask.shape)}]");
@@ -154,7 +157,7 @@ public sealed record CocoRle
     }
 
     /// <summary>Encodes every mask of a [N, H, W] or [N, 1, H, W] tensor (the layout of the processor's output masks).</summary>
-    public static CocoRle[] EncodeMany(Tensor masks)
+    internal static CocoRle[] EncodeMany(Tensor masks)
     {
         ArgumentNullException.ThrowIfNull(masks);
         using var scope = NewDisposeScope();
@@ -242,7 +245,7 @@ public sealed record CocoRle
     }
 
     /// <summary>The mask as a new bool tensor [Height, Width] on the CPU (owned by the caller's dispose scope).</summary>
-    public Tensor ToTensor()
+    internal Tensor ToTensor()
     {
         using var scope = NewDisposeScope();
         var columnMajor = empty(new long[] { Width, Height }, ScalarType.Bool);

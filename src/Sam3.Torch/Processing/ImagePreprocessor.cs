@@ -19,7 +19,7 @@ namespace Sam3.Torch.Processing;
 /// <para>Normalisation follows torchvision's operation order in float32: <c>u.to(float32) * (1/255)</c>
 /// (<c>ToDtype(float32, scale=True)</c>), then <c>(x − mean) / std</c> (<c>Normalize</c>).</para>
 /// </remarks>
-public sealed class ImagePreprocessor
+internal sealed class ImagePreprocessor
 {
     private readonly float[] _mean;
     private readonly float[] _std;

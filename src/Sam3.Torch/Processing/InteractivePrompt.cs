@@ -1,37 +1,33 @@
-using static TorchSharp.torch;
+namespace Sam3.Torch;
 
-namespace Sam3.Torch.Processing;
-
-/// <summary>
-/// A click for <see cref="InteractiveImagePredictor"/>: (x, y) in pixels of the ORIGINAL image (x to the right, y down,
-/// 0 ≤ x ≤ width, 0 ≤ y ≤ height) with its label, 1 = foreground (positive), 0 = background (negative).
-/// </summary>
-public readonly record struct InteractivePoint(float X, float Y, int Label = 1)
+/// <summary>Options of <see cref="Sam3Model.CreateInteractivePredictor"/> (defaults: the configuration's sam1_predictor values).</summary>
+public sealed record InteractivePredictorOptions
 {
-    public static InteractivePoint Positive(float x, float y) => new(x, y, 1);
-    public static InteractivePoint Negative(float x, float y) => new(x, y, 0);
+    /// <summary>Masks are <c>logits &gt; MaskThreshold</c> (upstream mask_threshold, default 0).</summary>
+    public double? MaskThreshold { get; init; }
+    /// <summary>Holes up to this area (low-res pixels) are filled (upstream max_hole_area, default 256; ≤ 0 disables).</summary>
+    public double? MaxHoleArea { get; init; }
+    /// <summary>Foreground specks up to this area are removed (upstream max_sprinkle_area, default 0 = off).</summary>
+    public double? MaxSprinkleArea { get; init; }
 }
-
-/// <summary>A box in pixels of the ORIGINAL image, xyxy (top-left, bottom-right).</summary>
-public readonly record struct PixelBox(float X0, float Y0, float X1, float Y1);
 
 /// <summary>
 /// Prompt of one SAM1-style interactive call (upstream <c>SAM3InteractiveImagePredictor.predict</c> arguments): any
-/// combination of clicks, one box and a low-resolution mask from a previous call; at least one of them is required.
+/// combination of clicks, one box and the low-resolution logits of a previous call; at least one of them is required.
 /// </summary>
 public sealed record InteractivePrompt
 {
-    /// <summary>Clicks in original-image pixels with labels 1 (positive) / 0 (negative).</summary>
-    public IReadOnlyList<InteractivePoint> Points { get; init; } = [];
+    /// <summary>Clicks (pixels or normalised) with positive/negative labels.</summary>
+    public IReadOnlyList<PointPrompt> Points { get; init; } = [];
 
-    /// <summary>Optional box xyxy in original-image pixels (encoded as two corner points placed before the clicks).</summary>
-    public PixelBox? Box { get; init; }
+    /// <summary>Optional box (any format and space; encoded as two corner points placed before the clicks).</summary>
+    public Box? Box { get; init; }
 
     /// <summary>
-    /// Optional low-resolution mask logits [1, 4N, 4N] or [4N, 4N] (4N = 4·image_size/patch, 288 for the released
-    /// model), typically <see cref="InteractivePrediction.BestLowResLogits"/> of a previous call. Not owned by the prompt.
+    /// Optional low-resolution mask logits (4N × 4N, 288 × 288 for the released model), typically
+    /// <see cref="InteractivePrediction.BestLowResLogits"/> of a previous call.
     /// </summary>
-    public Tensor? MaskInput { get; init; }
+    public MaskLogits? MaskInput { get; init; }
 
     /// <summary>
     /// True: three masks (the multimask tokens 1..3, in token order as upstream returns them, not sorted). False: one mask
@@ -39,12 +35,12 @@ public sealed record InteractivePrompt
     /// </summary>
     public bool MultimaskOutput { get; init; } = true;
 
-    /// <summary>Also return the upsampled mask logits at the original size (<see cref="InteractivePrediction.MaskLogits"/>).</summary>
+    /// <summary>Also return the upsampled mask logits at the original size (<see cref="InteractivePrediction.UpsampledLogits"/>).</summary>
     public bool ReturnLogits { get; init; }
 
     /// <summary>A prompt of clicks.</summary>
-    public static InteractivePrompt FromPoints(params InteractivePoint[] points) => new() { Points = points };
+    public static InteractivePrompt FromPoints(params PointPrompt[] points) => new() { Points = points };
 
     /// <summary>A box prompt; single-mask output by default (a box is rarely ambiguous), unlike the multimask default of a prompt.</summary>
-    public static InteractivePrompt FromBox(PixelBox box, bool multimaskOutput = false) => new() { Box = box, MultimaskOutput = multimaskOutput };
+    public static InteractivePrompt FromBox(Box box, bool multimaskOutput = false) => new() { Box = box, MultimaskOutput = multimaskOutput };
 }

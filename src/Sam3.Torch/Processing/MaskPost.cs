@@ -5,13 +5,13 @@ using static TorchSharp.torch;
 namespace Sam3.Torch.Processing;
 
 /// <summary>Result of <see cref="MaskPost.ConnectedComponents"/>: per-pixel label (0 = background, 1..Count) and component area.</summary>
-public sealed record ComponentLabels(int[] Labels, int[] Areas, int Count);
+internal sealed record ComponentLabels(int[] Labels, int[] Areas, int Count);
 
 /// <summary>
 /// Mask post-processing of the SAM1 predictor and the video pipeline: connected components (8-connectivity, as
 /// skimage.measure.label's default and cc_torch), hole filling and sprinkle removal on mask logits.
 /// </summary>
-public static class MaskPost
+internal static class MaskPost
 {
     /// <summary>
     /// Labels the 8-connected components of the non-zero pixels of a row-major h×w mask (two-pass union-find).

@@ -7,7 +7,7 @@ namespace Sam3.Torch.Processing;
 /// it was computed from. Disposing it disposes both tensors (which also belong to the dispose scope that was current
 /// when they were made, if any; disposing twice is harmless).
 /// </summary>
-public sealed class PreprocessedImages : IDisposable
+internal sealed class PreprocessedImages : IDisposable
 {
     internal PreprocessedImages(torch.Tensor input, torch.Tensor resizedUint8, IReadOnlyList<(int Height, int Width)> originalSizes)
     {

@@ -7,7 +7,7 @@ namespace Sam3.Torch.Text;
 /// ('!'..'~', '¡'..'¬', '®'..'ÿ') map to themselves, the other 68 bytes (controls, space, U+007F..U+00A0, U+00AD)
 /// to U+0100, U+0101, ... in byte order. BPE then works on strings of these characters, one per UTF-8 byte.
 /// </summary>
-public static class ByteLevelAlphabet
+internal static class ByteLevelAlphabet
 {
     private const int ByteCount = 256;
 

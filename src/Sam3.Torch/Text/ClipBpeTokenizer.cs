@@ -21,7 +21,7 @@ namespace Sam3.Torch.Text;
 /// Start/end-of-text ids are read from the vocabulary (49406/49407 for CLIP). Instances are immutable apart from a
 /// thread-safe BPE cache, so one tokenizer can serve concurrent callers.
 /// </summary>
-public sealed class ClipBpeTokenizer
+internal sealed class ClipBpeTokenizer
 {
     /// <summary>Special-token names of the reference vocabulary (tokenizer_ve.py).</summary>
     public const string StartOfTextName = "<start_of_text>";

@@ -20,7 +20,7 @@ namespace Sam3.Torch.Text;
 /// variants (ι) is a letter, while <c>[\p{L}]</c> itself does not accept it, so findall skips it.
 /// </para>
 /// </summary>
-public sealed class ClipPreTokenizer
+internal sealed class ClipPreTokenizer
 {
     private static readonly string[] Contractions = ["'s", "'t", "'re", "'ve", "'m", "'ll", "'d"];
 

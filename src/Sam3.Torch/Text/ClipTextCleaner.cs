@@ -5,7 +5,7 @@ namespace Sam3.Torch.Text;
 /// <c>ftfy.fix_text</c> (here <see cref="FtfySubset"/>, optional) → Python <c>html.unescape</c> twice → strip →
 /// every run of Unicode white space to one space → strip → Python <c>lower()</c>.
 /// </summary>
-public static class ClipTextCleaner
+internal static class ClipTextCleaner
 {
     /// <summary>Cleans one prompt as the reference does before pre-tokenisation.</summary>
     /// <param name="text">The prompt.</param>

@@ -8,7 +8,7 @@ namespace Sam3.Torch.Text;
 /// longer than the context is cut and its last id replaced by end-of-text); <see cref="PaddingMask"/> [T, context],
 /// True = padding. <see cref="Lengths"/> counts the ids of each row before padding (after truncation).
 /// </summary>
-public sealed record ClipTokenizedBatch(long[,] Ids, bool[,] PaddingMask, int[] Lengths, bool[] Truncated)
+internal sealed record ClipTokenizedBatch(long[,] Ids, bool[,] PaddingMask, int[] Lengths, bool[] Truncated)
 {
     public int Count => Ids.GetLength(0);
     public int ContextLength => Ids.GetLength(1);

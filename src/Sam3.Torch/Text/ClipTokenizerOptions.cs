@@ -3,7 +3,7 @@ using Sam3.Torch.Config;
 namespace Sam3.Torch.Text;
 
 /// <summary>Settings of a <see cref="ClipBpeTokenizer"/>.</summary>
-public sealed record ClipTokenizerOptions
+internal sealed record ClipTokenizerOptions
 {
     /// <summary>Text-encoder configuration: <see cref="TextConfig.ContextLength"/> is the default context length
     /// (32 for SAM3) and <see cref="TextConfig.VocabSize"/> fixes how many merges a .txt.gz vocabulary provides

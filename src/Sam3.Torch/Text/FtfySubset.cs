@@ -27,7 +27,7 @@ namespace Sam3.Torch.Text;
 /// mojibake of "é") are the only ones whose ids differ from upstream. Also, the surrogate fix works on UTF-16: a
 /// valid pair is already one character in .NET, a lone surrogate becomes U+FFFD.
 /// </summary>
-public static class FtfySubset
+internal static class FtfySubset
 {
     /// <summary>ftfy's <c>max_decode_length</c>.</summary>
     public const int MaxSegmentCodePoints = 1_000_000;

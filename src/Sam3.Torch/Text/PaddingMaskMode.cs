@@ -1,7 +1,7 @@
 namespace Sam3.Torch.Text;
 
 /// <summary>How <see cref="ClipBpeTokenizer"/> builds the padding mask (True = padding, the key is ignored).</summary>
-public enum PaddingMaskMode
+internal enum PaddingMaskMode
 {
     /// <summary>
     /// Reference behaviour (default, parity): <c>mask = ids == 0</c>, as VETextEncoder computes it. Quirk (guide

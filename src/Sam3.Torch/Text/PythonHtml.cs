@@ -15,7 +15,7 @@ namespace Sam3.Torch.Text;
 /// longest known prefix of length ≥ 2 is replaced and the rest kept (<c>&amp;notit;</c> → <c>¬it;</c>).</item>
 /// </list>
 /// </summary>
-public static class PythonHtml
+internal static class PythonHtml
 {
     private const int MaxNameLength = 32;
 

@@ -14,7 +14,7 @@ namespace Sam3.Torch.Text;
 /// </list>
 /// Everything works on code points (surrogate pairs are one character, as in a Python <c>str</c>).
 /// </summary>
-public static class PythonText
+internal static class PythonText
 {
     private const int CapitalSigma = 0x03A3;
     private const int SmallSigma = 0x03C3;

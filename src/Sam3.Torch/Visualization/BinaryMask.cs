@@ -95,7 +95,7 @@ public sealed class BinaryMask
     /// From a [H, W] tensor: bool or integer (nonzero = foreground) or floating point (&gt; 0.5 = foreground, the
     /// threshold of the reference's <c>render_masklet_frame</c>). Any device.
     /// </summary>
-    public static BinaryMask FromTensor(torch.Tensor mask)
+    internal static BinaryMask FromTensor(torch.Tensor mask)
     {
         ArgumentNullException.ThrowIfNull(mask);
         if (mask.dim() != 2) throw new Sam3Exception($"expected a [H, W] mask tensor, got shape [{string.Join(", ", mask.shape)}]");
@@ -103,7 +103,7 @@ public sealed class BinaryMask
     }
 
     /// <summary>Every mask of a [N, H, W] or [N, 1, H, W] tensor (the processor's output layout); dtypes as <see cref="FromTensor"/>.</summary>
-    public static BinaryMask[] FromTensorBatch(torch.Tensor masks)
+    internal static BinaryMask[] FromTensorBatch(torch.Tensor masks)
     {
         ArgumentNullException.ThrowIfNull(masks);
         using var scope = torch.NewDisposeScope();

@@ -4,7 +4,7 @@ using Sam3.Torch.IO;
 namespace Sam3.Torch.Visualization;
 
 /// <summary>Encodes and saves <see cref="RgbImage"/>s as PNG or JPEG (OpenCV codecs).</summary>
-public static class ImageWriter
+internal static class ImageWriter
 {
     /// <summary>JPEG quality used when none is given.</summary>
     public const int DefaultJpegQuality = 95;
@@ -41,11 +41,17 @@ public static class ImageWriter
             throw new Sam3Exception($"'{path}' already exists; refusing to overwrite it (pass overwrite: true to replace it)");
         string? dir = Path.GetDirectoryName(full);
         if (dir != null && !Directory.Exists(dir)) throw new Sam3Exception($"cannot save '{path}': folder '{dir}' does not exist");
+        // Written under a temporary name in the same folder, then renamed: a reader never sees a half-written file, and
+        // a failed write (full disk) leaves any previous file untouched.
+        string temp = Path.Combine(dir ?? ".", $".{Path.GetFileName(full)}.{Guid.NewGuid():N}.tmp");
         try
         {
-            // CreateNew also guards against a file appearing between the check above and the write.
-            using var fs = new FileStream(full, overwrite ? FileMode.Create : FileMode.CreateNew, FileAccess.Write, FileShare.None);
-            fs.Write(bytes);
+            using (var fs = new FileStream(temp, FileMode.CreateNew, FileAccess.Write, FileShare.None))
+            {
+                fs.Write(bytes);
+                fs.Flush(flushToDisk: true);
+            }
+            File.Move(temp, full, overwrite);
         }
         catch (IOException ex) when (!overwrite && File.Exists(full))
         {
@@ -54,6 +60,10 @@ public static class ImageWriter
         catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
         {
             throw new Sam3Exception($"cannot save '{path}': {ex.Message}", ex);
+        }
+        finally
+        {
+            if (File.Exists(temp)) File.Delete(temp);
         }
     }
 

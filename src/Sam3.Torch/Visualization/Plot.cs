@@ -64,11 +64,34 @@ public static class Plot
         }
     }
 
+    /// <summary>Renders the detections of one image (masks, boxes, <c>(id=i, prob=p)</c> labels) onto it.</summary>
+    public static RgbImage Results(RgbImage image, ImageDetections detections, PlotOptions? options = null)
+    {
+        ArgumentNullException.ThrowIfNull(image);
+        ArgumentNullException.ThrowIfNull(detections);
+        if (detections.Width != image.Width || detections.Height != image.Height)
+            throw new ArgumentException($"detections of a {detections.Width}x{detections.Height} image cannot be drawn on a {image.Width}x{image.Height} image", nameof(detections));
+        var boxes = detections.SelectMany(d => d.Box.ToXyxy() is var (x0, y0, x1, y1) ? new[] { x0, y0, x1, y1 } : []).ToArray();
+        return Results(image, detections.Masks(), boxes, detections.Scores(), options);
+    }
+
+    /// <summary>Renders the best mask (highest predicted IoU) of each prompt set of an interactive prediction, labelled with its IoU.</summary>
+    public static RgbImage Results(RgbImage image, InteractivePrediction prediction, PlotOptions? options = null)
+    {
+        ArgumentNullException.ThrowIfNull(image);
+        ArgumentNullException.ThrowIfNull(prediction);
+        if (prediction.Width != image.Width || prediction.Height != image.Height)
+            throw new ArgumentException($"a prediction for a {prediction.Width}x{prediction.Height} image cannot be drawn on a {image.Width}x{image.Height} image", nameof(prediction));
+        var masks = Enumerable.Range(0, prediction.PromptCount).Select(p => prediction.BestMask(p)).ToList();
+        var scores = Enumerable.Range(0, prediction.PromptCount).Select(p => prediction.IouScores(p)[prediction.BestIndex(p)]).ToArray();
+        return Results(image, masks, null, scores, options);
+    }
+
     /// <summary>
     /// Renders results given as tensors, e.g. the processor's output: masks bool [N, 1, H, W] or [N, H, W] (float is
     /// thresholded at 0.5), boxes [N, 4] xyxy pixels, scores [N]. Each may be null.
     /// </summary>
-    public static RgbImage Results(RgbImage image, torch.Tensor? masks, torch.Tensor? boxesXyxy = null, torch.Tensor? scores = null, PlotOptions? options = null)
+    internal static RgbImage Results(RgbImage image, torch.Tensor? masks, torch.Tensor? boxesXyxy = null, torch.Tensor? scores = null, PlotOptions? options = null)
     {
         ArgumentNullException.ThrowIfNull(image);
         BinaryMask[]? m = masks is null ? null : BinaryMask.FromTensorBatch(masks);

@@ -42,7 +42,7 @@ public static class Visualizer
     }
 
     /// <summary>Masks as a [N, H, W] or [N, 1, H, W] tensor (bool, integer nonzero, or float &gt; 0.5).</summary>
-    public static RgbImage OverlayMasks(RgbImage image, torch.Tensor masks, PlotOptions? options = null)
+    internal static RgbImage OverlayMasks(RgbImage image, torch.Tensor masks, PlotOptions? options = null)
     {
         ArgumentNullException.ThrowIfNull(masks);
         return OverlayMasks(image, BinaryMask.FromTensorBatch(masks), options);
@@ -69,7 +69,7 @@ public static class Visualizer
     }
 
     /// <summary>Boxes as a [N, 4] xyxy pixel tensor (the processor's <c>boxes</c> output).</summary>
-    public static RgbImage DrawBoxes(RgbImage image, torch.Tensor boxesXyxy, PlotOptions? options = null) =>
+    internal static RgbImage DrawBoxes(RgbImage image, torch.Tensor boxesXyxy, PlotOptions? options = null) =>
         DrawBoxes(image, BoxesFromTensor(boxesXyxy), options);
 
     // ------------------------------------------------------------------------------------------------ points
@@ -101,7 +101,7 @@ public static class Visualizer
     }
 
     /// <summary>Points as a [N, 2] pixel tensor, labels as [N] (integer or bool: true = positive).</summary>
-    public static RgbImage DrawPoints(RgbImage image, torch.Tensor pointsXy, torch.Tensor labels, PlotOptions? options = null)
+    internal static RgbImage DrawPoints(RgbImage image, torch.Tensor pointsXy, torch.Tensor labels, PlotOptions? options = null)
     {
         ArgumentNullException.ThrowIfNull(pointsXy);
         ArgumentNullException.ThrowIfNull(labels);
@@ -140,7 +140,7 @@ public static class Visualizer
     }
 
     /// <summary>Boxes as a [N, 4] xyxy pixel tensor.</summary>
-    public static RgbImage DrawLabels(RgbImage image, torch.Tensor boxesXyxy, IReadOnlyList<string?> texts, PlotOptions? options = null) =>
+    internal static RgbImage DrawLabels(RgbImage image, torch.Tensor boxesXyxy, IReadOnlyList<string?> texts, PlotOptions? options = null) =>
         DrawLabels(image, BoxesFromTensor(boxesXyxy), texts, options);
 
     // ------------------------------------------------------------------------------------------------ internals (canvas level)

@@ -1,3 +1,4 @@
+using Sam3.Torch.Loading;
 using System.Diagnostics;
 using System.Globalization;
 using System.Security.Cryptography;
@@ -30,7 +31,7 @@ public class SegmentParityCliTests
     private static readonly PixelBox[] TwoBoxes = [new(100, 200, 700, 800), new(900, 300, 1500, 1000)];
 
     private string _dir = null!;
-    private Sam3Image _model = null!;
+    private Sam3ImageModel _model = null!;
     private Sam3Processor _processor = null!;
     private Sam3ImageState _state = null!;
     private RgbImage _image = null!;

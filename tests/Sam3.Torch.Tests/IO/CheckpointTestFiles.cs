@@ -5,7 +5,7 @@ using static TorchSharp.torch;
 namespace Sam3.Torch.Tests.IO;
 
 /// <summary>Temporary folder and small helpers shared by the checkpoint tests.</summary>
-public sealed class CheckpointTestFiles : IDisposable
+internal sealed class CheckpointTestFiles : IDisposable
 {
     public string Directory { get; } = System.IO.Path.Combine(System.IO.Path.GetTempPath(), "sam3-ckpt-tests-" + Guid.NewGuid().ToString("N"));
 

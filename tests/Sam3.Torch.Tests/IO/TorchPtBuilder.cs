@@ -12,10 +12,10 @@ namespace Sam3.Torch.Tests.IO;
 /// record. The pickle mirrors the opcodes and memo numbering of Python's pickler for a state dict (see the
 /// structure check in the tests). Options produce variants: misaligned data, deflated members, forced Zip64 fields.
 /// </summary>
-public sealed class TorchPtBuilder
+internal sealed class TorchPtBuilder
 {
-    public sealed record Storage(string Key, string StorageType, byte[] Data, long Numel);
-    public sealed record TensorEntry(string Name, string StorageKey, long Offset, long[] Sizes, long[] Strides, string RebuildFunction = "_rebuild_tensor_v2");
+    internal sealed record Storage(string Key, string StorageType, byte[] Data, long Numel);
+    internal sealed record TensorEntry(string Name, string StorageKey, long Offset, long[] Sizes, long[] Strides, string RebuildFunction = "_rebuild_tensor_v2");
 
     private readonly List<Storage> _storages = new();
     private readonly List<TensorEntry> _tensors = new();
@@ -282,7 +282,7 @@ public sealed class TorchPtBuilder
 /// Emits pickle protocol-2 opcodes with Python's memo behaviour (BINPUT after every memoized object; repeated
 /// globals and equal strings are fetched back with BINGET, as the pickler does for the same object).
 /// </summary>
-public sealed class PickleEmitter
+internal sealed class PickleEmitter
 {
     private readonly MemoryStream _ms = new();
     private readonly Dictionary<string, int> _memo = new();

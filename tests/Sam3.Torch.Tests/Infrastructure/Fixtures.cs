@@ -5,9 +5,9 @@ using static TorchSharp.torch;
 namespace Sam3.Torch.Tests.Infrastructure;
 
 /// <summary>Opens tiny scenarios and asserts tensors against them with the parity bar.</summary>
-public static class Fixtures
+internal static class Fixtures
 {
-    /// <summary>NCHW feature map → seq-first tokens [H·W,B,C] (Sam3Image._get_img_feats).</summary>
+    /// <summary>NCHW feature map → seq-first tokens [H·W,B,C] (Sam3ImageModel._get_img_feats).</summary>
     public static Tensor SeqFirst(Tensor nchw) => nchw.flatten(2).permute(2, 0, 1);
 
     /// <summary>(H, W) of an NCHW tensor.</summary>

@@ -11,7 +11,7 @@ namespace Sam3.Torch.Tests.Infrastructure;
 /// (<c>checkpoint_layout</c>), full/checkpoint_keys.json (<c>keys</c>) and the full parameter counts of
 /// full/manifest.json (<c>video_model.param_counts_by_prefix</c>).
 /// </summary>
-public static class KeyLayout
+internal static class KeyLayout
 {
     public static Dictionary<string, long[]> Tiny(string prefix) =>
         Read(SharedData.Parity("tiny", "model_manifest.json"), "checkpoint_layout", prefix);

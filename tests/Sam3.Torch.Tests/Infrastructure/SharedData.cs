@@ -6,7 +6,7 @@ namespace Sam3.Torch.Tests.Infrastructure;
 /// Locates ../shared (the parity fixtures, inputs and docs). Override with SAM3_SHARED; tests that need it call
 /// <see cref="Require"/>, which skips them with the reason when it is absent.
 /// </summary>
-public static class SharedData
+internal static class SharedData
 {
     public const string EnvironmentVariable = "SAM3_SHARED";
 

@@ -11,7 +11,7 @@ namespace Sam3.Torch.Tests.Infrastructure;
 /// "detector.backbone.vision_backbone.trunk.". Strict: every module key must exist with the same shape; RoPE
 /// <c>freqs_cis</c> tables in the file are skipped (modules recompute them).
 /// </summary>
-public static class TinyWeights
+internal static class TinyWeights
 {
     public static string Path => SharedData.Parity("tiny", "model.safetensors");
 

@@ -10,7 +10,7 @@ namespace Sam3.Torch.Tests.Processing;
 /// the side of image_input), and which of the image tensors
 /// the scenario stores (decoded RGB, resized uint8, normalised input).
 /// </summary>
-public sealed record ImageScenario(
+internal sealed record ImageScenario(
     string Name,
     string TensorsPath,
     IReadOnlyList<string> ImagePaths,

@@ -1,3 +1,4 @@
+using Sam3.Torch.Loading;
 using System.Diagnostics;
 using NUnit.Framework;
 using Sam3.Torch.Config;
@@ -19,7 +20,7 @@ namespace Sam3.Torch.Tests.Processing;
 [TestFixture, Category("Fast")]
 public class InteractivePredictorTests
 {
-    private Sam3Image _model = null!;
+    private Sam3ImageModel _model = null!;
     private Sam3Processor _processor = null!;
     private Sam3ImageState _state = null!;
     private InteractiveImagePredictor _predictor = null!;
@@ -270,7 +271,7 @@ public class InteractivePredictorTests
         Assert.Throws<Sam3StateException>(() => _predictor.PredictBoxes(state, Boxes));
         Assert.Throws<Sam3StateException>(() => _predictor.Predict(null!, InteractivePrompt.FromPoints(Click1)));
 
-        using var noHeads = new Sam3Image(_model.Config, enableInstInteractivity: false);
+        using var noHeads = new Sam3ImageModel(_model.Config, enableInstInteractivity: false);
         var e = Assert.Throws<Sam3StateException>(() => new InteractiveImagePredictor(noHeads));
         Assert.That(e!.Message, Does.Contain("interactive heads"));
     }

@@ -1,3 +1,4 @@
+using Sam3.Torch.Loading;
 using System.Diagnostics;
 using System.Text.Json;
 using NUnit.Framework;
@@ -24,7 +25,7 @@ public class Sam3ProcessorTests
 {
     private const double Tol = 1e-4;
 
-    private Sam3Image _model = null!;
+    private Sam3ImageModel _model = null!;
     private int _threads;
     private ClipBpeTokenizer _tokenizer = null!;
     private string _testImagePath = null!;

@@ -3,7 +3,7 @@ using static TorchSharp.torch;
 namespace Sam3.Torch.Modeling.Common;
 
 /// <summary>Activation functions by their config names ("relu", "gelu" = exact erf GELU).</summary>
-public static class Activations
+internal static class Activations
 {
     public static Func<Tensor, Tensor> Get(string name) => name.ToLowerInvariant() switch
     {

@@ -3,7 +3,7 @@ using static TorchSharp.torch;
 namespace Sam3.Torch.Modeling.Common;
 
 /// <summary>Box format conversions (sam3.model.box_ops) and inverse_sigmoid. Last dim holds the 4 coordinates.</summary>
-public static class BoxOps
+internal static class BoxOps
 {
     public static Tensor CxcywhToXyxy(Tensor b)
     {

@@ -5,7 +5,7 @@ using static TorchSharp.torch;
 namespace Sam3.Torch.Modeling.Common;
 
 /// <summary>LayerNorm over the channel dim of an NCHW tensor (model_misc.LayerNorm2d / sam.common.LayerNorm2d).</summary>
-public sealed class LayerNorm2d : nn.Module<Tensor, Tensor>
+internal sealed class LayerNorm2d : nn.Module<Tensor, Tensor>
 {
     public readonly Parameter weight;
     public readonly Parameter bias;

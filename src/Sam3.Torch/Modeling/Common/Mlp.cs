@@ -9,7 +9,7 @@ namespace Sam3.Torch.Modeling.Common;
 /// <c>sigmoidOutput</c> is set). State-dict keys: <c>layers.{i}.weight/bias</c>, and <c>out_norm.*</c> when an output
 /// LayerNorm is used.
 /// </summary>
-public sealed class Mlp : nn.Module<Tensor, Tensor>
+internal sealed class Mlp : nn.Module<Tensor, Tensor>
 {
     public readonly ModuleList<Linear> layers;
     public readonly LayerNorm? out_norm;

@@ -10,7 +10,7 @@ namespace Sam3.Torch.Modeling.Common;
 /// PyTorch: <c>key_padding_mask</c> [B,S] bool True = ignore; <c>attn_mask</c> [L,S] or [B·heads,L,S], bool True =
 /// not allowed, or float (added to the logits). Scale 1/√head_dim. Runs on scaled_dot_product_attention.
 /// </summary>
-public sealed class MultiheadAttention : nn.Module
+internal sealed class MultiheadAttention : nn.Module
 {
     public readonly Parameter in_proj_weight;
     public readonly Parameter in_proj_bias;

@@ -8,7 +8,7 @@ namespace Sam3.Torch.Modeling.Common;
 /// Channels are <c>[y (C/2), x (C/2)]</c>; within each half sin and cos interleave (even = sin, odd = cos).
 /// Positions are 1..H divided by (H + 1e-6), times 2π. Always computed in float32. Has no weights.
 /// </summary>
-public sealed class PositionEmbeddingSine : nn.Module<Tensor, Tensor>
+internal sealed class PositionEmbeddingSine : nn.Module<Tensor, Tensor>
 {
     /// <summary>Half the channel count (the Python attribute holds num_pos_feats // 2).</summary>
     public int num_pos_feats { get; }

@@ -8,7 +8,7 @@ namespace Sam3.Torch.Modeling.Decoder;
 /// (<c>HardcodedInClasses.DecoderBboxEmbed</c>, ...): (input_dim, hidden_dim, output_dim, num_layers). This parses them.
 /// Terms: an integer, a symbol (<c>d</c>, <c>num_heads</c>) or an integer times a symbol (<c>2d</c>).
 /// </summary>
-public static partial class MlpSpec
+internal static partial class MlpSpec
 {
     [GeneratedRegex(@"^\s*MLP\s*\(([^)]*)\)\s*$")]
     private static partial Regex SpecRegex();

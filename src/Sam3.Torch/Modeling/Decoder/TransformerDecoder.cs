@@ -12,7 +12,7 @@ namespace Sam3.Torch.Modeling.Decoder;
 /// sigmoid(reference_points)), <see cref="PresenceLogits"/> [L,1,B] and <see cref="PresenceFeats"/> [1,B,d] (null without a
 /// presence token). With DAC (training) Q = 2·num_queries: one-to-one queries first, then the one-to-many copies.
 /// </summary>
-public sealed record TransformerDecoderOutput(Tensor Hs, Tensor ReferenceBoxes, Tensor? PresenceLogits, Tensor? PresenceFeats) : IDisposable
+internal sealed record TransformerDecoderOutput(Tensor Hs, Tensor ReferenceBoxes, Tensor? PresenceLogits, Tensor? PresenceFeats) : IDisposable
 {
     public void Dispose()
     {
@@ -28,7 +28,7 @@ public sealed record TransformerDecoderOutput(Tensor Hs, Tensor ReferenceBoxes, 
 /// refinement and DAC (training only). Supported configuration = what the reference asserts: <c>return_intermediate</c> and
 /// <c>box_refine</c> must be true; no instance queries, no interaction layers.
 /// </summary>
-public sealed class TransformerDecoder : nn.Module
+internal sealed class TransformerDecoder : nn.Module
 {
     // Field order = the reference's registration order.
     public readonly ModuleList<TransformerDecoderLayer> layers;
@@ -192,13 +192,13 @@ public sealed class TransformerDecoder : nn.Module
     }
 
     /// <summary>
-    /// Runs the decoder. Seq-first inputs as upstream: <paramref name="tgt"/> [Q,B,d] (Sam3Image passes query_embed repeated
+    /// Runs the decoder. Seq-first inputs as upstream: <paramref name="tgt"/> [Q,B,d] (Sam3ImageModel passes query_embed repeated
     /// over the batch), <paramref name="memory"/>/<paramref name="pos"/> [HW,B,d] (single feature level of size
     /// <paramref name="featH"/>×<paramref name="featW"/>), <paramref name="memoryText"/> [S,B,d] (the prompt) with
     /// <paramref name="textAttentionMask"/> [B,S] (True = padding), <paramref name="memoryKeyPaddingMask"/> [HW,B] (seq-first
     /// as the encoder returns it; transposed here), <paramref name="validRatios"/> [B,levels,2] (null = ones),
     /// <paramref name="referenceBoxes"/> [Q,B,4] (null = sigmoid(reference_points)), <paramref name="applyDac"/> (null =
-    /// <see cref="dac"/>; Sam3Image passes <c>dac &amp;&amp; training</c>). <paramref name="probe"/>, if given, receives
+    /// <see cref="dac"/>; Sam3ImageModel passes <c>dac &amp;&amp; training</c>). <paramref name="probe"/>, if given, receives
     /// intermediate tensors named like the parity fixtures ("rpb" [B,heads,Q,HW] per layer, "layer{i}.0" queries, "layer{i}.1"
     /// presence token); the tensors are only valid during the call.
     /// </summary>

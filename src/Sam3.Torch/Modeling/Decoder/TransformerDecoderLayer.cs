@@ -14,7 +14,7 @@ namespace Sam3.Torch.Modeling.Decoder;
 /// With DAC (training) the second half of the queries ("one-to-many") skips self-attention.
 /// State-dict keys: <c>cross_attn.*, norm1.*, ca_text.*, catext_norm.*, self_attn.*, norm2.*, linear1.*, linear2.*, norm3.*</c>.
 /// </summary>
-public sealed class TransformerDecoderLayer : nn.Module
+internal sealed class TransformerDecoderLayer : nn.Module
 {
     // Field order = the reference's registration order (so state_dict() lists keys in the same order).
     public readonly MultiheadAttention cross_attn;

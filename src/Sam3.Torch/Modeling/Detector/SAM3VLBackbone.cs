@@ -11,7 +11,7 @@ namespace Sam3.Torch.Modeling.Detector;
 /// the NCHW feature map and its position encoding. <see cref="Sam2"/> holds the SAM2 neck's levels (interactive heads
 /// and tracker) when the model has them. Owns its tensors.
 /// </summary>
-public sealed class BackboneOutput : IDisposable
+internal sealed class BackboneOutput : IDisposable
 {
     public Tensor[] BackboneFpn { get; }
     public Tensor[] VisionPosEnc { get; }
@@ -46,7 +46,7 @@ public sealed class BackboneOutput : IDisposable
 /// The vision + language backbone without fusion (vl_combiner.SAM3VLBackbone): <c>vision_backbone</c> (ViT + dual
 /// neck) and <c>language_backbone</c> (text encoder). <c>scalp</c> drops the lowest-resolution neck levels.
 /// </summary>
-public sealed class SAM3VLBackbone : nn.Module
+internal sealed class SAM3VLBackbone : nn.Module
 {
     public readonly Sam3DualViTDetNeck vision_backbone;
     public readonly VETextEncoder language_backbone;

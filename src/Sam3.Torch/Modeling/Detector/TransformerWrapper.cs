@@ -6,7 +6,7 @@ using TorchSharp;
 namespace Sam3.Torch.Modeling.Detector;
 
 /// <summary>The detector's encoder + decoder pair (model_misc.TransformerWrapper): keys <c>encoder.*</c>, <c>decoder.*</c>.</summary>
-public sealed class TransformerWrapper : torch.nn.Module
+internal sealed class TransformerWrapper : torch.nn.Module
 {
     public readonly TransformerEncoderFusion encoder;
     public readonly TransformerDecoder decoder;

@@ -13,7 +13,7 @@ namespace Sam3.Torch.Modeling.Encoder;
 /// <param name="LevelStartIndex">int64 [levels].</param>
 /// <param name="SpatialShapes">int64 [levels,2] = (H,W).</param>
 /// <param name="ValidRatios">float32 [B,levels,2] = (w,h) ratios.</param>
-public sealed record EncoderFusionOutput(Tensor Memory, Tensor? PaddingMask, Tensor PosEmbed, Tensor MemoryText,
+internal sealed record EncoderFusionOutput(Tensor Memory, Tensor? PaddingMask, Tensor PosEmbed, Tensor MemoryText,
                                          Tensor LevelStartIndex, Tensor SpatialShapes, Tensor ValidRatios);
 
 /// <summary>
@@ -23,7 +23,7 @@ public sealed record EncoderFusionOutput(Tensor Memory, Tensor? PaddingMask, Ten
 /// State-dict keys: <c>layers.{i}.*</c>, plus <c>level_embed</c> when several feature levels are used and
 /// <c>text_pooling_proj.*</c> when <c>add_pooled_text_to_img_feat</c> is set (both off in SAM3).
 /// </summary>
-public sealed class TransformerEncoderFusion : nn.Module
+internal sealed class TransformerEncoderFusion : nn.Module
 {
     public readonly ModuleList<TransformerEncoderLayer> layers;
     public readonly Parameter? level_embed;
@@ -54,7 +54,7 @@ public sealed class TransformerEncoderFusion : nn.Module
     }
 
     /// <summary>
-    /// Runs the encoder as <c>Sam3Image._run_encoder</c> calls it.
+    /// Runs the encoder as <c>Sam3ImageModel._run_encoder</c> calls it.
     /// </summary>
     /// <param name="src">Per level image features, seq-first [H·W,B,d] (row-major flattening of NCHW).</param>
     /// <param name="featSizes">Per level (H,W).</param>

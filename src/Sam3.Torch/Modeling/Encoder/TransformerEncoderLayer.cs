@@ -13,7 +13,7 @@ namespace Sam3.Torch.Modeling.Encoder;
 /// State-dict keys: <c>self_attn.*</c>, <c>cross_attn_image.*</c>, <c>linear1</c>, <c>linear2</c>, <c>norm1..3</c>.
 /// Tensors are in the attention modules' layout: seq-first [L,B,C] or batch-first [B,L,C].
 /// </summary>
-public sealed class TransformerEncoderLayer : nn.Module
+internal sealed class TransformerEncoderLayer : nn.Module
 {
     public readonly MultiheadAttention self_attn;
     public readonly MultiheadAttention cross_attn_image;

@@ -15,7 +15,7 @@ namespace Sam3.Torch.Modeling.Geometry;
 /// right-padded; <see cref="AppendBoxes"/>/<see cref="AppendPoints"/> keep them so. The tensors belong to the dispose
 /// scope that was active when they were created (this class does not dispose them).
 /// </summary>
-public sealed class Prompt
+internal sealed class Prompt
 {
     public Tensor BoxEmbeddings { get; private set; }
     public Tensor BoxMask { get; private set; }
@@ -69,7 +69,7 @@ public sealed class Prompt
         BoxEmbeddings = be; BoxMask = bm; BoxLabels = bl; PointEmbeddings = pe; PointMask = pm; PointLabels = pl;
     }
 
-    /// <summary>A prompt without boxes or points (<c>Sam3Image._get_dummy_prompt</c>): [0,B,4] boxes, [B,0] mask.</summary>
+    /// <summary>A prompt without boxes or points (<c>Sam3ImageModel._get_dummy_prompt</c>): [0,B,4] boxes, [B,0] mask.</summary>
     public static Prompt Empty(long batchSize = 1, Device? device = null)
         => new(boxEmbeddings: torch.zeros(0, batchSize, 4, device: device),
                boxMask: torch.zeros(batchSize, 0, dtype: ScalarType.Bool, device: device));

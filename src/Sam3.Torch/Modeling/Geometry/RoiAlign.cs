@@ -17,7 +17,7 @@ namespace Sam3.Torch.Modeling.Geometry;
 /// factor split as 1/grid_h · 1/grid_w). The weights of all RoIs are built at once (samples beyond a RoI's own
 /// grid masked out); the two products run per image, without copying the feature map per RoI.</para>
 /// </summary>
-public static class RoiAlign
+internal static class RoiAlign
 {
     /// <summary>
     /// <paramref name="input"/> [N,C,H,W]; <paramref name="rois"/> [K,5] = (batch index, x0, y0, x1, y1) in input

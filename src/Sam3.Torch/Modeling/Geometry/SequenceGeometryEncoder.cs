@@ -18,7 +18,7 @@ namespace Sam3.Torch.Modeling.Geometry;
 /// pre-norm layers that cross-attend to the raw image tokens (keys = features + position encoding), and
 /// <c>encode_norm</c>. Checkpoint prefix <c>detector.geometry_encoder.</c>.
 /// </summary>
-public sealed class SequenceGeometryEncoder : nn.Module
+internal sealed class SequenceGeometryEncoder : nn.Module
 {
     public readonly Embedding label_embed;
     public readonly Embedding? cls_embed;
@@ -87,7 +87,7 @@ public sealed class SequenceGeometryEncoder : nn.Module
     }
 
     /// <summary>
-    /// Encodes a geometric prompt, as <c>Sam3Image._encode_prompt</c> calls it.
+    /// Encodes a geometric prompt, as <c>Sam3ImageModel._encode_prompt</c> calls it.
     /// </summary>
     /// <param name="prompt">Boxes/points of B prompts.</param>
     /// <param name="imgFeats">Image feature levels, seq-first [H·W,B,d]; only the last one is used (SAM3: the N×N level).</param>

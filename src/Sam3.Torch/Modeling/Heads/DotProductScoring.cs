@@ -12,7 +12,7 @@ namespace Sam3.Torch.Modeling.Heads;
 /// the prompt tokens (valid count clamped to ≥ 1), <c>prompt_proj(p) · hs_proj(hs) / √d_proj</c>, clamped to
 /// ±clamp_max_val. Keys: <c>prompt_mlp.layers.{i}.*, prompt_mlp.out_norm.*, prompt_proj.*, hs_proj.*</c>.
 /// </summary>
-public sealed class DotProductScoring : nn.Module<Tensor, Tensor, Tensor, Tensor>
+internal sealed class DotProductScoring : nn.Module<Tensor, Tensor, Tensor, Tensor>
 {
     public readonly Mlp? prompt_mlp;
     public readonly Linear prompt_proj;

@@ -6,8 +6,8 @@ using static TorchSharp.torch;
 
 namespace Sam3.Torch.Modeling.Heads;
 
-/// <summary>Switches of Sam3Image's grounding heads.</summary>
-public sealed record GroundingOptions
+/// <summary>Switches of Sam3ImageModel's grounding heads.</summary>
+internal sealed record GroundingOptions
 {
     /// <summary>
     /// Video detector behaviour (Sam3ImageOnVideoMultiGPU): <c>pred_logits = clamp(inverse_sigmoid(σ(logit)·σ(presence)),
@@ -24,7 +24,7 @@ public sealed record GroundingOptions
 }
 
 /// <summary>Per-layer outputs of the earlier decoder layers (training only; <c>out["aux_outputs"]</c> upstream).</summary>
-public sealed class GroundingAuxOutput : IDisposable
+internal sealed class GroundingAuxOutput : IDisposable
 {
     public Tensor? PredLogits { get; set; }
     public Tensor? PredBoxes { get; set; }
@@ -41,12 +41,12 @@ public sealed class GroundingAuxOutput : IDisposable
 }
 
 /// <summary>
-/// The dict that Sam3Image.forward_grounding returns, typed (batch-first): <see cref="PredLogits"/> [B,Q,1],
+/// The dict that Sam3ImageModel.forward_grounding returns, typed (batch-first): <see cref="PredLogits"/> [B,Q,1],
 /// <see cref="PredBoxes"/> [B,Q,4] normalised cxcywh, <see cref="PredBoxesXyxy"/> [B,Q,4], <see cref="PresenceLogitDec"/> [B,1],
 /// <see cref="PredMasks"/> [B,Q,H,W] mask logits, <see cref="SemanticSeg"/> [B,1,H,W], <see cref="Queries"/> [B,Q,d] (last
 /// layer), <see cref="PresenceFeats"/> [1,B,d]. The *O2m members and <see cref="AuxOutputs"/> are filled only when training.
 /// </summary>
-public sealed class GroundingOutput : IDisposable
+internal sealed class GroundingOutput : IDisposable
 {
     public Tensor? PredLogits { get; set; }
     public Tensor? PredBoxes { get; set; }
@@ -75,24 +75,24 @@ public sealed class GroundingOutput : IDisposable
 }
 
 /// <summary>
-/// Inputs of the grounding heads = what Sam3Image has after the fusion encoder. Seq-first: <see cref="Memory"/> and
+/// Inputs of the grounding heads = what Sam3ImageModel has after the fusion encoder. Seq-first: <see cref="Memory"/> and
 /// <see cref="PosEmbed"/> [HW,B,d] (one feature level of <see cref="FeatH"/>×<see cref="FeatW"/>), <see cref="PaddingMask"/>
 /// [HW,B] or null, <see cref="ValidRatios"/> [B,levels,2] or null (= ones), <see cref="Prompt"/> [S,B,d] with
 /// <see cref="PromptMask"/> [B,S] (True = padding), <see cref="BackboneFpn"/> the backbone_fpn levels (finest first, NCHW,
 /// batch = images), <see cref="ImageIds"/> [B] int64 image index of each prompt.
 /// </summary>
-public sealed record GroundingInputs(
+internal sealed record GroundingInputs(
     Tensor Memory, Tensor PosEmbed, long FeatH, long FeatW, Tensor Prompt, Tensor PromptMask,
     IList<Tensor>? BackboneFpn = null, Tensor? ImageIds = null, Tensor? PaddingMask = null, Tensor? ValidRatios = null);
 
 /// <summary>
-/// The grounding head math of Sam3Image (sam3_image.py <c>_run_decoder</c>, <c>_update_scores_and_boxes</c>,
+/// The grounding head math of Sam3ImageModel (sam3_image.py <c>_run_decoder</c>, <c>_update_scores_and_boxes</c>,
 /// <c>_run_segmentation_heads</c>): runs the decoder on the encoder memory, scores every layer's queries with
 /// <see cref="DotProductScoring"/>, turns reference boxes + box-head deltas into cxcywh/xyxy boxes, and runs the
-/// segmentation head. Not a module: it uses the modules Sam3Image owns (transformer.decoder, dot_prod_scoring,
-/// segmentation_head). DAC and the o2m/aux outputs follow <c>decoder.training</c> (Sam3Image.training upstream).
+/// segmentation head. Not a module: it uses the modules Sam3ImageModel owns (transformer.decoder, dot_prod_scoring,
+/// segmentation_head). DAC and the o2m/aux outputs follow <c>decoder.training</c> (Sam3ImageModel.training upstream).
 /// </summary>
-public sealed class GroundingHead
+internal sealed class GroundingHead
 {
     public TransformerDecoder Decoder { get; }
     public DotProductScoring Scoring { get; }

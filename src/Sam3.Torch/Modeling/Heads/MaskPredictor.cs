@@ -8,7 +8,7 @@ namespace Sam3.Torch.Modeling.Heads;
 /// Mask logits as a dot product of embedded queries with per-pixel embeddings (maskformer_segmentation.py MaskPredictor):
 /// <c>einsum(mask_embed(q), pixel_embed)</c>. Keys: <c>mask_embed.layers.{0,1,2}.*</c> (MLP(d,d,d,3)).
 /// </summary>
-public sealed class MaskPredictor : nn.Module<Tensor, Tensor, Tensor>
+internal sealed class MaskPredictor : nn.Module<Tensor, Tensor, Tensor>
 {
     public readonly Mlp mask_embed;
 

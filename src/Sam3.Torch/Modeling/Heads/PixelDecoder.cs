@@ -13,7 +13,7 @@ namespace Sam3.Torch.Modeling.Heads;
 /// level finer than the coarsest, i.e. 2 times for the 3 levels SAM3 passes; <c>conv_layers.2</c>/<c>norms.2</c> are stored
 /// in the checkpoint and never used.</para>
 /// </summary>
-public sealed class PixelDecoder : nn.Module<IList<Tensor>, Tensor>
+internal sealed class PixelDecoder : nn.Module<IList<Tensor>, Tensor>
 {
     public readonly ModuleList<Conv2d> conv_layers;
     public readonly ModuleList<GroupNorm> norms;

@@ -12,7 +12,7 @@ namespace Sam3.Torch.Modeling.Heads;
 /// Output of <see cref="UniversalSegmentationHead"/>: <see cref="PredMasks"/> [B,Q,H,W] mask logits (or [L,B,Q,H,W] with aux
 /// masks), <see cref="SemanticSeg"/> [B,1,H,W], <see cref="PresenceLogit"/> [B,1] (only with a presence head).
 /// </summary>
-public sealed record SegmentationHeadOutput(Tensor PredMasks, Tensor SemanticSeg, Tensor? PresenceLogit) : IDisposable
+internal sealed record SegmentationHeadOutput(Tensor PredMasks, Tensor SemanticSeg, Tensor? PresenceLogit) : IDisposable
 {
     public void Dispose()
     {
@@ -30,7 +30,7 @@ public sealed record SegmentationHeadOutput(Tensor PredMasks, Tensor SemanticSeg
 /// Keys: <c>pixel_decoder.*, mask_predictor.mask_embed.*, [presence_head.2.*], cross_attend_prompt.*, cross_attn_norm.*,
 /// semantic_seg_head.*, instance_seg_head.*</c>.
 /// </summary>
-public sealed class UniversalSegmentationHead : nn.Module
+internal sealed class UniversalSegmentationHead : nn.Module
 {
     // Field order = the reference's registration order.
     public readonly PixelDecoder pixel_decoder;
@@ -45,7 +45,7 @@ public sealed class UniversalSegmentationHead : nn.Module
     public int d_model { get; }
     public bool aux_masks { get; }
 
-    /// <summary>Output names that are per query (Sam3Image splits them into o2o/o2m halves).</summary>
+    /// <summary>Output names that are per query (Sam3ImageModel splits them into o2o/o2m halves).</summary>
     public static readonly IReadOnlyList<string> InstanceKeys = ["pred_masks"];
 
     public UniversalSegmentationHead(Sam3Config cfg) : this(cfg.SegmentationHead, cfg.HardcodedInClasses) { }

@@ -11,7 +11,7 @@ namespace Sam3.Torch.Modeling.Sam;
 /// <param name="IouPred">Predicted mask quality [B, M] (sigmoid outputs when iou_prediction_use_sigmoid).</param>
 /// <param name="SamTokensOut">Mask output tokens [B, M', C] used for object pointers (the 3 multimask tokens, or token 0).</param>
 /// <param name="ObjectScoreLogits">Object-score logits [B, 1].</param>
-public sealed record MaskDecoderOutput(Tensor Masks, Tensor IouPred, Tensor SamTokensOut, Tensor ObjectScoreLogits) : IDisposable
+internal sealed record MaskDecoderOutput(Tensor Masks, Tensor IouPred, Tensor SamTokensOut, Tensor ObjectScoreLogits) : IDisposable
 {
     public void Dispose()
     {
@@ -23,7 +23,7 @@ public sealed record MaskDecoderOutput(Tensor Masks, Tensor IouPred, Tensor SamT
 }
 
 /// <summary>Raw outputs of <see cref="MaskDecoder.PredictMasks"/> (all mask tokens, before output selection).</summary>
-public sealed record MaskPrediction(Tensor Masks, Tensor IouPred, Tensor MaskTokensOut, Tensor ObjectScoreLogits);
+internal sealed record MaskPrediction(Tensor Masks, Tensor IouPred, Tensor MaskTokensOut, Tensor ObjectScoreLogits);
 
 /// <summary>
 /// SAM mask decoder (sam/mask_decoder.py MaskDecoder) as built by the tracker: tokens
@@ -32,7 +32,7 @@ public sealed record MaskPrediction(Tensor Masks, Tensor IouPred, Tensor MaskTok
 /// <c>GELU(ConvT(·) + feat_s0)</c>), hypernetwork MLPs per mask token, an IoU head with sigmoid and an object-score MLP.
 /// Single-mask output at eval uses the dynamic stability fallback (guide §4.17).
 /// </summary>
-public sealed class MaskDecoder : nn.Module
+internal sealed class MaskDecoder : nn.Module
 {
     public readonly TwoWayTransformer transformer;
     public readonly Embedding iou_token;

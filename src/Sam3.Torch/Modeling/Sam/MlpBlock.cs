@@ -8,7 +8,7 @@ namespace Sam3.Torch.Modeling.Sam;
 /// Two-layer MLP of the SAM transformer blocks (sam/common.py MLPBlock): <c>lin2(act(lin1(x)))</c>. The activation is
 /// parameter-free (TwoWayTransformer passes ReLU).
 /// </summary>
-public sealed class MlpBlock : nn.Module<Tensor, Tensor>
+internal sealed class MlpBlock : nn.Module<Tensor, Tensor>
 {
     public readonly Linear lin1;
     public readonly Linear lin2;

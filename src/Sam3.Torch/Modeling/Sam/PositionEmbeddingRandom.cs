@@ -9,7 +9,7 @@ namespace Sam3.Torch.Modeling.Sam;
 /// (concatenated, 2F channels). The matrix is a persistent buffer (state-dict key
 /// <c>positional_encoding_gaussian_matrix</c>) that must come from the checkpoint.
 /// </summary>
-public sealed class PositionEmbeddingRandom : nn.Module
+internal sealed class PositionEmbeddingRandom : nn.Module
 {
     /// <summary>Persistent buffer [2, num_pos_feats] (random at construction, replaced by the checkpoint value).</summary>
     public readonly Tensor positional_encoding_gaussian_matrix;

@@ -13,7 +13,7 @@ namespace Sam3.Torch.Modeling.Sam;
 /// 0 = negative, 1 = positive, 2/3 = box corners) and two per box; dense output: the downscaled mask prompt or the
 /// broadcast <c>no_mask_embed</c>.
 /// </summary>
-public sealed class PromptEncoder : nn.Module
+internal sealed class PromptEncoder : nn.Module
 {
     public readonly PositionEmbeddingRandom pe_layer;
     public readonly ModuleList<Embedding> point_embeddings;

@@ -10,30 +10,30 @@ namespace Sam3.Torch.Modeling.Sam;
 /// added), (2) tokens → image cross-attention, (3) MLP on tokens, (4) image → tokens cross-attention.
 /// Queries [B, Nq, C], keys [B, HW, C], batch-first.
 /// </summary>
-public sealed class TwoWayAttentionBlock : nn.Module
+internal sealed class TwoWayAttentionBlock : nn.Module
 {
-    public readonly Attention self_attn;
+    public readonly SamAttention self_attn;
     public readonly LayerNorm norm1;
-    public readonly Attention cross_attn_token_to_image;
+    public readonly SamAttention cross_attn_token_to_image;
     public readonly LayerNorm norm2;
     public readonly MlpBlock mlp;
     public readonly LayerNorm norm3;
     public readonly LayerNorm norm4;
-    public readonly Attention cross_attn_image_to_token;
+    public readonly SamAttention cross_attn_image_to_token;
     public bool skip_first_layer_pe { get; }
 
     public TwoWayAttentionBlock(int embeddingDim, int numHeads, int mlpDim, Func<Tensor, Tensor> activation,
                                 int attentionDownsampleRate, bool skipFirstLayerPe, double layerNormEps)
         : base(nameof(TwoWayAttentionBlock))
     {
-        self_attn = new Attention(embeddingDim, numHeads);
+        self_attn = new SamAttention(embeddingDim, numHeads);
         norm1 = nn.LayerNorm(embeddingDim, layerNormEps);
-        cross_attn_token_to_image = new Attention(embeddingDim, numHeads, attentionDownsampleRate);
+        cross_attn_token_to_image = new SamAttention(embeddingDim, numHeads, attentionDownsampleRate);
         norm2 = nn.LayerNorm(embeddingDim, layerNormEps);
         mlp = new MlpBlock(embeddingDim, mlpDim, activation);
         norm3 = nn.LayerNorm(embeddingDim, layerNormEps);
         norm4 = nn.LayerNorm(embeddingDim, layerNormEps);
-        cross_attn_image_to_token = new Attention(embeddingDim, numHeads, attentionDownsampleRate);
+        cross_attn_image_to_token = new SamAttention(embeddingDim, numHeads, attentionDownsampleRate);
         skip_first_layer_pe = skipFirstLayerPe;
         RegisterComponents();
     }

@@ -9,10 +9,10 @@ namespace Sam3.Torch.Modeling.Sam;
 /// SAM two-way transformer (sam/transformer.py TwoWayTransformer): <c>depth</c> TwoWayAttentionBlocks (the first without
 /// PE in its self-attention), then a final token → image attention and LayerNorm. MLP activation ReLU.
 /// </summary>
-public sealed class TwoWayTransformer : nn.Module
+internal sealed class TwoWayTransformer : nn.Module
 {
     public readonly ModuleList<TwoWayAttentionBlock> layers;
-    public readonly Attention final_attn_token_to_image;
+    public readonly SamAttention final_attn_token_to_image;
     public readonly LayerNorm norm_final_attn;
 
     public int depth { get; }
@@ -38,7 +38,7 @@ public sealed class TwoWayTransformer : nn.Module
         for (int i = 0; i < depth; i++)
             layers.Add(new TwoWayAttentionBlock(embeddingDim, numHeads, mlpDim, x => nn.functional.relu(x),
                                                 attentionDownsampleRate, skipFirstLayerPe: i == 0, layerNormEps));
-        final_attn_token_to_image = new Attention(embeddingDim, numHeads, attentionDownsampleRate);
+        final_attn_token_to_image = new SamAttention(embeddingDim, numHeads, attentionDownsampleRate);
         norm_final_attn = nn.LayerNorm(embeddingDim, layerNormEps);
         RegisterComponents();
     }

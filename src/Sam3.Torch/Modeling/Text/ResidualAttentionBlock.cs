@@ -12,7 +12,7 @@ namespace Sam3.Torch.Modeling.Text;
 /// Batch-first [B,L,W]. No LayerScale (ls_init_value is None in SAM3, so ls_1/ls_2 are identities without keys).
 /// State-dict keys: <c>attn.*</c>, <c>ln_1</c>, <c>ln_2</c>, <c>mlp.c_fc</c>, <c>mlp.c_proj</c>.
 /// </summary>
-public sealed class ResidualAttentionBlock : nn.Module<Tensor, Tensor?, Tensor>
+internal sealed class ResidualAttentionBlock : nn.Module<Tensor, Tensor?, Tensor>
 {
     public readonly MultiheadAttention attn;
     public readonly LayerNorm ln_1;

@@ -12,7 +12,7 @@ namespace Sam3.Torch.Modeling.Text;
 /// upstream computes and SAM3 never uses; it is kept for key parity and not computed here).
 /// The causal mask is a non-persistent buffer upstream: here it is built lazily per device and not registered.
 /// </summary>
-public sealed class TextTransformer : nn.Module<Tensor, Tensor>
+internal sealed class TextTransformer : nn.Module<Tensor, Tensor>
 {
     public readonly Embedding token_embedding;
     public readonly Parameter positional_embedding;

@@ -5,7 +5,7 @@ using static TorchSharp.torch;
 namespace Sam3.Torch.Modeling.Text;
 
 /// <summary>Stack of <see cref="ResidualAttentionBlock"/> (text_encoder_ve.py <c>Transformer</c>); keys <c>resblocks.{i}.*</c>.</summary>
-public sealed class Transformer : nn.Module<Tensor, Tensor?, Tensor>
+internal sealed class Transformer : nn.Module<Tensor, Tensor?, Tensor>
 {
     public readonly ModuleList<ResidualAttentionBlock> resblocks;
     public int width { get; }

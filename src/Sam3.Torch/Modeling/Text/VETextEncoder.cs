@@ -9,14 +9,14 @@ namespace Sam3.Torch.Modeling.Text;
 /// <param name="LanguageMask">bool [B,L], True = padding (used as key_padding_mask downstream).</param>
 /// <param name="LanguageFeatures">resizer(text tokens), seq-first [L,B,d_model].</param>
 /// <param name="LanguageEmbeds">token embeddings before the transformer, seq-first [L,B,width].</param>
-public sealed record TextEncoderOutput(Tensor LanguageMask, Tensor LanguageFeatures, Tensor LanguageEmbeds);
+internal sealed record TextEncoderOutput(Tensor LanguageMask, Tensor LanguageFeatures, Tensor LanguageEmbeds);
 
 /// <summary>
 /// SAM3 text encoder (text_encoder_ve.py <c>VETextEncoder</c>) for already tokenized text: <c>encoder</c>
 /// (<see cref="TextTransformer"/>) and <c>resizer</c> (Linear width → d_model). Checkpoint prefix
 /// <c>detector.backbone.language_backbone.</c>. The tokenizer lives elsewhere; this module takes its int64 ids.
 /// </summary>
-public sealed class VETextEncoder : nn.Module
+internal sealed class VETextEncoder : nn.Module
 {
     public readonly TextTransformer encoder;
     public readonly Linear resizer;

@@ -10,7 +10,7 @@ namespace Sam3.Torch.Modeling.Tracker;
 /// ConvNeXt block (model/memory.py CXBlock): depthwise k×k conv → LayerNorm2d → (channels-last) Linear(d→4d) → GELU →
 /// Linear(4d→d) → ×gamma (layer scale) → residual. Drop-path is the identity at inference (and 0 in SAM3).
 /// </summary>
-public sealed class CXBlock : nn.Module<Tensor, Tensor>
+internal sealed class CXBlock : nn.Module<Tensor, Tensor>
 {
     public readonly Parameter? gamma;
     public readonly Conv2d dwconv;

@@ -13,7 +13,7 @@ namespace Sam3.Torch.Modeling.Tracker;
 /// pointer tokens) with the same table repeated per memory frame (<c>rope_k_repeat</c>). The table is computed lazily,
 /// for the query length (a square grid when it differs from feat_sizes, as upstream), and is not a state-dict entry.
 /// </summary>
-public sealed class RoPEAttention : Attention
+internal sealed class RoPEAttention : SamAttention
 {
     public double rope_theta { get; }
     public bool rope_k_repeat { get; }

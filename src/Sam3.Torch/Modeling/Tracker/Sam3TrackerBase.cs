@@ -15,7 +15,7 @@ namespace Sam3.Torch.Modeling.Tracker;
 /// <param name="HighResMasks">[B, 1, S, S].</param>
 /// <param name="ObjPtr">[B, C] object pointer (mixed with no_obj_ptr when absent).</param>
 /// <param name="ObjectScoreLogits">[B, 1].</param>
-public sealed record SamHeadsOutput(Tensor LowResMultimasks, Tensor HighResMultimasks, Tensor Ious, Tensor LowResMasks,
+internal sealed record SamHeadsOutput(Tensor LowResMultimasks, Tensor HighResMultimasks, Tensor Ious, Tensor LowResMasks,
                                     Tensor HighResMasks, Tensor ObjPtr, Tensor ObjectScoreLogits) : IDisposable
 {
     public void Dispose()
@@ -31,10 +31,10 @@ public sealed record SamHeadsOutput(Tensor LowResMultimasks, Tensor HighResMulti
 /// <param name="PosEnc">maskmem_pos_enc [B, mem_dim, N, N].</param>
 /// <param name="TPos">Temporal position: 0 for a conditioning frame, 1..num_maskmem−1 for previous frames
 /// (num_maskmem−1 = the most recent); the temporal embedding is <c>maskmem_tpos_enc[num_maskmem − TPos − 1]</c>.</param>
-public sealed record MemoryFrame(Tensor Features, Tensor PosEnc, int TPos);
+internal sealed record MemoryFrame(Tensor Features, Tensor PosEnc, int TPos);
 
 /// <summary>An object pointer read by the memory attention: its signed frame distance and the pointer [B, C].</summary>
-public sealed record ObjectPointer(int RelPos, Tensor Ptr);
+internal sealed record ObjectPointer(int RelPos, Tensor Ptr);
 
 /// <summary>
 /// The SAM2-style tracker's network (model/sam3_tracker_base.py Sam3TrackerBase, the weights of Sam3TrackerPredictor;
@@ -44,10 +44,10 @@ public sealed record ObjectPointer(int RelPos, Tensor Ptr);
 /// per-frame building blocks of track_step (SAM heads, mask-as-output, memory encoding, memory conditioning).
 /// Frame bookkeeping (which memories to read) is left to the predictor.
 /// </summary>
-public sealed class Sam3TrackerBase : nn.Module
+internal sealed class Sam3TrackerBase : nn.Module
 {
     public readonly Conv2d mask_downsample;
-    public readonly TransformerWrapper transformer;
+    public readonly TrackerTransformerWrapper transformer;
     public readonly SimpleMaskEncoder maskmem_backbone;
     public readonly Parameter maskmem_tpos_enc;
     public readonly Parameter no_mem_embed;
@@ -109,7 +109,7 @@ public sealed class Sam3TrackerBase : nn.Module
 
         int k = _hc.TrackerMaskDownsampleStride;
         mask_downsample = nn.Conv2d(1, 1, kernel_size: k, stride: k);
-        transformer = new TransformerWrapper(cfg);
+        transformer = new TrackerTransformerWrapper(cfg);
         maskmem_backbone = new SimpleMaskEncoder(cfg);
         maskmem_tpos_enc = TruncNormal(num_maskmem, 1, 1, mem_dim);
         no_mem_embed = TruncNormal(1, 1, hidden_dim);

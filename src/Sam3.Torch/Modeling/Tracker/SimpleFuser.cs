@@ -8,7 +8,7 @@ namespace Sam3.Torch.Modeling.Tracker;
 /// A stack of independent CXBlocks (model/memory.py SimpleFuser; <c>get_clones</c> gives each layer its own weights),
 /// optionally after a 1×1 input projection (off in SAM3, where <c>proj</c> is the identity).
 /// </summary>
-public sealed class SimpleFuser : nn.Module<Tensor, Tensor>
+internal sealed class SimpleFuser : nn.Module<Tensor, Tensor>
 {
     public readonly Conv2d? proj;
     public readonly ModuleList<CXBlock> layers;

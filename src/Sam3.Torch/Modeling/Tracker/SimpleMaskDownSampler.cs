@@ -12,7 +12,7 @@ namespace Sam3.Torch.Modeling.Tracker;
 /// padding) with channels ×stride², LayerNorm2d, GELU] and a final 1×1 conv to embed_dim. <c>encoder</c> indices:
 /// conv 3i, norm 3i+1, GELU 3i+2, final conv 3n.
 /// </summary>
-public sealed class SimpleMaskDownSampler : nn.Module<Tensor, Tensor>
+internal sealed class SimpleMaskDownSampler : nn.Module<Tensor, Tensor>
 {
     public readonly Sequential encoder;
     public int[]? interpol_size { get; }

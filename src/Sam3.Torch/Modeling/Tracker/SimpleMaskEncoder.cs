@@ -7,7 +7,7 @@ using static TorchSharp.torch;
 namespace Sam3.Torch.Modeling.Tracker;
 
 /// <summary>Output of the memory encoder: features [B, out_dim, H, W] and their sine position encoding (same shape).</summary>
-public sealed record MaskMemory(Tensor VisionFeatures, Tensor VisionPosEnc) : IDisposable
+internal sealed record MaskMemory(Tensor VisionFeatures, Tensor VisionPosEnc) : IDisposable
 {
     public void Dispose()
     {
@@ -21,7 +21,7 @@ public sealed record MaskMemory(Tensor VisionFeatures, Tensor VisionPosEnc) : ID
 /// <see cref="SimpleMaskDownSampler"/>, added to <c>pix_feat_proj(pix_feat)</c>, fused by <see cref="SimpleFuser"/> and
 /// projected to out_dim; position encoding = PositionEmbeddingSine(out_dim) of the result.
 /// </summary>
-public sealed class SimpleMaskEncoder : nn.Module
+internal sealed class SimpleMaskEncoder : nn.Module
 {
     public readonly SimpleMaskDownSampler mask_downsampler;
     public readonly Conv2d pix_feat_proj;

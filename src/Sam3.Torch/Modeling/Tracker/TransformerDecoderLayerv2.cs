@@ -12,7 +12,7 @@ namespace Sam3.Torch.Modeling.Tracker;
 /// <c>x += CA(q = norm2(x) [+ query_pos], k = memory [+ pos], v = memory)</c> (RoPE on q and the spatial memory keys),
 /// <c>x += linear2(act(linear1(norm3(x))))</c>; with cross_attention_first the two attentions swap. Batch-first.
 /// </summary>
-public sealed class TransformerDecoderLayerv2 : nn.Module
+internal sealed class TransformerDecoderLayerv2 : nn.Module
 {
     public readonly RoPEAttention self_attn;
     public readonly RoPEAttention cross_attn_image;

@@ -6,7 +6,7 @@ using static TorchSharp.torch;
 namespace Sam3.Torch.Modeling.Tracker;
 
 /// <summary>Output of the memory attention (seq-first, as upstream's dict): <c>memory</c> [HW, B, d] and <c>pos_embed</c> [HW, B, d].</summary>
-public sealed record MemoryAttentionOutput(Tensor Memory, Tensor? PosEmbed) : IDisposable
+internal sealed record MemoryAttentionOutput(Tensor Memory, Tensor? PosEmbed) : IDisposable
 {
     public void Dispose()
     {
@@ -20,7 +20,7 @@ public sealed record MemoryAttentionOutput(Tensor Memory, Tensor? PosEmbed) : ID
 /// removed cross-attention layers): <c>src + 0.1·src_pos</c> (pos_enc_at_input), the layers in batch-first layout, then
 /// the final LayerNorm. Inputs and outputs are seq-first like upstream's module boundary.
 /// </summary>
-public sealed class TransformerEncoderCrossAttention : nn.Module
+internal sealed class TransformerEncoderCrossAttention : nn.Module
 {
     public readonly ModuleList<TransformerDecoderLayerv2> layers;
     public readonly LayerNorm norm;

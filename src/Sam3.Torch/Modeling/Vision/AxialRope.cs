@@ -9,7 +9,7 @@ namespace Sam3.Torch.Modeling.Vision;
 /// kept as its cosine and sine parts, and the rotation acts on interleaved channel pairs (2j, 2j+1) of each head.
 /// Tokens are flattened row-major: <c>t_x = idx % end_x</c>, <c>t_y = idx // end_x</c>. Always computed in float32.
 /// </summary>
-public static class AxialRope
+internal static class AxialRope
 {
     /// <summary>
     /// Angles of the axial table, float32 <c>[end_x·end_y, dim/2]</c>: the first dim/4 columns are <c>t_x·f_k</c>, the

@@ -10,19 +10,19 @@ namespace Sam3.Torch.Modeling.Vision;
 /// <c>x += drop_path(mlp(norm2(x)))</c>. No layer scale (SAM3 passes <c>init_values=None</c>), no dropout (0 upstream).
 /// State-dict keys: <c>norm1.*</c>, <c>attn.{qkv,proj}.*</c>, <c>norm2.*</c>, <c>mlp.{fc1,fc2}.*</c>.
 /// </summary>
-public sealed class Block : nn.Module<Tensor, Tensor>
+internal sealed class Block : nn.Module<Tensor, Tensor>
 {
     public readonly LayerNorm norm1;
-    public readonly Attention attn;
+    public readonly VitAttention attn;
     public readonly DropPath drop_path;
     public readonly LayerNorm norm2;
-    public readonly Mlp mlp;
+    public readonly VitMlp mlp;
 
     /// <summary>Window size of window attention; 0 = global attention.</summary>
     public int window_size { get; }
 
     /// <param name="dim">Embedding dim.</param>
-    /// <param name="numHeads">Attention heads.</param>
+    /// <param name="numHeads">VitAttention heads.</param>
     /// <param name="mlpHiddenDim">int(dim · mlp_ratio).</param>
     /// <param name="qkvBias">Bias in qkv.</param>
     /// <param name="dropPath">Stochastic depth rate of this block.</param>
@@ -39,11 +39,11 @@ public sealed class Block : nn.Module<Tensor, Tensor>
     {
         window_size = windowSize;
         norm1 = nn.LayerNorm(dim, layerNormEps);
-        attn = new Attention(dim, numHeads, qkvBias, useRope, ropeTheta,
+        attn = new VitAttention(dim, numHeads, qkvBias, useRope, ropeTheta,
             windowSize == 0 ? inputSize : (windowSize, windowSize), ropePtSize, ropeInterp);
         drop_path = new DropPath(dropPath);
         norm2 = nn.LayerNorm(dim, layerNormEps);
-        mlp = new Mlp(dim, mlpHiddenDim);
+        mlp = new VitMlp(dim, mlpHiddenDim);
         RegisterComponents();
     }
 

@@ -8,7 +8,7 @@ namespace Sam3.Torch.Modeling.Vision;
 /// branch is zeroed with probability <see cref="drop_prob"/> and the kept ones are scaled by 1/(1−p). Identity at eval
 /// or when p = 0. Has no weights.
 /// </summary>
-public sealed class DropPath : nn.Module<Tensor, Tensor>
+internal sealed class DropPath : nn.Module<Tensor, Tensor>
 {
     public double drop_prob { get; }
 

@@ -7,7 +7,7 @@ namespace Sam3.Torch.Modeling.Vision;
 /// one NCHW feature map and its sine position encoding per scale factor (highest resolution first), for the SAM3 neck
 /// and, when configured, the SAM2 neck. The scalp (dropping the lowest-resolution levels) is applied by the caller.
 /// </summary>
-public sealed record NeckOutput(Tensor[] Sam3Out, Tensor[] Sam3Pos, Tensor[]? Sam2Out, Tensor[]? Sam2Pos) : IDisposable
+internal sealed record NeckOutput(Tensor[] Sam3Out, Tensor[] Sam3Pos, Tensor[]? Sam2Out, Tensor[]? Sam2Pos) : IDisposable
 {
     public void Dispose()
     {

@@ -5,7 +5,7 @@ using static TorchSharp.torch;
 namespace Sam3.Torch.Modeling.Vision;
 
 /// <summary>Image to patch embedding (vitdet.py <c>PatchEmbed</c>): a strided conv, output channels-last <c>[B, H/p, W/p, E]</c>.</summary>
-public sealed class PatchEmbed : nn.Module<Tensor, Tensor>
+internal sealed class PatchEmbed : nn.Module<Tensor, Tensor>
 {
     public readonly Conv2d proj;
 

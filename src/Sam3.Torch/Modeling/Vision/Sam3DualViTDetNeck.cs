@@ -14,7 +14,7 @@ namespace Sam3.Torch.Modeling.Vision;
 /// copy with its own weights when <c>add_sam2_neck</c>. Every level gets a <see cref="PositionEmbeddingSine"/>
 /// encoding, computed in float32 and cast to the feature dtype.
 /// </summary>
-public sealed class Sam3DualViTDetNeck : nn.Module<Tensor, NeckOutput>
+internal sealed class Sam3DualViTDetNeck : nn.Module<Tensor, NeckOutput>
 {
     public readonly ViT trunk;
     public readonly PositionEmbeddingSine position_encoding;

@@ -13,7 +13,7 @@ namespace Sam3.Torch.Modeling.Vision;
 /// (plus <c>ln_post.*</c> when configured). Not ported (unused by SAM3, rejected with a config error): retained cls
 /// token, relative position embeddings, intermediate-layer outputs, layer scale.
 /// </summary>
-public sealed class ViT : nn.Module<Tensor, Tensor>
+internal sealed class ViT : nn.Module<Tensor, Tensor>
 {
     /// <summary>Input image channels (builder default <c>in_chans=3</c>).</summary>
     public const int InChans = 3;

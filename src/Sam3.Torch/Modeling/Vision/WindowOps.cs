@@ -4,7 +4,7 @@ using static TorchSharp.torch;
 namespace Sam3.Torch.Modeling.Vision;
 
 /// <summary>Non-overlapping window partition of a channels-last grid (vitdet.py <c>window_partition</c> / <c>window_unpartition</c>).</summary>
-public static class WindowOps
+internal static class WindowOps
 {
     /// <summary>
     /// Splits <c>[B, H, W, C]</c> into windows <c>[B·nWin, ws, ws, C]</c>, ordered (batch, row-window, col-window).

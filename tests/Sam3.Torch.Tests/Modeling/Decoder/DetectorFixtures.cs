@@ -13,7 +13,7 @@ namespace Sam3.Torch.Tests.Modeling.Decoder;
 /// Test helpers for the detector heads: discovers the per-image / per-step prefixes of a scenario from its tensor names,
 /// assembles the module-boundary inputs (prompt mask, backbone levels, image ids) and compares probed intermediates.
 /// </summary>
-public static class DetectorFixtures
+internal static class DetectorFixtures
 {
     /// <summary>The scenarios whose grounding path is recorded with decoder inputs.</summary>
     public static readonly string[] GroundingScenarios = ["a_image_text", "b_image_batch_text", "c_geometric_prompts"];
@@ -69,7 +69,7 @@ public static class DetectorFixtures
 /// Compares tensors a module reports through its probe with the fixture tensors of the same name (k-th report of a name →
 /// "name#k" for k ≥ 2, as the fixture generator numbers repeated calls). Copies nothing: compares during the call.
 /// </summary>
-public sealed class ProbeComparer
+internal sealed class ProbeComparer
 {
     private readonly ScenarioFixture fx;
     private readonly string prefix;

@@ -149,7 +149,7 @@ public class TransformerDecoderTests
         Assert.That(o2oDiff, Is.GreaterThan(1e-3), "the o2o half must react to the self-attention change");
     }
 
-    /// <summary>As upstream, apply_dac=None means self.dac (even at eval); Sam3Image passes dac &amp;&amp; training explicitly.</summary>
+    /// <summary>As upstream, apply_dac=None means self.dac (even at eval); Sam3ImageModel passes dac &amp;&amp; training explicitly.</summary>
     [Test]
     public void ApplyDacDefaultsToTheConfiguredDac()
     {

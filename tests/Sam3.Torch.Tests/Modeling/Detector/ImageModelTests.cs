@@ -1,3 +1,4 @@
+using Sam3.Torch.Loading;
 using System.Text.Json;
 using NUnit.Framework;
 using Sam3.Torch.Config;
@@ -25,12 +26,12 @@ public class ImageModelTests
     }
 
     /// <summary>The model's state dict plus its recomputed RoPE tables (complex64 upstream), as (key, shape, dtype).</summary>
-    private static List<Entry> ModelEntries(Sam3Image model)
+    private static List<Entry> ModelEntries(Sam3ImageModel model)
     {
         return model.state_dict().Select(kv => new Entry(kv.Key, kv.Value.shape, CheckpointDTypes.ToPythonName(kv.Value.dtype).Replace("torch.", ""))).ToList();
     }
 
-    private static void AssertLayout(Sam3Image model, List<Entry> expected)
+    private static void AssertLayout(Sam3ImageModel model, List<Entry> expected)
     {
         var mine = ModelEntries(model).ToDictionary(e => e.Key);
         var exp = expected.ToDictionary(e => e.Key);
@@ -60,7 +61,7 @@ public class ImageModelTests
     public void TinyImageModelHasExactlyTheManifestLayout()
     {
         var expected = ReadList(SharedData.Parity("tiny", "model_manifest.json"), "image_model_state_dict");
-        using var model = KeyLayout.OnMeta(() => new Sam3Image(Sam3Config.Tiny));
+        using var model = KeyLayout.OnMeta(() => new Sam3ImageModel(Sam3Config.Tiny));
         AssertLayout(model, expected);
         Assert.That(expected, Has.Count.EqualTo(623));
     }
@@ -71,7 +72,7 @@ public class ImageModelTests
         // full/manifest.json lists build_sam3_image_model(enable_inst_interactivity=True): 1,465 entries.
         var path = SharedData.Parity("full", "manifest.json");
         var expected = ReadList(path, "image_model", "state_dict");
-        using var model = KeyLayout.OnMeta(() => new Sam3Image(Sam3Config.Full));
+        using var model = KeyLayout.OnMeta(() => new Sam3ImageModel(Sam3Config.Full));
         AssertLayout(model, expected);
         Assert.That(expected, Has.Count.EqualTo(1465));
         long parameters = model.parameters().Sum(p => p.numel());
@@ -81,7 +82,7 @@ public class ImageModelTests
     [Test, Category("Fast")]
     public void ImageModelWithoutInteractivityDropsTrackerAndSam2Neck()
     {
-        using var model = KeyLayout.OnMeta(() => new Sam3Image(Sam3Config.Full, enableInstInteractivity: false));
+        using var model = KeyLayout.OnMeta(() => new Sam3ImageModel(Sam3Config.Full, enableInstInteractivity: false));
         var keys = model.state_dict().Keys.ToList();
         Assert.That(keys.Any(k => k.StartsWith("inst_interactive_predictor.")), Is.False);
         Assert.That(keys.Any(k => k.Contains("sam2_convs")), Is.False);

@@ -124,7 +124,7 @@ public class FusionEncoderTests
     [Test]
     public void ScenarioA_TextGeometryAndFusionChainedFromTokenIds()
     {
-        // the three modules wired as Sam3Image._encode_prompt/_run_encoder do, from token ids and neck outputs only
+        // the three modules wired as Sam3ImageModel._encode_prompt/_run_encoder do, from token ids and neck outputs only
         using var fx = Fixtures.Tiny("a_image_text");
         using var text = new VETextEncoder(Sam3Config.Tiny);
         TinyWeights.LoadInto(text, "detector.backbone.language_backbone.");

@@ -23,7 +23,7 @@ public class GeometryEncoderTests
         return m;
     }
 
-    /// <summary>NCHW → seq-first [H·W,B,C] (as Sam3Image._get_img_feats).</summary>
+    /// <summary>NCHW → seq-first [H·W,B,C] (as Sam3ImageModel._get_img_feats).</summary>
 
     private static float[] Floats(JsonElement e) => e.EnumerateArray().Select(x => (float)x.GetDouble()).ToArray();
 

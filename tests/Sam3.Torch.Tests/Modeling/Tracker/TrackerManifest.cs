@@ -7,7 +7,7 @@ using static TorchSharp.torch;
 namespace Sam3.Torch.Tests.Modeling.Tracker;
 
 /// <summary>Reads the reference key/shape lists (tiny model_manifest.json, full checkpoint_keys.json) and compares modules with them.</summary>
-public static class TrackerManifest
+internal static class TrackerManifest
 {
     private static Dictionary<string, long[]> Read(string path, string arrayName, string prefix)
     {

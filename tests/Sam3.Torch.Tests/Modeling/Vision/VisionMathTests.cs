@@ -194,7 +194,7 @@ public class VisionMathTests
         using var _ = torch.no_grad();
         torch.manual_seed(13);
         const int dim = 32, heads = 2, hd = dim / heads, g = 4;
-        using var attn = new Attention(dim, heads, true, true, 10000.0, (g, g), (2, 2), true);
+        using var attn = new VitAttention(dim, heads, true, true, 10000.0, (g, g), (2, 2), true);
         attn.eval();
         var x = torch.randn(1, g, g, dim);
         var got = attn.forward(x);

@@ -5,16 +5,16 @@ using static TorchSharp.torch;
 namespace Sam3.Torch.Modeling.Vision;
 
 /// <summary>
-/// The ViT block MLP (timm <c>layers.Mlp</c>): <c>fc2(drop(act(fc1(x))))</c> with exact-erf GELU. State-dict keys
-/// <c>fc1.*</c>, <c>fc2.*</c>. (Not to be confused with <see cref="Common.Mlp"/>, the model_misc MLP.)
+/// The ViT block MLP (timm <c>layers.VitMlp</c>): <c>fc2(drop(act(fc1(x))))</c> with exact-erf GELU. State-dict keys
+/// <c>fc1.*</c>, <c>fc2.*</c>. (Not to be confused with <see cref="Common.VitMlp"/>, the model_misc MLP.)
 /// </summary>
-public sealed class Mlp : nn.Module<Tensor, Tensor>
+internal sealed class VitMlp : nn.Module<Tensor, Tensor>
 {
     public readonly Linear fc1;
     public readonly Linear fc2;
     private readonly double drop;
 
-    public Mlp(int inFeatures, int hiddenFeatures, double drop = 0.0) : base(nameof(Mlp))
+    public VitMlp(int inFeatures, int hiddenFeatures, double drop = 0.0) : base(nameof(VitMlp))
     {
         fc1 = nn.Linear(inFeatures, hiddenFeatures);
         fc2 = nn.Linear(hiddenFeatures, inFeatures);

@@ -5,13 +5,13 @@ using static TorchSharp.torch;
 namespace Sam3.Torch.Modeling.Vision;
 
 /// <summary>
-/// Multi-head self-attention of the ViT blocks with axial 2D RoPE (vitdet.py <c>Attention</c>; relative position
+/// Multi-head self-attention of the ViT blocks with axial 2D RoPE (vitdet.py <c>VitAttention</c>; relative position
 /// embeddings and the cls-token variant are not used by SAM3 and not ported). State-dict keys: <c>qkv.*</c>,
 /// <c>proj.*</c>. The upstream persistent buffer <c>freqs_cis</c> (complex64) is deliberately not registered: the
 /// table is deterministic, computed lazily on the device of the first forward, and exposed through
 /// <see cref="FreqsCisAsReal"/> for checkpoint checks.
 /// </summary>
-public sealed class Attention : nn.Module<Tensor, Tensor>
+internal sealed class VitAttention : nn.Module<Tensor, Tensor>
 {
     public readonly Linear qkv;
     public readonly Linear proj;
@@ -32,8 +32,8 @@ public sealed class Attention : nn.Module<Tensor, Tensor>
     private sealed class RopeTables { public Tensor Cos = null!; public Tensor Sin = null!; public Device Device = null!; }
     private RopeTables? _rope;
 
-    public Attention(int dim, int numHeads, bool qkvBias, bool useRope, double ropeTheta, (int H, int W) inputSize,
-                     (int H, int W)? ropePtSize, bool ropeInterp) : base(nameof(Attention))
+    public VitAttention(int dim, int numHeads, bool qkvBias, bool useRope, double ropeTheta, (int H, int W) inputSize,
+                     (int H, int W)? ropePtSize, bool ropeInterp) : base(nameof(VitAttention))
     {
         if (numHeads <= 0 || dim % numHeads != 0) throw new Sam3ConfigException($"ViT attention: dim {dim} is not divisible by num_heads {numHeads}");
         num_heads = numHeads;

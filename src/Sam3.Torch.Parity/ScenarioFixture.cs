@@ -5,13 +5,13 @@ using static TorchSharp.torch;
 namespace Sam3.Torch.Parity;
 
 /// <summary>Description of one recorded tensor of a scenario (the <c>tensors</c> map of the scenario JSON).</summary>
-public sealed record FixtureTensorInfo(string Name, long[] Shape, string DType, string Description, double? ObservedMaxAbsDiff, long? ObservedMismatch);
+internal sealed record FixtureTensorInfo(string Name, long[] Shape, string DType, string Description, double? ObservedMaxAbsDiff, long? ObservedMismatch);
 
 /// <summary>
 /// One reference scenario of shared/parity (e.g. <c>tiny/a_image_text.json</c> + <c>.safetensors</c>): its parameters
 /// and recorded tensors. Paths inside the parameters are relative to the fixture root (the folder holding <c>inputs/</c>).
 /// </summary>
-public sealed class ScenarioFixture : IDisposable
+internal sealed class ScenarioFixture : IDisposable
 {
     public string Name { get; }
     public string JsonPath { get; }

@@ -1,6 +1,8 @@
+using Sam3.Torch.Loading;
 using System.Text.Json;
 using Sam3.Torch.Config;
 using Sam3.Torch.IO;
+using Sam3.Torch.Loading;
 using Sam3.Torch.Modeling.Detector;
 using Sam3.Torch.Processing;
 using Sam3.Torch.Text;
@@ -10,7 +12,7 @@ using static TorchSharp.torch;
 namespace Sam3.Torch.Parity;
 
 /// <summary>Outcome of one scenario.</summary>
-public sealed record ScenarioReport(string Scenario, bool Passed, string? Failure, IReadOnlyList<ComparisonResult> Comparisons,
+internal sealed record ScenarioReport(string Scenario, bool Passed, string? Failure, IReadOnlyList<ComparisonResult> Comparisons,
     IReadOnlyList<string> NotCompared, IReadOnlyList<(string Where, int Reference, int Ours)> Detections, double Seconds);
 
 /// <summary>
@@ -21,13 +23,12 @@ public sealed record ScenarioReport(string Scenario, bool Passed, string? Failur
 /// runner does not implement fails with the reason; a recorded tensor that the run did not produce fails the scenario.
 /// Shared by the test suite and <c>sam3 parity</c>.
 /// </summary>
-public sealed partial class ParityRunner : IDisposable
+internal sealed partial class ParityRunner : IDisposable
 {
     public string FixtureRoot { get; }
     public string ModelDirectory { get; }
     public Tolerance Tolerance { get; }
     public Sam3Config Config { get; }
-    private Sam3Image? _model;
     private ClipBpeTokenizer? _tokenizer;
 
     /// <param name="fixtureRoot">Folder holding <c>inputs/</c> and the model folder (e.g. shared/parity).</param>
@@ -63,7 +64,15 @@ public sealed partial class ParityRunner : IDisposable
         return result;
     }
 
-    private Sam3Image Model => _model ??= Sam3ModelLoader.LoadImageModel(Path.Combine(ModelDirectory, "model.safetensors"), Config);
+    private Sam3ImageModel Model => Api.Network;
+
+    /// <summary>The model through the public API (loaded once, from the fixture's checkpoint and the shared vocabulary).</summary>
+    private Sam3Model Api => _api ??= Sam3Model.FromNetwork(
+        Sam3ModelLoader.LoadImageModel(CheckpointPath ?? Path.Combine(ModelDirectory, "model.safetensors"), Config), Tokenizer);
+    private Sam3Model? _api;
+
+    /// <summary>Checkpoint to load instead of the fixture folder's <c>model.safetensors</c> (same architecture).</summary>
+    public string? CheckpointPath { get; init; }
 
     private ClipBpeTokenizer Tokenizer => _tokenizer ??= ClipBpeTokenizer.FromBpeGz(Path.Combine(FixtureRoot, "inputs", "bpe_simple_vocab_16e6.txt.gz"),
         new ClipTokenizerOptions { Text = Config.Text });
@@ -146,13 +155,20 @@ public sealed partial class ParityRunner : IDisposable
         ctx.Offer(prefix + "text.out.2", enc.LanguageEmbeds);
     }
 
-    private void OfferOutputs(Context ctx, string prefix, Sam3Detections det, int referenceCount)
+    private void OfferOutputs(Context ctx, string prefix, DetectionTensors det, int referenceCount)
     {
         ctx.Detections.Add((prefix.Length > 0 ? prefix.TrimEnd('.') : "output", referenceCount, det.Count));
         ctx.Offer(prefix + "output.scores", det.Scores);
         ctx.Offer(prefix + "output.boxes", det.Boxes);
         ctx.Offer(prefix + "output.masks", det.Masks.unsqueeze(1));
         ctx.Offer(prefix + "output.masks_logits", det.MaskProbabilities.unsqueeze(1));
+    }
+
+    /// <summary>Sets the preprocessed input, recording the backbone tensors.</summary>
+    private Sam3ImageState SetState(Context ctx, Tensor input, IReadOnlyList<RgbImage> images)
+    {
+        using var recorder = Api.Record(ctx.Offer);
+        return Sam3ImagePredictor.SetPreprocessed(Api, input, images.Select(i => (i.Height, i.Width)).ToList());
     }
 
     private static int[] DetectionCounts(JsonElement p) => p.TryGetProperty("num_detections", out var n)
@@ -168,10 +184,12 @@ public sealed partial class ParityRunner : IDisposable
         var (images, input) = Inputs(ctx, [p.GetProperty("image").GetString()!]);
         using var _ = input;
         OfferText(ctx, prompt, "");
-        using var processor = new Sam3Processor(Model, Tokenizer, threshold);
-        using var state = processor.SetPreprocessed(input, images.Select(i => (i.Height, i.Width)).ToList(), probe: ctx.Offer);
-        var results = processor.SetTextPrompt(state, prompt, ctx.OfferGrounding(""));
+        using var processor = Api.CreateImagePredictor(new ImagePredictorOptions { ConfidenceThreshold = threshold });
+        using var state = SetState(ctx, input, images);
+        IReadOnlyList<DetectionTensors> results;
+        using (Api.Record(ctx.OfferGrounding(""))) results = processor.SetTextPromptCore(state, prompt);
         OfferOutputs(ctx, "", results[0], DetectionCounts(p).FirstOrDefault());
+        foreach (var r in results) r.Dispose();
     }
 
     private void RunImageBatchText(Context ctx)
@@ -186,8 +204,8 @@ public sealed partial class ParityRunner : IDisposable
         var (images, input) = Inputs(ctx, paths);
         using var _ = input;
         OfferText(ctx, prompt, "");
-        using var processor = new Sam3Processor(Model, Tokenizer, thresholds[0]);
-        using var state = processor.SetPreprocessed(input, images.Select(i => (i.Height, i.Width)).ToList(), probe: ctx.Offer);
+        using var processor = Api.CreateImagePredictor(new ImagePredictorOptions { ConfidenceThreshold = thresholds[0] });
+        using var state = SetState(ctx, input, images);
 
         // The reference runs forward_grounding per image (img_ids=[i]); do the same for the module-boundary tensors...
         using (var scope = NewDisposeScope())
@@ -202,11 +220,12 @@ public sealed partial class ParityRunner : IDisposable
             }
         }
         // ...and the batched API (one grounding pass over all images) for the post-processed outputs, per image threshold.
-        processor.SetTextPrompt(state, prompt);
+        foreach (var r in processor.SetTextPromptCore(state, prompt)) r.Dispose();
         for (int i = 0; i < images.Count; i++)
         {
-            var results = processor.SetConfidenceThreshold(thresholds[Math.Min(i, thresholds.Length - 1)], state)!;
+            var results = processor.SetConfidenceThresholdCore(thresholds[Math.Min(i, thresholds.Length - 1)], state)!;
             OfferOutputs(ctx, $"img{i}.", results[i], i < counts.Length ? counts[i] : -1);
+            foreach (var r in results) r.Dispose();
         }
     }
 
@@ -219,18 +238,21 @@ public sealed partial class ParityRunner : IDisposable
         var counts = DetectionCounts(p);
         var (images, input) = Inputs(ctx, [p.GetProperty("image").GetString()!]);
         using var _ = input;
-        using var processor = new Sam3Processor(Model, Tokenizer, thresholds[0]);
-        using var state = processor.SetPreprocessed(input, images.Select(i => (i.Height, i.Width)).ToList(), probe: ctx.Offer);
+        using var processor = Api.CreateImagePredictor(new ImagePredictorOptions { ConfidenceThreshold = thresholds[0] });
+        using var state = SetState(ctx, input, images);
         // No text prompt: the processor encodes the dummy text, as upstream's add_geometric_prompt.
-        OfferText(ctx, Sam3Processor.DummyTextPrompt, "step1.");
+        OfferText(ctx, Sam3ImagePredictor.DummyTextPrompt, "step1.");
         var pos = Floats(p.GetProperty("pos_box"));
         processor.SetConfidenceThreshold(thresholds[0]);
-        var r1 = processor.AddBoxPrompt(state, new BoxPrompt(pos[0], pos[1], pos[2], pos[3], true), ctx.OfferGrounding("step1."));
+        IReadOnlyList<DetectionTensors> r1, r2;
+        using (Api.Record(ctx.OfferGrounding("step1."))) r1 = processor.AddBoxCore(state, BoxPrompt.NormalizedCxcywh(pos[0], pos[1], pos[2], pos[3], true));
         OfferOutputs(ctx, "step1.", r1[0], counts.ElementAtOrDefault(0));
+        foreach (var r in r1) r.Dispose();
         var neg = Floats(p.GetProperty("neg_box"));
         processor.SetConfidenceThreshold(thresholds[Math.Min(1, thresholds.Length - 1)]);
-        var r2 = processor.AddBoxPrompt(state, new BoxPrompt(neg[0], neg[1], neg[2], neg[3], false), ctx.OfferGrounding("step2."));
+        using (Api.Record(ctx.OfferGrounding("step2."))) r2 = processor.AddBoxCore(state, BoxPrompt.NormalizedCxcywh(neg[0], neg[1], neg[2], neg[3], false));
         OfferOutputs(ctx, "step2.", r2[0], counts.ElementAtOrDefault(1));
+        foreach (var r in r2) r.Dispose();
         if (p.TryGetProperty("step3_points_xy_normalised", out var pts))
         {
             var labels = p.GetProperty("step3_point_labels").EnumerateArray().Select(x => x.GetInt32()).ToArray();
@@ -238,9 +260,10 @@ public sealed partial class ParityRunner : IDisposable
             foreach (var pt in pts.EnumerateArray())
             {
                 var xy = Floats(pt);
-                state.AddPoint(new PointPrompt(xy[0], xy[1], labels[k++] == 1));
+                state.AddPoint(PointPrompt.Normalized(xy[0], xy[1], labels[k++] == 1));
             }
-            processor.Predict(state, ctx.OfferGrounding("step3."));
+            using (Api.Record(ctx.OfferGrounding("step3.")))
+                foreach (var r in processor.PredictCore(state)) r.Dispose();
         }
     }
 
@@ -249,8 +272,8 @@ public sealed partial class ParityRunner : IDisposable
 
     public void Dispose()
     {
-        _model?.Dispose();
-        _model = null;
+        _api?.Dispose();
+        _api = null;
     }
 
     // ------------------------------------------------------------------ bookkeeping

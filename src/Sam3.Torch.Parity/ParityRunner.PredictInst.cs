@@ -3,10 +3,10 @@ using Sam3.Torch.Processing;
 
 namespace Sam3.Torch.Parity;
 
-public sealed partial class ParityRunner
+internal sealed partial class ParityRunner
 {
     /// <summary>
-    /// Scenario d: set the image with the processor, then one <see cref="InteractiveImagePredictor"/> call per entry of
+    /// Scenario d: set the image with the processor, then one <see cref="Sam3InteractivePredictor"/> call per entry of
     /// <c>parameters.calls</c> (kwargs of upstream predict: point_coords/point_labels in original pixels, box xyxy —
     /// several boxes = one batched call —, multimask_output, mask_input as a reference "callK.low_res_masks…" = the best
     /// low-res logits of call K). Every call's prompt-encoder / mask-decoder tensors and outputs are compared.
@@ -23,14 +23,14 @@ public sealed partial class ParityRunner
             throw new Sam3Exception($"scenario original_hw {hw[0]}x{hw[1]} differs from the decoded image {sizes[0].Height}x{sizes[0].Width}");
         double threshold = p.TryGetProperty("mask_threshold", out var mt) ? mt.GetDouble() : Config.HardcodedInClasses.Sam1MaskThreshold;
 
-        using var processor = new Sam3Processor(Model, Tokenizer);
-        using var state = processor.SetPreprocessed(input, sizes, probe: ctx.Offer);
+        Sam3ImageState state;
+        using (Api.Record(ctx.Offer)) state = Sam3ImagePredictor.SetPreprocessed(Api, input, sizes);
+        using var _state = state;
         var sam2 = state.Backbone.Sam2 ?? throw new Sam3Exception("the model has no SAM2 neck (interactive heads)");
         for (int i = 0; i < sam2.VisionPosEnc.Length; i++) ctx.Offer($"state.sam2_vision_pos_enc.{i}", sam2.VisionPosEnc[i]);
 
-        var predictor = new InteractiveImagePredictor(Model, maskThreshold: threshold);
+        var predictor = Api.CreateInteractivePredictor(new InteractivePredictorOptions { MaskThreshold = threshold });
         var done = new Dictionary<string, InteractivePrediction>();
-        try
         {
             foreach (var call in p.GetProperty("calls").EnumerateArray())
             {
@@ -40,53 +40,63 @@ public sealed partial class ParityRunner
                 bool returnLogits = kw.TryGetProperty("return_logits", out var rl) && rl.GetBoolean();
                 var points = ReadPoints(kw);
                 var boxes = ReadBoxes(kw);
-                var probe = ctx.OfferGrounding(tag + ".");
+                using var recorder = Api.Record(ctx.OfferGrounding(tag + "."));
                 InteractivePrediction result;
                 if (boxes.Count > 1)
                 {
                     if (points.Count > 0 || IsPresent(kw, "mask_input"))
                         throw new NotSupportedException($"{tag}: points or mask_input together with a batch of boxes");
-                    result = predictor.PredictBoxes(state, boxes, multimask, returnLogits: returnLogits, probe: probe);
+                    result = predictor.PredictBoxes(state, boxes, multimask, returnLogits: returnLogits);
                 }
                 else
                 {
-                    using var maskInput = ReadMaskInput(kw, done, tag);
+                    var maskInput = ReadMaskInput(kw, done, tag);
                     var prompt = new InteractivePrompt
                     {
                         Points = points, Box = boxes.Count == 1 ? boxes[0] : null, MaskInput = maskInput,
                         MultimaskOutput = multimask, ReturnLogits = returnLogits,
                     };
-                    result = predictor.Predict(state, prompt, probe: probe);
+                    result = predictor.Predict(state, prompt);
                 }
                 done[tag] = result;
-                ctx.Offer(tag + ".masks", result.Masks);
-                ctx.Offer(tag + ".iou_predictions", result.IouScores);
-                ctx.Offer(tag + ".low_res_masks", result.LowResLogits);
+                // the public result's data, back as tensors of upstream's layout: [C,H,W] / [N,C,H,W]
+                using var scope = TorchSharp.torch.NewDisposeScope();
+                ctx.Offer(tag + ".masks", Stack(result, p => result.Masks(p).Select(m => TorchSharp.torch.tensor(m.Data).view(m.Height, m.Width).to(TorchSharp.torch.ScalarType.Bool))));
+                ctx.Offer(tag + ".iou_predictions", Stack(result, p => [TorchSharp.torch.tensor(result.IouScores(p).ToArray())], squeezeInner: true));
+                ctx.Offer(tag + ".low_res_masks", Stack(result, p => Enumerable.Range(0, result.MaskCount).Select(k =>
+                    result.LowResLogits(k, p) is var l ? TorchSharp.torch.tensor(l.Values.ToArray()).view(l.Height, l.Width) : null!)));
             }
         }
-        finally
-        {
-            foreach (var r in done.Values) r.Dispose();
-        }
+    }
+
+    /// <summary>Per prompt set the stacked tensors, with the prompt dimension only for a batched prediction.</summary>
+    private static TorchSharp.torch.Tensor Stack(InteractivePrediction r, Func<int, IEnumerable<TorchSharp.torch.Tensor>> perPrompt, bool squeezeInner = false)
+    {
+        var sets = Enumerable.Range(0, r.PromptCount)
+            .Select(p => { var parts = perPrompt(p).ToList(); return squeezeInner ? parts[0] : TorchSharp.torch.stack(parts); }).ToList();
+        return r.IsBatched ? TorchSharp.torch.stack(sets) : sets[0];
     }
 
     private static bool IsPresent(JsonElement kw, string name) => kw.TryGetProperty(name, out var v) && v.ValueKind != JsonValueKind.Null;
 
-    private static List<InteractivePoint> ReadPoints(JsonElement kw)
+    private static List<PointPrompt> ReadPoints(JsonElement kw)
     {
-        var list = new List<InteractivePoint>();
+        var list = new List<PointPrompt>();
         if (!IsPresent(kw, "point_coords")) return list;
         var coords = kw.GetProperty("point_coords").EnumerateArray().Select(Floats).ToList();
         if (!IsPresent(kw, "point_labels")) throw new Sam3Exception("point_coords without point_labels");
         var labels = kw.GetProperty("point_labels").EnumerateArray().Select(x => x.GetInt32()).ToList();
         if (labels.Count != coords.Count) throw new Sam3Exception($"{coords.Count} points with {labels.Count} labels");
-        for (int i = 0; i < coords.Count; i++) list.Add(new InteractivePoint(coords[i][0], coords[i][1], labels[i]));
+        for (int i = 0; i < coords.Count; i++) {
+            if (labels[i] is not (0 or 1)) throw new Sam3Exception($"point label {labels[i]} (0 or 1 expected)");
+            list.Add(PointPrompt.Pixel(coords[i][0], coords[i][1], labels[i] == 1));
+        }
         return list;
     }
 
-    private static List<PixelBox> ReadBoxes(JsonElement kw)
+    private static List<Box> ReadBoxes(JsonElement kw)
     {
-        var list = new List<PixelBox>();
+        var list = new List<Box>();
         if (!IsPresent(kw, "box")) return list;
         var box = kw.GetProperty("box");
         // a single box [x0,y0,x1,y1] or a list of boxes [[...], ...]
@@ -94,13 +104,13 @@ public sealed partial class ParityRunner
         foreach (var r in rows)
         {
             if (r.Length != 4) throw new Sam3Exception($"box with {r.Length} coordinates (xyxy expected)");
-            list.Add(new PixelBox(r[0], r[1], r[2], r[3]));
+            list.Add(Box.FromXyxy(r[0], r[1], r[2], r[3]));
         }
         return list;
     }
 
     /// <summary>mask_input given as a reference to an earlier call ("call1.low_res_masks[...] (argmax of call1.iou_predictions)").</summary>
-    private static TorchSharp.torch.Tensor? ReadMaskInput(JsonElement kw, Dictionary<string, InteractivePrediction> done, string tag)
+    private static MaskLogits? ReadMaskInput(JsonElement kw, Dictionary<string, InteractivePrediction> done, string tag)
     {
         if (!IsPresent(kw, "mask_input")) return null;
         var m = kw.GetProperty("mask_input");

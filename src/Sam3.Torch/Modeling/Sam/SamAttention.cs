@@ -5,11 +5,11 @@ using static TorchSharp.torch;
 namespace Sam3.Torch.Modeling.Sam;
 
 /// <summary>
-/// SAM attention (sam/transformer.py Attention): separate <c>q_proj/k_proj/v_proj/out_proj</c>, projecting to an
+/// SAM attention (sam/transformer.py <c>Attention</c>): separate <c>q_proj/k_proj/v_proj/out_proj</c>, projecting to an
 /// internal dim of embedding_dim / downsample_rate split into heads; keys/values may come from a different width
 /// (kv_in_dim). Batch-first [B, N, C]; softmax(QKᵀ/√head_dim) via scaled_dot_product_attention.
 /// </summary>
-public class Attention : nn.Module<Tensor, Tensor, Tensor, Tensor>
+internal class SamAttention : nn.Module<Tensor, Tensor, Tensor, Tensor>
 {
     public readonly Linear q_proj;
     public readonly Linear k_proj;
@@ -22,10 +22,10 @@ public class Attention : nn.Module<Tensor, Tensor, Tensor, Tensor>
     public int num_heads { get; }
     public double dropout_p { get; }
 
-    public Attention(int embeddingDim, int numHeads, int downsampleRate = 1, double dropout = 0.0, int? kvInDim = null)
-        : this(nameof(Attention), embeddingDim, numHeads, downsampleRate, dropout, kvInDim) { }
+    public SamAttention(int embeddingDim, int numHeads, int downsampleRate = 1, double dropout = 0.0, int? kvInDim = null)
+        : this(nameof(SamAttention), embeddingDim, numHeads, downsampleRate, dropout, kvInDim) { }
 
-    protected Attention(string name, int embeddingDim, int numHeads, int downsampleRate, double dropout, int? kvInDim) : base(name)
+    protected SamAttention(string name, int embeddingDim, int numHeads, int downsampleRate, double dropout, int? kvInDim) : base(name)
     {
         if (downsampleRate <= 0 || embeddingDim % downsampleRate != 0)
             throw new Sam3ConfigException($"{name}: embedding_dim {embeddingDim} is not divisible by downsample_rate {downsampleRate}");

@@ -11,7 +11,7 @@ namespace Sam3.Torch.Modeling.Detector;
 /// Holder of the tracker's SAM heads inside the image model (sam1_task_predictor.SAM3InteractiveImagePredictor): its only
 /// weights are <c>model.*</c> (the tracker), so keys read <c>inst_interactive_predictor.model.*</c> as upstream.
 /// </summary>
-public sealed class SAM3InteractiveImagePredictor : nn.Module
+internal sealed class SAM3InteractiveImagePredictor : nn.Module
 {
     public readonly Sam3TrackerBase model;
 
@@ -23,11 +23,11 @@ public sealed class SAM3InteractiveImagePredictor : nn.Module
 }
 
 /// <summary>
-/// The SAM3 image detector (sam3_image.Sam3Image): backbone, geometry encoder, fusion encoder + DETR decoder
+/// The SAM3 image detector (sam3_image.Sam3ImageModel): backbone, geometry encoder, fusion encoder + DETR decoder
 /// (<c>transformer</c>), dot-product scoring, segmentation head, and optionally the SAM1-style interactive heads
 /// (<c>inst_interactive_predictor</c>, which also adds the SAM2 neck <c>sam2_convs</c> to the backbone).
 /// </summary>
-public sealed class Sam3Image : nn.Module
+internal sealed class Sam3ImageModel : nn.Module
 {
     public readonly SAM3VLBackbone backbone;
     public readonly SequenceGeometryEncoder geometry_encoder;
@@ -44,7 +44,7 @@ public sealed class Sam3Image : nn.Module
     /// <param name="enableInstInteractivity">Build the SAM1-style interactive heads and the SAM2 neck (the released
     /// checkpoint has both; upstream's image builder defaults to false, its video model and our default to true).</param>
     /// <param name="options">Image model (raw dot-product logits) or video detector (joint logits with presence).</param>
-    public Sam3Image(Sam3Config cfg, bool enableInstInteractivity = true, GroundingOptions? options = null) : base(nameof(Sam3Image))
+    public Sam3ImageModel(Sam3Config cfg, bool enableInstInteractivity = true, GroundingOptions? options = null) : base(nameof(Sam3ImageModel))
     {
         Config = enableInstInteractivity == cfg.Neck.AddSam2Neck ? cfg : cfg with { Neck = cfg.Neck with { AddSam2Neck = enableInstInteractivity } };
         backbone = new SAM3VLBackbone(Config);

@@ -4,10 +4,12 @@ using Sam3.Torch.Modeling.Tracker;
 using TorchSharp;
 using static TorchSharp.torch;
 
-namespace Sam3.Torch.Processing;
+using Sam3.Torch.Processing;
+
+namespace Sam3.Torch;
 
 /// <summary>
-/// SAM1-style interactive segmentation on an image set with <see cref="Sam3Processor"/> (upstream
+/// SAM1-style interactive segmentation on an image set with <see cref="SetImage(RgbImage, CancellationToken)"/> (or the detector's state) (upstream
 /// <c>Sam3Image.predict_inst</c> → <c>SAM3InteractiveImagePredictor.predict</c>): clicks, a box and/or a previous
 /// low-res mask give masks at the original resolution with their predicted IoU. Works on the state's cached SAM2-neck
 /// features (levels 0/1 already projected by conv_s0/conv_s1 in SetImage): only the tracker's prompt encoder and mask
@@ -24,73 +26,95 @@ namespace Sam3.Torch.Processing;
 /// <para>Extension over upstream: <c>imageIndex</c> selects an image of a batched state (upstream's predict_inst only
 /// supports a single-image state).</para>
 /// </summary>
-public sealed class InteractiveImagePredictor
+public sealed class Sam3InteractivePredictor
 {
-    public Sam3Image Model { get; }
-    public Sam3TrackerBase Heads { get; }
-    /// <summary>Masks are <c>logits &gt; MaskThreshold</c> (upstream mask_threshold, default 0).</summary>
-    public double MaskThreshold { get; }
-    /// <summary>Holes up to this area (low-res pixels) are filled (upstream max_hole_area, default 256; ≤ 0 disables).</summary>
-    public double MaxHoleArea { get; }
-    /// <summary>Foreground specks up to this area are removed (upstream max_sprinkle_area, default 0 = off).</summary>
-    public double MaxSprinkleArea { get; }
-
+    private readonly Sam3Model _owner;
     private readonly HardcodedConfig _post;
     private readonly int _resolution;
     private readonly int _lowRes;
+    private readonly ImagePreprocessor _preprocessor;
 
-    /// <param name="model">An image model built with the interactive heads (<c>inst_interactive_predictor</c>).</param>
-    /// <param name="maskThreshold">Overrides sam1_predictor.mask_threshold of the configuration.</param>
-    /// <param name="maxHoleArea">Overrides sam1_predictor.max_hole_area.</param>
-    /// <param name="maxSprinkleArea">Overrides sam1_predictor.max_sprinkle_area.</param>
-    public InteractiveImagePredictor(Sam3Image model, double? maskThreshold = null, double? maxHoleArea = null, double? maxSprinkleArea = null)
+    internal Sam3InteractivePredictor(Sam3Model owner, InteractivePredictorOptions options)
     {
-        ArgumentNullException.ThrowIfNull(model);
-        Model = model;
+        _owner = owner;
+        var model = owner.Network;
         Heads = model.Tracker ?? throw new Sam3StateException(
-            "model loaded without the interactive heads (inst_interactive_predictor): build it with enableInstInteractivity");
+            "the model was loaded without the interactive heads (Sam3ModelOptions.EnableInteractivePredictor = false)");
         var hc = model.Config.HardcodedInClasses;
-        MaskThreshold = maskThreshold ?? hc.Sam1MaskThreshold;
-        MaxHoleArea = maxHoleArea ?? hc.Sam1MaxHoleArea;
-        MaxSprinkleArea = maxSprinkleArea ?? hc.Sam1MaxSprinkleArea;
-        foreach (var v in new[] { MaskThreshold, MaxHoleArea, MaxSprinkleArea })
-            if (!double.IsFinite(v)) throw new Sam3ConfigException($"interactive predictor settings must be finite, got {v}");
+        MaskThreshold = options.MaskThreshold ?? hc.Sam1MaskThreshold;
+        MaxHoleArea = options.MaxHoleArea ?? hc.Sam1MaxHoleArea;
+        MaxSprinkleArea = options.MaxSprinkleArea ?? hc.Sam1MaxSprinkleArea;
+        if (!double.IsFinite(MaskThreshold)) throw new ArgumentOutOfRangeException(nameof(options), MaskThreshold, "MaskThreshold must be finite");
+        if (!double.IsFinite(MaxHoleArea)) throw new ArgumentOutOfRangeException(nameof(options), MaxHoleArea, "MaxHoleArea must be finite");
+        if (!double.IsFinite(MaxSprinkleArea)) throw new ArgumentOutOfRangeException(nameof(options), MaxSprinkleArea, "MaxSprinkleArea must be finite");
         _post = hc with { Sam1MaskThreshold = MaskThreshold, Sam1MaxHoleArea = MaxHoleArea, Sam1MaxSprinkleArea = MaxSprinkleArea };
         _resolution = Heads.image_size;
         _lowRes = Heads.low_res_mask_size;
+        _preprocessor = new ImagePreprocessor(model.Config);
     }
 
+    internal Sam3ImageModel Model => _owner.Network;
+    internal Sam3TrackerBase Heads { get; }
+    /// <summary>Masks are <c>logits &gt; MaskThreshold</c>.</summary>
+    public double MaskThreshold { get; }
+    /// <summary>Holes up to this area (low-res pixels) are filled.</summary>
+    public double MaxHoleArea { get; }
+    /// <summary>Foreground specks up to this area are removed.</summary>
+    public double MaxSprinkleArea { get; }
     /// <summary>Side of the low-res logits / mask input (4N; 288 for the released model).</summary>
     public int LowResMaskSize => _lowRes;
 
+    /// <summary>Decodes the image file at <paramref name="path"/> and runs the image encoder on it.</summary>
+    public Sam3ImageState SetImage(string path, CancellationToken cancellationToken = default)
+    {
+        ObjectDisposedException.ThrowIf(_owner.IsDisposed, _owner);
+        ArgumentException.ThrowIfNullOrWhiteSpace(path);
+        return SetImage(ImageLoader.Load(path), cancellationToken);
+    }
+
+    /// <summary>Runs the image encoder on one image; the state also works with the model's detector.</summary>
+    public Sam3ImageState SetImage(RgbImage image, CancellationToken cancellationToken = default)
+    {
+        ObjectDisposedException.ThrowIf(_owner.IsDisposed, _owner);
+        ArgumentNullException.ThrowIfNull(image);
+        cancellationToken.ThrowIfCancellationRequested();
+        return Sam3ImagePredictor.EncodeImages(_owner, _preprocessor, [image], cancellationToken);
+    }
+
     /// <summary>
-    /// Predicts masks for one prompt (clicks and/or a box and/or a previous low-res mask) on image
+    /// Predicts masks for one prompt (clicks and/or a box and/or previous low-res logits) on image
     /// <paramref name="imageIndex"/> of <paramref name="state"/>.
     /// </summary>
-    /// <param name="probe">Receives intermediates named as the parity fixtures: <c>sam.prompt_encoder.{0,1}</c>
-    /// (sparse, dense), <c>sam.mask_decoder.{0..3}</c> (masks, iou, tokens, object score). The tensors belong to the
-    /// call's dispose scope: copy and detach what must outlive the callback.</param>
-    public InteractivePrediction Predict(Sam3ImageState state, InteractivePrompt prompt, int imageIndex = 0, Action<string, Tensor>? probe = null)
+    /// <exception cref="Sam3PromptException">The prompt is empty, or a point/box is not finite or outside the image.</exception>
+    public InteractivePrediction Predict(Sam3ImageState state, InteractivePrompt prompt, int imageIndex = 0)
+    {
+        using var t = PredictCore(state, prompt, imageIndex);
+        return t.ToPublic();
+    }
+
+    internal InteractiveTensors PredictCore(Sam3ImageState state, InteractivePrompt prompt, int imageIndex = 0)
     {
         var (h, w) = CheckState(state, imageIndex);
         ArgumentNullException.ThrowIfNull(prompt);
         var points = prompt.Points ?? [];
         if (points.Count == 0 && prompt.Box is null && prompt.MaskInput is null)
             throw new Sam3PromptException("empty interactive prompt: give at least one point, a box or a mask input");
-        for (int i = 0; i < points.Count; i++) ValidatePoint(points[i], i, h, w);
-        if (prompt.Box is { } box) ValidateBox(box, -1, h, w);
+        var px = new List<PointPrompt>();
+        for (int i = 0; i < points.Count; i++) px.Add(ValidatePoint(points[i], i, h, w));
+        PixelXyxy? box = prompt.Box is { } bx ? ValidateBox(bx, -1, h, w) : null;
         ValidateMaskInput(prompt.MaskInput);
 
+        var probe = _owner.Probe;
         using var scope = NewDisposeScope();
         using var noGrad = torch.no_grad();
         var device = Device;
         Tensor? coords = null, labels = null;
-        if (points.Count > 0)
+        if (px.Count > 0)
         {
-            coords = ToModelFrame(points.SelectMany(p => new[] { p.X, p.Y }).ToArray(), h, w).view(1, -1, 2);
-            labels = torch.tensor(points.Select(p => p.Label).ToArray(), device: device).view(1, -1);
+            coords = ToModelFrame(px.SelectMany(p => new[] { p.X, p.Y }).ToArray(), h, w).view(1, -1, 2);
+            labels = torch.tensor(px.Select(p => p.Label).ToArray(), device: device).view(1, -1);
         }
-        if (prompt.Box is { } b)
+        if (box is { } b)
         {
             // _predict: the box is merged into the points as two corners (labels 2, 3) placed BEFORE the clicks
             var corners = ToModelFrame([b.X0, b.Y0, b.X1, b.Y1], h, w).view(1, 2, 2);
@@ -100,29 +124,41 @@ public sealed class InteractiveImagePredictor
         }
         Tensor? maskInput = null;
         if (prompt.MaskInput is { } m)
-            maskInput = m.detach().to(ScalarType.Float32).reshape(1, 1, _lowRes, _lowRes).to(device);
+            maskInput = torch.tensor(m.Data, device: device).reshape(1, 1, _lowRes, _lowRes);
         return Run(state, imageIndex, h, w, coords, labels, maskInput, prompt.MultimaskOutput, prompt.ReturnLogits,
                    repeatImage: false, keepPromptDim: false, probe);
     }
 
     /// <summary>
     /// Predicts masks for a batch of boxes on one image in a single decoder pass (upstream predict with a [B,4] box:
-    /// the image is repeated per box). Masks [boxes, C, H, W], IoU [boxes, C], low-res logits [boxes, C, 4N, 4N].
+    /// the image is repeated per box); one prompt set per box.
     /// </summary>
-    public InteractivePrediction PredictBoxes(Sam3ImageState state, IReadOnlyList<PixelBox> boxes, bool multimaskOutput = true,
-                                              int imageIndex = 0, bool returnLogits = false, Action<string, Tensor>? probe = null)
+    public InteractivePrediction PredictBoxes(Sam3ImageState state, IReadOnlyList<Box> boxes, bool multimaskOutput = true,
+                                              int imageIndex = 0, bool returnLogits = false)
+    {
+        using var t = PredictBoxesCore(state, boxes, multimaskOutput, imageIndex, returnLogits);
+        return t.ToPublic();
+    }
+
+    internal InteractiveTensors PredictBoxesCore(Sam3ImageState state, IReadOnlyList<Box> boxes, bool multimaskOutput = true,
+                                                 int imageIndex = 0, bool returnLogits = false)
     {
         var (h, w) = CheckState(state, imageIndex);
-        if (boxes is null || boxes.Count == 0) throw new Sam3PromptException("empty interactive prompt: the box batch is empty");
-        for (int i = 0; i < boxes.Count; i++) ValidateBox(boxes[i], i, h, w);
+        ArgumentNullException.ThrowIfNull(boxes);
+        if (boxes.Count == 0) throw new Sam3PromptException("empty interactive prompt: the box batch is empty");
+        var px = new List<PixelXyxy>();
+        for (int i = 0; i < boxes.Count; i++) px.Add(ValidateBox(boxes[i], i, h, w));
+        var probe = _owner.Probe;
         using var scope = NewDisposeScope();
         using var noGrad = torch.no_grad();
-        var coords = ToModelFrame(boxes.SelectMany(b => new[] { b.X0, b.Y0, b.X1, b.Y1 }).ToArray(), h, w).view(-1, 2, 2);
+        var coords = ToModelFrame(px.SelectMany(b => new[] { b.X0, b.Y0, b.X1, b.Y1 }).ToArray(), h, w).view(-1, 2, 2);
         var labels = BoxLabels(boxes.Count, Device);
         // upstream's batched_mode (repeat_image) is "more than one prompt set"; the [N, C, ...] layout is kept for one box too
         return Run(state, imageIndex, h, w, coords, labels, null, multimaskOutput, returnLogits,
                    repeatImage: boxes.Count > 1, keepPromptDim: true, probe);
     }
+
+    private readonly record struct PixelXyxy(float X0, float Y0, float X1, float Y1);
 
     // ------------------------------------------------------------------ internals
 
@@ -141,54 +177,48 @@ public sealed class InteractiveImagePredictor
 
     private (int H, int W) CheckState(Sam3ImageState state, int imageIndex)
     {
-        if (state is null) throw new Sam3StateException("no image is set: call Sam3Processor.SetImage first");
-        if (state.IsDisposed) throw new Sam3StateException("this image state has been disposed");
+        ObjectDisposedException.ThrowIf(_owner.IsDisposed, _owner);
+        ArgumentNullException.ThrowIfNull(state);
+        ObjectDisposedException.ThrowIf(state.IsDisposed, state);
+        if (!ReferenceEquals(state.Model, _owner)) throw new ArgumentException("the image state was set on another model", nameof(state));
         if (imageIndex < 0 || imageIndex >= state.BatchSize)
-            throw new Sam3PromptException($"image index {imageIndex} is out of range: the state holds {state.BatchSize} image(s)");
+            throw new ArgumentOutOfRangeException(nameof(imageIndex), imageIndex, $"the state holds {state.BatchSize} image(s)");
         var sam2 = state.Backbone.Sam2;
         if (sam2 is null || sam2.BackboneFpn.Length < 3)
             throw new Sam3StateException("the image state has no SAM2-neck features: it was set with a model loaded without the interactive heads");
         return state.OriginalSizes[imageIndex];
     }
 
-    private static void ValidatePoint(InteractivePoint p, int i, int h, int w)
+    private static PointPrompt ValidatePoint(PointPrompt p, int i, int h, int w)
     {
-        if (!float.IsFinite(p.X) || !float.IsFinite(p.Y)) throw new Sam3PromptException($"point {i} ({p.X}, {p.Y}) is not finite");
-        if (p.X < 0 || p.X > w || p.Y < 0 || p.Y > h)
-            throw new Sam3PromptException($"point {i} ({p.X}, {p.Y}) lies outside the {w}x{h} image (pixel coordinates of the original image expected)");
-        if (p.Label is not (0 or 1)) throw new Sam3PromptException($"point {i} has label {p.Label}: labels are 1 (positive) or 0 (negative)");
+        if (!float.IsFinite(p.X) || !float.IsFinite(p.Y)) throw new Sam3PromptException($"point {i} {p} is not finite");
+        var q = p.ToPixels(w, h);
+        if (q.X < 0 || q.X > w || q.Y < 0 || q.Y > h)
+            throw new Sam3PromptException($"point {i} {p} lies outside the {w}x{h} image");
+        return q;
     }
 
-    private static void ValidateBox(PixelBox b, int i, int h, int w)
+    private static PixelXyxy ValidateBox(Box b, int i, int h, int w)
     {
         string which = i < 0 ? "box" : $"box {i}";
-        if (!float.IsFinite(b.X0) || !float.IsFinite(b.Y0) || !float.IsFinite(b.X1) || !float.IsFinite(b.Y1))
-            throw new Sam3PromptException($"{which} ({b.X0}, {b.Y0}, {b.X1}, {b.Y1}) has a non-finite coordinate");
-        if (b.X1 <= b.X0 || b.Y1 <= b.Y0) throw new Sam3PromptException($"{which} ({b.X0}, {b.Y0}, {b.X1}, {b.Y1}) has a non-positive size (xyxy expected)");
-        if (b.X0 < 0 || b.Y0 < 0 || b.X1 > w || b.Y1 > h)
-            throw new Sam3PromptException($"{which} ({b.X0}, {b.Y0}, {b.X1}, {b.Y1}) lies outside the {w}x{h} image (pixel xyxy of the original image expected)");
+        if (!b.IsFinite) throw new Sam3PromptException($"{which} {b} has a non-finite coordinate");
+        if (b.Width <= 0 || b.Height <= 0) throw new Sam3PromptException($"{which} {b} has a non-positive size");
+        var (x0, y0, x1, y1) = b.ToPixels(w, h).ToXyxy();
+        if (x0 < 0 || y0 < 0 || x1 > w || y1 > h)
+            throw new Sam3PromptException($"{which} {b} lies outside the {w}x{h} image");
+        return new PixelXyxy(x0, y0, x1, y1);
     }
 
-    private void ValidateMaskInput(Tensor? m)
+    private void ValidateMaskInput(MaskLogits? m)
     {
         if (m is null) return;
-        if (m.IsInvalid) throw new Sam3PromptException("the mask input tensor has been disposed");
-        long n = _lowRes;
-        bool shapeOk = m.dim() switch
-        {
-            2 => m.shape[0] == n && m.shape[1] == n,
-            3 => m.shape[0] == 1 && m.shape[1] == n && m.shape[2] == n,
-            4 => m.shape[0] == 1 && m.shape[1] == 1 && m.shape[2] == n && m.shape[3] == n,
-            _ => false,
-        };
-        if (!shapeOk)
-            throw new Sam3PromptException($"mask input must be low-res logits [1, {n}, {n}] or [{n}, {n}] (a previous call's low-res output), got [{string.Join(",", m.shape)}]");
-        if (!m.is_floating_point()) throw new Sam3PromptException($"mask input must hold float logits, got {m.dtype}");
-        using var scope = NewDisposeScope();
-        if (!m.isfinite().all().item<bool>()) throw new Sam3PromptException("mask input contains NaN or infinite values");
+        if (m.Width != _lowRes || m.Height != _lowRes)
+            throw new Sam3PromptException($"mask input must be low-res logits of {_lowRes}x{_lowRes} (a previous call's LowResLogits), got {m.Width}x{m.Height}");
+        foreach (var v in m.Values)
+            if (!float.IsFinite(v)) throw new Sam3PromptException("mask input contains NaN or infinite values");
     }
 
-    private InteractivePrediction Run(Sam3ImageState state, int imageIndex, int h, int w, Tensor? coords, Tensor? labels, Tensor? maskInput,
+    private InteractiveTensors Run(Sam3ImageState state, int imageIndex, int h, int w, Tensor? coords, Tensor? labels, Tensor? maskInput,
                                       bool multimask, bool returnLogits, bool repeatImage, bool keepPromptDim, Action<string, Tensor>? probe)
     {
         var fpn = state.Backbone.Sam2!.BackboneFpn;
@@ -217,7 +247,7 @@ public sealed class InteractiveImagePredictor
         var obj = dec.ObjectScoreLogits.to(ScalarType.Float32);
         // predict(): squeeze(0) of the prompt dimension for a single prompt set
         Tensor Out(Tensor t) => (keepPromptDim ? t : t.squeeze(0)).cpu().contiguous();
-        return new InteractivePrediction(imageIndex, h, w, keepPromptDim, Out(masks), returnLogits ? Out(upsampled) : null,
+        return new InteractiveTensors(imageIndex, h, w, keepPromptDim, Out(masks), returnLogits ? Out(upsampled) : null,
                                          Out(iou), Out(lowRes), Out(obj));
     }
 }

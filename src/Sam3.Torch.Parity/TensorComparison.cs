@@ -3,7 +3,7 @@ using static TorchSharp.torch;
 namespace Sam3.Torch.Parity;
 
 /// <summary>Result of comparing one tensor with its reference.</summary>
-public sealed record ComparisonResult(string Name, bool Passed, double MaxAbsError, double MaxRelError, long Mismatches, long Count, string Detail)
+internal sealed record ComparisonResult(string Name, bool Passed, double MaxAbsError, double MaxRelError, long Mismatches, long Count, string Detail)
 {
     public override string ToString() =>
         $"{Name}: {(Passed ? "pass" : "FAIL")} max_abs={MaxAbsError:G3} max_rel={MaxRelError:G3} mismatches={Mismatches}/{Count}{(Detail.Length > 0 ? " " + Detail : "")}";
@@ -14,7 +14,7 @@ public sealed record ComparisonResult(string Name, bool Passed, double MaxAbsErr
 /// larger than atol, the bar is 4× that noise). Boolean/integer tensors: at most <see cref="MaxMismatchFraction"/> of
 /// elements differ (0 for integers).
 /// </summary>
-public sealed record Tolerance(double Atol = 1e-4, double Rtol = 1e-4, double NoiseFactor = 4.0, double MaxMismatchFraction = 0.001)
+internal sealed record Tolerance(double Atol = 1e-4, double Rtol = 1e-4, double NoiseFactor = 4.0, double MaxMismatchFraction = 0.001)
 {
     public static Tolerance Default { get; } = new();
 

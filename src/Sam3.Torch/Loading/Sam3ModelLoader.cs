@@ -4,10 +4,12 @@ using Sam3.Torch.Modeling.Heads;
 using TorchSharp;
 using static TorchSharp.torch;
 
-namespace Sam3.Torch.Modeling.Detector;
+using Sam3.Torch.Modeling.Detector;
+
+namespace Sam3.Torch.Loading;
 
 /// <summary>Options of <see cref="Sam3ModelLoader.LoadImageModel"/>.</summary>
-public sealed record Sam3LoadOptions
+internal sealed record Sam3LoadOptions
 {
     /// <summary>Build the SAM1-style interactive heads (+ SAM2 neck) and load the checkpoint's <c>tracker.*</c> into them.</summary>
     public bool EnableInstInteractivity { get; init; } = true;
@@ -29,23 +31,23 @@ public sealed record Sam3LoadOptions
 /// <c>.pt</c> or safetensors. Loading is strict (every missing, unexpected or misshaped key is listed in one
 /// <see cref="Sam3CheckpointMismatchException"/>); the RoPE tables in the file are checked against the recomputed ones.
 /// </summary>
-public static class Sam3ModelLoader
+internal static class Sam3ModelLoader
 {
     /// <summary>A model with the modules' own initialisation (random weights), in eval mode.</summary>
-    public static Sam3Image Build(Sam3Config cfg, bool enableInstInteractivity = true, Device? device = null, GroundingOptions? grounding = null)
+    public static Sam3ImageModel Build(Sam3Config cfg, bool enableInstInteractivity = true, Device? device = null, GroundingOptions? grounding = null)
     {
-        var model = new Sam3Image(cfg, enableInstInteractivity, grounding);
+        var model = new Sam3ImageModel(cfg, enableInstInteractivity, grounding);
         if (device is not null && device.type != DeviceType.CPU) model.to(device);
         model.eval();
         return model;
     }
 
     /// <summary>Builds the model and loads <paramref name="checkpointPath"/> into it.</summary>
-    public static Sam3Image LoadImageModel(string checkpointPath, Sam3Config cfg, Sam3LoadOptions? options = null)
+    public static Sam3ImageModel LoadImageModel(string checkpointPath, Sam3Config cfg, Sam3LoadOptions? options = null)
     {
         options ??= new Sam3LoadOptions();
         using var checkpoint = CheckpointFile.Open(checkpointPath);
-        var model = new Sam3Image(cfg, options.EnableInstInteractivity, options.Grounding);
+        var model = new Sam3ImageModel(cfg, options.EnableInstInteractivity, options.Grounding);
         try
         {
             LoadInto(model, checkpoint, options);
@@ -62,7 +64,7 @@ public static class Sam3ModelLoader
     }
 
     /// <summary>Strictly loads an open checkpoint into <paramref name="model"/> and verifies the RoPE tables.</summary>
-    public static void LoadInto(Sam3Image model, ICheckpoint checkpoint, Sam3LoadOptions options)
+    public static void LoadInto(Sam3ImageModel model, ICheckpoint checkpoint, Sam3LoadOptions options)
     {
         var layout = StateDictMapper.DetectLayout(checkpoint.Names);
         bool inst = model.inst_interactive_predictor is not null;
@@ -94,7 +96,7 @@ public static class Sam3ModelLoader
     /// ViT RoPE tables as complex64 (stored <c>complex64_as_real</c>) so the file is a complete state dict that
     /// <see cref="LoadImageModel"/> (and <c>sam3 inspect</c>) accept. Refuses to overwrite an existing file unless asked.
     /// </summary>
-    public static void Save(Sam3Image model, string path, bool overwrite = false, IProgress<(int done, int total, string key)>? progress = null)
+    public static void Save(Sam3ImageModel model, string path, bool overwrite = false, IProgress<(int done, int total, string key)>? progress = null)
     {
         if (File.Exists(path) && !overwrite) throw new Sam3CheckpointException($"{path} exists (pass overwrite: true to replace it)");
         var items = new List<SafetensorsWriter.Item>();
@@ -112,7 +114,7 @@ public static class Sam3ModelLoader
     }
 
     /// <summary>Every checkpoint <c>freqs_cis</c> must equal the table the ViT recomputes (same config ⇒ same table).</summary>
-    public static void VerifyRopeTables(Sam3Image model, IReadOnlyList<ComplexBuffer> buffers, double tolerance)
+    public static void VerifyRopeTables(Sam3ImageModel model, IReadOnlyList<ComplexBuffer> buffers, double tolerance)
     {
         const string trunkPrefix = "backbone.vision_backbone.trunk.";
         var tables = new Dictionary<string, Tensor>();

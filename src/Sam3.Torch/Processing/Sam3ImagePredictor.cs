@@ -1,0 +1,547 @@
+using Sam3.Torch.Config;
+using Sam3.Torch.IO;
+using Sam3.Torch.Modeling.Common;
+using Sam3.Torch.Modeling.Detector;
+using Sam3.Torch.Modeling.Geometry;
+using Sam3.Torch.Modeling.Heads;
+using Sam3.Torch.Processing;
+using Sam3.Torch.Text;
+using Sam3.Torch.Visualization;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Sam3.Torch;
+
+/// <summary>Options of <see cref="Sam3Model.CreateImagePredictor"/>.</summary>
+public sealed record ImagePredictorOptions
+{
+    /// <summary>Score threshold in [0, 1] (upstream default 0.5).</summary>
+    public double ConfidenceThreshold { get; init; } = 0.5;
+    /// <summary>How many encoded text prompts are kept (alternating prompts reuse them); at least 1.</summary>
+    public int TextCacheCapacity { get; init; } = 32;
+}
+
+/// <summary>
+/// The detector API, the counterpart of the official <c>Sam3Processor</c>: set an image (or a batch), then prompt it with
+/// text, positive/negative boxes and points — alone or together (the official processor cannot combine text and
+/// boxes; the model can). Every prompt call reruns only the detector heads on the cached image features. Each call
+/// returns the detections of every image of the state (<see cref="ImageDetections"/>: scores, xyxy pixel boxes, masks
+/// at the original resolution), data the caller owns: later calls do not touch it.
+/// </summary>
+/// <remarks>
+/// Errors: null or out-of-range arguments are <see cref="ArgumentException"/>s, a disposed state or predictor an
+/// <see cref="ObjectDisposedException"/>, an unusable prompt a <see cref="Sam3PromptException"/>, an unusable image a
+/// <see cref="Sam3ImageException"/>. A prompt call that fails or is cancelled leaves the state as it was. One predictor
+/// is not safe for concurrent calls (its text cache is unsynchronised): create one per thread; they share the weights.
+/// </remarks>
+public sealed class Sam3ImagePredictor : IDisposable
+{
+    /// <summary>Text used when only geometric prompts are given (upstream behaviour of add_geometric_prompt).</summary>
+    public const string DummyTextPrompt = "visual";
+    /// <summary>Threshold on mask probabilities (upstream <c>masks = masks_logits &gt; 0.5</c>).</summary>
+    internal const double MaskProbabilityThreshold = 0.5;
+
+    private readonly LinkedList<(string Text, Tensor Features, Tensor Mask)> _textCache = new();
+    private readonly int _textCacheCapacity;
+    private readonly Sam3Model _owner;
+    private bool _disposed;
+
+    internal Sam3ImagePredictor(Sam3Model owner, ImagePredictorOptions options)
+    {
+        _owner = owner;
+        CheckThreshold(options.ConfidenceThreshold, nameof(options.ConfidenceThreshold));
+        if (options.TextCacheCapacity < 1)
+            throw new ArgumentOutOfRangeException(nameof(options), options.TextCacheCapacity, "TextCacheCapacity must be at least 1");
+        ConfidenceThreshold = options.ConfidenceThreshold;
+        _textCacheCapacity = options.TextCacheCapacity;
+        Preprocessor = new ImagePreprocessor(owner.Config);
+    }
+
+    /// <summary>The current score threshold.</summary>
+    public double ConfidenceThreshold { get; private set; }
+
+    internal Sam3ImageModel Model => _owner.Network;
+    internal ClipBpeTokenizer Tokenizer => _owner.Tokenizer;
+    internal ImagePreprocessor Preprocessor { get; }
+    internal Device Device => _owner.TorchDevice;
+    internal ScalarType DType => _owner.DType;
+
+    /// <summary>Number of text prompts currently cached.</summary>
+    public int CachedTextPrompts => _textCache.Count;
+
+    private static void CheckThreshold(double t, string name)
+    {
+        if (!double.IsFinite(t) || t < 0 || t > 1) throw new ArgumentOutOfRangeException(name, t, $"the confidence threshold must be in [0, 1], got {t}");
+    }
+
+    private void CheckAlive()
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        ObjectDisposedException.ThrowIf(_owner.IsDisposed, _owner);
+    }
+
+    // ---------------------------------------------------------------- images
+
+    /// <summary>Decodes the image file at <paramref name="path"/> and sets it.</summary>
+    /// <exception cref="Sam3ImageException">The file is missing, unreadable or not an image.</exception>
+    public Sam3ImageState SetImage(string path, CancellationToken cancellationToken = default)
+    {
+        CheckAlive();
+        ArgumentException.ThrowIfNullOrWhiteSpace(path);
+        cancellationToken.ThrowIfCancellationRequested();
+        return SetImage(ImageLoader.Load(path), cancellationToken);
+    }
+
+    /// <summary>Runs the image encoder on one image and returns its state.</summary>
+    public Sam3ImageState SetImage(RgbImage image, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(image);
+        return SetImages([image], cancellationToken);
+    }
+
+    /// <summary>Runs the image encoder on a batch of images; later prompts apply to every image, results come back per image.</summary>
+    public Sam3ImageState SetImages(IReadOnlyList<RgbImage> images, CancellationToken cancellationToken = default)
+    {
+        CheckAlive();
+        ArgumentNullException.ThrowIfNull(images);
+        if (images.Count == 0) throw new ArgumentException("the image batch is empty", nameof(images));
+        for (int i = 0; i < images.Count; i++)
+            if (images[i] is null) throw new ArgumentException($"image {i} of the batch is null", nameof(images));
+        cancellationToken.ThrowIfCancellationRequested();
+        return EncodeImages(_owner, Preprocessor, images, cancellationToken);
+    }
+
+    /// <summary>Preprocesses and encodes images for either predictor of <paramref name="owner"/>.</summary>
+    internal static Sam3ImageState EncodeImages(Sam3Model owner, ImagePreprocessor preprocessor, IReadOnlyList<RgbImage> images, CancellationToken ct)
+    {
+        using var scope = NewDisposeScope();
+        var input = preprocessor.Preprocess(images, owner.TorchDevice);
+        return SetPreprocessed(owner, input, images.Select(i => (i.Height, i.Width)).ToList(), ct);
+    }
+
+    /// <summary>
+    /// Sets already-normalised model inputs [B,3,S,S] with the original sizes used to scale outputs back (parity runner,
+    /// custom pipelines).
+    /// </summary>
+    internal static Sam3ImageState SetPreprocessed(Sam3Model owner, Tensor input, IReadOnlyList<(int Height, int Width)> originalSizes,
+        CancellationToken cancellationToken = default)
+    {
+        var model = owner.Network;
+        int s = model.Config.ImageSize;
+        if (input.dim() != 4 || input.shape[1] != 3 || input.shape[2] != s || input.shape[3] != s)
+            throw new Sam3ImageException($"model input must be [B,3,{s},{s}], got [{string.Join(",", input.shape)}]");
+        if (input.shape[0] != originalSizes.Count) throw new Sam3ImageException($"{originalSizes.Count} original sizes for a batch of {input.shape[0]}");
+        if (originalSizes.Any(sz => sz.Height <= 0 || sz.Width <= 0)) throw new Sam3ImageException("original image sizes must be positive");
+        cancellationToken.ThrowIfCancellationRequested();
+        var probe = owner.Probe;
+        using var scope = NewDisposeScope();
+        using var noGrad = torch.no_grad();
+        probe?.Invoke("image_input", input);
+        var backbone = model.backbone.ForwardImage(input.to(owner.DType).to(owner.TorchDevice), probe);
+        if (backbone.Sam2 is not null && model.Tracker is { } tracker)
+        {
+            // Sam3Processor.set_image: the SAM2 neck's two high-resolution levels are stored already projected by the
+            // mask decoder's conv_s0 / conv_s1 (the interactive heads consume them in that form).
+            var fpn = backbone.Sam2.BackboneFpn;
+            var s0 = tracker.sam_mask_decoder.conv_s0!.forward(fpn[0]);
+            var s1 = tracker.sam_mask_decoder.conv_s1!.forward(fpn[1]);
+            fpn[0].Dispose(); fpn[1].Dispose();
+            fpn[0] = s0.DetachFromDisposeScope();
+            fpn[1] = s1.DetachFromDisposeScope();
+        }
+        if (probe is not null && backbone.Sam2 is not null)
+            for (int i = 0; i < backbone.Sam2.BackboneFpn.Length; i++) probe($"state.sam2_backbone_fpn.{i}", backbone.Sam2.BackboneFpn[i]);
+        return new Sam3ImageState(owner, backbone, originalSizes.ToList());
+    }
+
+    // ---------------------------------------------------------------- prompts
+
+    /// <summary>
+    /// Sets (replaces) the text prompt and runs the detector; boxes/points given before stay in the prompt. If the call
+    /// fails (or is cancelled) the state keeps its previous prompt.
+    /// </summary>
+    /// <exception cref="Sam3PromptException">The text is empty or blank.</exception>
+    public IReadOnlyList<ImageDetections> SetTextPrompt(Sam3ImageState state, string text, CancellationToken cancellationToken = default)
+        => ToPublic(SetTextPromptCore(state, text, cancellationToken));
+
+    internal IReadOnlyList<DetectionTensors> SetTextPromptCore(Sam3ImageState state, string text, CancellationToken cancellationToken = default)
+    {
+        CheckState(state);
+        ArgumentNullException.ThrowIfNull(text);
+        if (string.IsNullOrWhiteSpace(text)) throw new Sam3PromptException($"the text prompt is empty ('{text}')");
+        cancellationToken.ThrowIfCancellationRequested();
+        string? previous = state.TextPrompt;
+        state.TextPrompt = text;
+        try
+        {
+            return PredictCore(state, cancellationToken);
+        }
+        catch
+        {
+            state.TextPrompt = previous;
+            throw;
+        }
+    }
+
+    /// <summary>
+    /// Adds a box (any format; pixel coordinates need all images of the state to share one size) and runs the detector.
+    /// Boxes accumulate. If the call fails (or is cancelled) the box is not kept.
+    /// </summary>
+    /// <exception cref="Sam3PromptException">The box is not finite, empty, or outside the image.</exception>
+    public IReadOnlyList<ImageDetections> AddBox(Sam3ImageState state, BoxPrompt box, CancellationToken cancellationToken = default)
+        => ToPublic(AddBoxCore(state, box, cancellationToken));
+
+    internal IReadOnlyList<DetectionTensors> AddBoxCore(Sam3ImageState state, BoxPrompt box, CancellationToken cancellationToken = default)
+    {
+        CheckState(state);
+        NormalizedCxcywh(state, box); // validates
+        cancellationToken.ThrowIfCancellationRequested();
+        state.AddBox(box);
+        try
+        {
+            return PredictCore(state, cancellationToken);
+        }
+        catch
+        {
+            state.RemoveLastBox();
+            throw;
+        }
+    }
+
+    /// <summary>
+    /// Adds a point (the geometry encoder's point path) and runs the detector. Points accumulate. If the call fails
+    /// (or is cancelled) the point is not kept.
+    /// </summary>
+    /// <exception cref="Sam3PromptException">The point is not finite or outside the image.</exception>
+    public IReadOnlyList<ImageDetections> AddPoint(Sam3ImageState state, PointPrompt point, CancellationToken cancellationToken = default)
+        => ToPublic(AddPointCore(state, point, cancellationToken));
+
+    internal IReadOnlyList<DetectionTensors> AddPointCore(Sam3ImageState state, PointPrompt point, CancellationToken cancellationToken = default)
+    {
+        CheckState(state);
+        NormalizedPoint(state, point); // validates
+        cancellationToken.ThrowIfCancellationRequested();
+        state.AddPoint(point);
+        try
+        {
+            return PredictCore(state, cancellationToken);
+        }
+        catch
+        {
+            state.RemoveLastPoint();
+            throw;
+        }
+    }
+
+    /// <summary>Removes every prompt of the state (the image features stay).</summary>
+    public void ResetPrompts(Sam3ImageState state)
+    {
+        CheckState(state);
+        state.ClearPrompts();
+    }
+
+    /// <summary>
+    /// Changes the threshold; with a state, re-filters its last outputs without rerunning any network and returns the
+    /// new detections (null when the state has no outputs yet).
+    /// </summary>
+    public IReadOnlyList<ImageDetections>? SetConfidenceThreshold(double threshold, Sam3ImageState? state = null)
+    {
+        var r = SetConfidenceThresholdCore(threshold, state);
+        return r is null ? null : ToPublic(r);
+    }
+
+    internal IReadOnlyList<DetectionTensors>? SetConfidenceThresholdCore(double threshold, Sam3ImageState? state)
+    {
+        CheckAlive();
+        CheckThreshold(threshold, nameof(threshold));
+        if (state is not null) CheckState(state);
+        if (state?.RawOutput is null)
+        {
+            ConfidenceThreshold = threshold;
+            return null;
+        }
+        var results = PostProcess(state, state.RawOutput, threshold);
+        ConfidenceThreshold = threshold;
+        return results;
+    }
+
+    /// <summary>Runs the detector with the state's current prompts (text and/or boxes/points).</summary>
+    /// <exception cref="Sam3PromptException">The state has no prompt.</exception>
+    public IReadOnlyList<ImageDetections> Predict(Sam3ImageState state, CancellationToken cancellationToken = default)
+        => ToPublic(PredictCore(state, cancellationToken));
+
+    internal IReadOnlyList<DetectionTensors> PredictCore(Sam3ImageState state, CancellationToken cancellationToken = default)
+    {
+        CheckState(state);
+        if (state.TextPrompt is null && state.Boxes.Count == 0 && state.Points.Count == 0)
+            throw new Sam3PromptException("no prompt: give a text, a box or a point");
+        cancellationToken.ThrowIfCancellationRequested();
+        var probe = _owner.Probe;
+        using var scope = NewDisposeScope();
+        using var noGrad = torch.no_grad();
+        long b = state.BatchSize;
+        var (feats, mask) = EncodeText(state.TextPrompt ?? DummyTextPrompt);
+        probe?.Invoke("text.out.0", mask);
+        probe?.Invoke("text.out.1", feats);
+        cancellationToken.ThrowIfCancellationRequested();
+        var prompt = BuildGeometricPrompt(state, b);
+        var ids = torch.arange(b, dtype: ScalarType.Int64, device: Device);
+        var textIds = torch.zeros(b, dtype: ScalarType.Int64, device: Device);
+        var raw = Model.ForwardGrounding(state.Backbone, feats, mask, textIds, ids, prompt, probe);
+        IReadOnlyList<DetectionTensors> results;
+        try
+        {
+            results = PostProcess(state, raw, ConfidenceThreshold);
+        }
+        catch
+        {
+            raw.Dispose();
+            throw;
+        }
+        state.SetRaw(raw);
+        return results;
+    }
+
+    // ---------------------------------------------------------------- internals
+
+    private void CheckState(Sam3ImageState state)
+    {
+        CheckAlive();
+        ArgumentNullException.ThrowIfNull(state);
+        ObjectDisposedException.ThrowIf(state.IsDisposed, state);
+        if (!ReferenceEquals(state.Model, _owner)) throw new ArgumentException("the image state was set on another model", nameof(state));
+    }
+
+    /// <summary>The box as normalised cxcywh (the detector's convention) for every image of the state; validates it.</summary>
+    private static (float Cx, float Cy, float W, float H) NormalizedCxcywh(Sam3ImageState state, BoxPrompt prompt)
+    {
+        var box = prompt.Box;
+        if (!box.IsFinite) throw new Sam3PromptException($"box {box} has a non-finite coordinate");
+        if (box.Width <= 0 || box.Height <= 0) throw new Sam3PromptException($"box {box} has a non-positive size");
+        Box n;
+        if (box.Space == CoordinateSpace.Pixels)
+        {
+            var (h, w) = CommonSize(state, box.ToString());
+            var (x0, y0, x1, y1) = box.ToXyxy();
+            if (x0 < 0 || y0 < 0 || x1 > w || y1 > h) throw new Sam3PromptException($"box {box} lies outside the {w}x{h} image");
+            n = box.ToNormalized(w, h);
+        }
+        else
+        {
+            n = box;
+            var (x0, y0, x1, y1) = box.ToXyxy();
+            const float slack = 1e-6f; // cxcywh given with rounding may reach 1 + ulp at the edge
+            if (x0 < -slack || y0 < -slack || x1 > 1 + slack || y1 > 1 + slack)
+                throw new Sam3PromptException($"box {box} is outside [0,1] (normalised coordinates)");
+        }
+        return n.ToCxcywh();
+    }
+
+    private static (float X, float Y) NormalizedPoint(Sam3ImageState state, PointPrompt point)
+    {
+        if (!float.IsFinite(point.X) || !float.IsFinite(point.Y)) throw new Sam3PromptException($"point {point} is not finite");
+        if (point.Space == CoordinateSpace.Pixels)
+        {
+            var (h, w) = CommonSize(state, point.ToString());
+            if (point.X < 0 || point.X > w || point.Y < 0 || point.Y > h) throw new Sam3PromptException($"point {point} lies outside the {w}x{h} image");
+            var n = point.ToNormalized(w, h);
+            return (n.X, n.Y);
+        }
+        if (point.X < 0 || point.X > 1 || point.Y < 0 || point.Y > 1) throw new Sam3PromptException($"point {point} is outside [0,1] (normalised coordinates)");
+        return (point.X, point.Y);
+    }
+
+    private static (int H, int W) CommonSize(Sam3ImageState state, string what)
+    {
+        var first = state.OriginalSizes[0];
+        if (state.OriginalSizes.Any(s => s != first))
+            throw new Sam3PromptException($"{what}: pixel coordinates are ambiguous for a batch of images of different sizes: give normalised coordinates");
+        return first;
+    }
+
+    private Prompt BuildGeometricPrompt(Sam3ImageState state, long batch)
+    {
+        var prompt = Prompt.Empty(batch, Device);
+        if (state.Boxes.Count > 0)
+        {
+            var boxes = torch.tensor(state.Boxes.SelectMany(x => NormalizedCxcywh(state, x) is var (cx, cy, w, h) ? new[] { cx, cy, w, h } : []).ToArray(), device: Device)
+                .view(-1, 1, 4).expand(-1, batch, -1).contiguous();
+            var labels = torch.tensor(state.Boxes.Select(x => x.Positive).ToArray(), device: Device).view(-1, 1).expand(-1, batch).contiguous();
+            prompt.AppendBoxes(boxes, labels);
+        }
+        if (state.Points.Count > 0)
+        {
+            var pts = torch.tensor(state.Points.SelectMany(x => NormalizedPoint(state, x) is var (px, py) ? new[] { px, py } : []).ToArray(), device: Device)
+                .view(-1, 1, 2).expand(-1, batch, -1).contiguous();
+            var labels = torch.tensor(state.Points.Select(x => x.Positive ? 1L : 0L).ToArray(), device: Device).view(-1, 1).expand(-1, batch).contiguous();
+            prompt.AppendPoints(pts, labels);
+        }
+        return prompt;
+    }
+
+    /// <summary>Text features [L,1,d] and mask [1,L] of a prompt, from the bounded cache when present.</summary>
+    private (Tensor Features, Tensor Mask) EncodeText(string text)
+    {
+        for (var node = _textCache.First; node is not null; node = node.Next)
+        {
+            if (node.Value.Text != text) continue;
+            _textCache.Remove(node);
+            _textCache.AddFirst(node);
+            return (node.Value.Features, node.Value.Mask);
+        }
+        Tensor f, m;
+        using (var scope = NewDisposeScope())
+        {
+            var (ids, pad) = Tokenizer.TokenizeToTensors([text]);
+            var enc = Model.backbone.ForwardText(ids.to(Device), pad.to(Device));
+            f = enc.LanguageFeatures.MoveToOuterDisposeScope();
+            m = enc.LanguageMask.MoveToOuterDisposeScope();
+        }
+        f.DetachFromDisposeScope();
+        m.DetachFromDisposeScope();
+        _textCache.AddFirst((text, f, m));
+        while (_textCache.Count > _textCacheCapacity)
+        {
+            var last = _textCache.Last!.Value;
+            last.Features.Dispose(); last.Mask.Dispose();
+            _textCache.RemoveLast();
+        }
+        return (f, m);
+    }
+
+    /// <summary>Copies tensor results into caller-owned immutable detections and frees the tensors.</summary>
+    private static IReadOnlyList<ImageDetections> ToPublic(IReadOnlyList<DetectionTensors> results)
+    {
+        try
+        {
+            return results.Select(r => r.ToDetections()).ToList();
+        }
+        finally
+        {
+            foreach (var r in results) r.Dispose();
+        }
+    }
+
+    /// <summary>
+    /// Sam3Processor._forward_grounding's post-processing per image: scores, threshold, xyxy pixel boxes, bilinear
+    /// (align_corners=False) upsampling of the kept mask logits to the original size, sigmoid, &gt; 0.5.
+    /// </summary>
+    private static IReadOnlyList<DetectionTensors> PostProcess(Sam3ImageState state, GroundingOutput raw, double threshold)
+    {
+        var results = new List<DetectionTensors>();
+        using var scope = NewDisposeScope();
+        var logits = raw.PredLogits!.to(ScalarType.Float32).cpu();
+        var presence = raw.PresenceLogitDec!.to(ScalarType.Float32).cpu();
+        var boxesAll = raw.PredBoxes!.to(ScalarType.Float32).cpu();
+        var masksAll = raw.PredMasks!;
+        try
+        {
+            for (int i = 0; i < state.BatchSize; i++)
+                results.Add(PostProcessOne(state, i, logits, presence, boxesAll, masksAll, threshold));
+        }
+        catch
+        {
+            foreach (var r in results) r.Dispose();
+            throw;
+        }
+        return results;
+    }
+
+    private static DetectionTensors PostProcessOne(Sam3ImageState state, int i, Tensor logits, Tensor presence, Tensor boxesAll, Tensor masksAll,
+        double threshold)
+    {
+        using var scope = NewDisposeScope();
+        var (h, w) = state.OriginalSizes[i];
+        var probs = (logits[i].sigmoid() * presence[i].sigmoid().unsqueeze(0)).squeeze(-1); // [Q]
+        var keep = probs.gt(threshold).nonzero().flatten();
+        long[] idx = keep.data<long>().ToArray();
+        var scores = probs.index_select(0, keep);
+        var boxes = BoxOps.Denormalize(BoxOps.CxcywhToXyxy(boxesAll[i].index_select(0, keep)), w, h);
+        var low = masksAll[i].index_select(0, keep.to(masksAll.device)).to(ScalarType.Float32).unsqueeze(1);
+        var prob = nn.functional.interpolate(low, [h, w], mode: InterpolationMode.Bilinear, align_corners: false).sigmoid().squeeze(1).cpu();
+        var masks = prob.gt(MaskProbabilityThreshold);
+        return new DetectionTensors(i, h, w, masks, prob, boxes, scores, idx);
+    }
+
+    /// <summary>Frees the text-feature cache. The model stays loaded.</summary>
+    public void Dispose()
+    {
+        if (_disposed) return;
+        _disposed = true;
+        foreach (var (_, f, m) in _textCache) { f.Dispose(); m.Dispose(); }
+        _textCache.Clear();
+    }
+}
+
+/// <summary>
+/// Detections of one image as tensors (CPU): boolean masks and mask probabilities at the original resolution, xyxy
+/// pixel boxes and scores, in query order. Owned by whoever received it (internal: parity runner, tests).
+/// </summary>
+internal sealed class DetectionTensors : IDisposable
+{
+    public int ImageIndex { get; }
+    public int Height { get; }
+    public int Width { get; }
+    /// <summary>bool [K,H,W]: probability &gt; 0.5.</summary>
+    public Tensor Masks { get; }
+    /// <summary>float [K,H,W]: sigmoid of the bilinearly upsampled mask logits (upstream's "masks_logits").</summary>
+    public Tensor MaskProbabilities { get; }
+    /// <summary>float [K,4]: xyxy in original pixels.</summary>
+    public Tensor Boxes { get; }
+    /// <summary>float [K].</summary>
+    public Tensor Scores { get; }
+    public long[] QueryIndices { get; }
+    public int Count => (int)Scores.shape[0];
+
+    internal DetectionTensors(int imageIndex, int height, int width, Tensor masks, Tensor probabilities, Tensor boxes, Tensor scores, long[] queryIndices)
+    {
+        ImageIndex = imageIndex; Height = height; Width = width;
+        Masks = masks.DetachFromDisposeScope();
+        MaskProbabilities = probabilities.DetachFromDisposeScope();
+        Boxes = boxes.DetachFromDisposeScope();
+        Scores = scores.DetachFromDisposeScope();
+        QueryIndices = queryIndices;
+    }
+
+    public float[] ScoreArray()
+    {
+        if (Count == 0) return []; // TorchSharp's data<T>().ToArray() throws on empty tensors
+        using var scope = NewDisposeScope();
+        return Scores.contiguous().data<float>().ToArray();
+    }
+
+    public float[][] BoxArray()
+    {
+        if (Count == 0) return [];
+        float[] flat;
+        using (var scope = NewDisposeScope()) flat = Boxes.contiguous().data<float>().ToArray();
+        return Enumerable.Range(0, Count).Select(i => flat.AsSpan(i * 4, 4).ToArray()).ToArray();
+    }
+
+    public byte[] MaskBytes(int k)
+    {
+        if (k < 0 || k >= Count) throw new ArgumentOutOfRangeException(nameof(k), k, $"mask index must be in [0,{Count})");
+        using var scope = NewDisposeScope();
+        return Masks[k].to(ScalarType.Byte).contiguous().data<byte>().ToArray();
+    }
+
+    /// <summary>Copies into the public immutable form.</summary>
+    public ImageDetections ToDetections()
+    {
+        var scores = ScoreArray();
+        var boxes = BoxArray();
+        var items = new Detection[Count];
+        for (int k = 0; k < Count; k++)
+        {
+            var b = boxes[k];
+            items[k] = new Detection(k, (int)QueryIndices[k], scores[k], Box.FromXyxy(b[0], b[1], b[2], b[3]),
+                BinaryMask.FromBytes(MaskBytes(k), Width, Height));
+        }
+        return new ImageDetections(ImageIndex, Width, Height, items);
+    }
+
+    public void Dispose()
+    {
+        Masks.Dispose(); MaskProbabilities.Dispose(); Boxes.Dispose(); Scores.Dispose();
+    }
+}
