@@ -18,7 +18,7 @@ namespace Sam3.Torch.IO
 {
 #endif
     /// <summary>Result of a patch attempt.</summary>
-    public enum GlibcxxPatchOutcome
+    internal enum GlibcxxPatchOutcome
     {
         /// <summary>The file did not exist.</summary>
         NotFound,
@@ -30,7 +30,7 @@ namespace Sam3.Torch.IO
         Patched,
     }
 
-    public static class GlibcxxWeakPatch
+    internal static class GlibcxxWeakPatch
     {
         public const string LibraryFileName = "libLibTorchSharp.so";
         public const ushort VerFlgWeak = 0x2;

@@ -7,8 +7,8 @@ namespace Sam3.Torch;
 /// <see cref="Sam3Model.Record(Func{string, bool}?)"/>; dispose it to stop recording and free what it kept). Names are
 /// those of the parity fixtures, e.g. <c>backbone.vit.block3</c>, <c>enc.layer0</c>, <c>dec.layer2.out</c>,
 /// <c>grounding.out.pred_logits</c>, <c>sam.mask_decoder.0</c>; a name produced again gets a suffix <c>#2</c>, <c>#3</c>, ...
-/// Only calls made on the creating thread's async flow are recorded, so a recorder sees one caller's work even when
-/// several threads share the model.
+/// Only calls made on the async flow that created it (and tasks that flow starts) are recorded, so a recorder sees one
+/// caller's work even when unrelated callers share the model.
 /// </summary>
 public sealed class ActivationRecorder : IDisposable
 {

@@ -207,7 +207,7 @@ public sealed class Sam3Model : IDisposable
 
     /// <summary>
     /// Records named intermediate tensors (backbone levels, encoder/decoder layers, heads; the names of the parity
-    /// fixtures) of every call made on this async flow while the recorder is not disposed. The recorder keeps CPU copies
+    /// fixtures) of every call made on this async flow (and tasks it starts) while the recorder is not disposed. The recorder keeps CPU copies
     /// of the tensors whose name passes <paramref name="filter"/> (all when null).
     /// </summary>
     public ActivationRecorder Record(Func<string, bool>? filter = null)

@@ -15,7 +15,7 @@ internal static class CheckpointFile
         if (!File.Exists(path)) throw new Sam3CheckpointException($"checkpoint not found: {path}");
         try
         {
-            long length = new FileInfo(path).Length;
+            long length = FileLength.Of(path);
             var head = new byte[16];
             int n;
             using (var fs = File.OpenRead(path)) n = fs.ReadAtLeast(head, head.Length, throwOnEndOfStream: false);
@@ -74,7 +74,7 @@ internal static class CheckpointFile
 
     private static Sam3CheckpointException UnknownError(string path)
     {
-        long length = new FileInfo(path).Length;
+        long length = FileLength.Of(path);
         if (length == 0) return new Sam3CheckpointException($"{path}: empty file, not a checkpoint");
         var head = new byte[Math.Min(8, length)];
         using (var fs = File.OpenRead(path)) fs.ReadExactly(head);

@@ -15,7 +15,7 @@ public static class NativeLoaderFix
     private static int _done;
 
     /// <summary>Outcome of the last attempt (null before the first).</summary>
-    public static GlibcxxPatchOutcome? LastOutcome { get; private set; }
+    internal static GlibcxxPatchOutcome? LastOutcome { get; private set; }
 
     [ModuleInitializer]
     internal static void Initialize() => EnsurePatched();

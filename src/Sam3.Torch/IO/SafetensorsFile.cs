@@ -92,7 +92,7 @@ internal sealed class SafetensorsFile : ICheckpoint
     public static SafetensorsFile Open(string path)
     {
         if (!File.Exists(path)) throw new Sam3CheckpointException($"checkpoint not found: {path}");
-        long fileLength = new FileInfo(path).Length;
+        long fileLength = FileLength.Of(path);
         if (fileLength < 8) throw new Sam3CheckpointException($"{path}: not a safetensors file (only {fileLength} bytes)");
         byte[] header;
         long headerLength;

@@ -9,7 +9,7 @@ namespace Sam3.Torch.Tests.Build;
 /// the executables, the library references only the managed package, and an unknown value is an error listing the valid
 /// ones. Evaluation only (no restore), so the CUDA values are checked even though their packages are not served here.
 /// </summary>
-[TestFixture, Category("Fast")]
+[TestFixture, Category("Slow")] // child msbuild evaluations
 public class TorchBackendPropertyTests
 {
     private static (int ExitCode, string Output) MsBuild(string project, params string[] args)

@@ -394,7 +394,7 @@ public class CliTests
                     .OrderByDescending(File.GetLastWriteTimeUtc).FirstOrDefault() ?? dll
                 : dll;
         }
-        if (!File.Exists(dll)) Assert.Ignore($"built CLI not found (looked for sam3.dll next to the tests and under src/Sam3.Cli/bin)");
+        if (!File.Exists(dll)) TestPolicy.Missing("the built CLI (sam3.dll next to the tests or under src/Sam3.Cli/bin)");
         string host = Environment.GetEnvironmentVariable("DOTNET_HOST_PATH") is { Length: > 0 } h && File.Exists(h) ? h
             : Environment.ProcessPath is { } p && Path.GetFileNameWithoutExtension(p) == "dotnet" ? p : "dotnet";
         var psi = new ProcessStartInfo(host)

@@ -215,7 +215,7 @@ public class CheckpointSafetensorsTests
         Assert.Throws<Sam3CheckpointException>(() => st.Info("a"));
     }
 
-    [Test]
+    [Test, Category("Slow")]
     public void TruncationsAndMutationsAreTypedErrorsOrReadable()
     {
         using var scope = NewDisposeScope();

@@ -283,7 +283,7 @@ public class CheckpointTorchReaderTests
         Assert.That(checkedLengths, Is.GreaterThan(50));
     }
 
-    [Test]
+    [Test, Category("Slow")]
     public void RandomCorruptionNeverCrashes()
     {
         string path = WriteStandard("fuzz-src.pt");

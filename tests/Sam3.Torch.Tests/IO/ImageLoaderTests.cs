@@ -11,7 +11,7 @@ using Scalar = OpenCvSharp.Scalar;
 
 namespace Sam3.Torch.Tests.IO;
 
-[TestFixture]
+[TestFixture, Category("Fast")]
 public class ImageLoaderTests
 {
     private string _temp = "";

@@ -23,14 +23,14 @@ internal static class SharedData
 
     public static bool Available => File.Exists(Path.Combine(Root, "parity", "README.md"));
 
-    /// <summary>Path under shared/; skips the test (Assert.Ignore) with a clear reason when shared/ or the file is missing.</summary>
+    /// <summary>Path under shared/; a missing shared/ or file fails the test under CI and skips it elsewhere (see <see cref="TestPolicy"/>).</summary>
     public static string Require(params string[] parts)
     {
         if (!Available)
-            Assert.Ignore($"shared data not found at {Root} (set {EnvironmentVariable} to the folder holding parity/ and docs/)");
+            TestPolicy.Missing($"shared data not found at {Root} (set {EnvironmentVariable} to the folder holding parity/ and docs/)");
         string path = Path.Combine([Root, .. parts]);
         if (!File.Exists(path) && !Directory.Exists(path))
-            Assert.Ignore($"shared data file missing: {path}");
+            TestPolicy.Missing($"shared data file {path}");
         return path;
     }
 

@@ -8,7 +8,7 @@ using static TorchSharp.torch;
 
 namespace Sam3.Torch.Tests.Processing;
 
-[TestFixture]
+[TestFixture, Category("Fast")]
 public class CocoRleTests
 {
     // ------------------------------------------------------------------------------------------------ helpers

@@ -1,3 +1,4 @@
+using Sam3.Torch.Tests.Infrastructure;
 using NUnit.Framework;
 using Sam3.Torch.Config;
 using Sam3.Torch.IO;
@@ -8,7 +9,7 @@ using static TorchSharp.torch;
 
 namespace Sam3.Torch.Tests.Processing;
 
-[TestFixture]
+[TestFixture, Category("Fast")]
 public class ImagePreprocessorTests
 {
     private const double InputTolerance = 1e-6;
@@ -157,7 +158,7 @@ public class ImagePreprocessorTests
     [Test]
     public void CudaGivesTheSameInput()
     {
-        if (!cuda.is_available()) Assert.Ignore("CUDA is not available on this machine");
+        if (!cuda.is_available()) TestPolicy.GpuOnly("CUDA is not available on this machine");
         var scenario = ImageScenario.Load("a_image_text");
         var preprocessor = TinyPreprocessor(scenario);
         using var scope = NewDisposeScope();

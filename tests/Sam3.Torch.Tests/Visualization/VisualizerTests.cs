@@ -7,7 +7,7 @@ using static TorchSharp.torch;
 
 namespace Sam3.Torch.Tests.Visualization;
 
-[TestFixture]
+[TestFixture, Category("Fast")]
 public class VisualizerTests
 {
     private const int W = 64, H = 48;

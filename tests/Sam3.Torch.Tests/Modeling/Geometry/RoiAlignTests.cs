@@ -1,3 +1,4 @@
+using Sam3.Torch.Tests.Infrastructure;
 using NUnit.Framework;
 using Sam3.Torch.Modeling.Geometry;
 using TorchSharp;
@@ -169,7 +170,7 @@ public class RoiAlignTests
     [Test]
     public void RunsOnCudaWhenAvailable()
     {
-        if (!torch.cuda.is_available()) Assert.Ignore("no CUDA device in this process (TorchSharp CPU backend or no GPU)");
+        if (!torch.cuda.is_available()) TestPolicy.GpuOnly("no CUDA device in this process (TorchSharp CPU backend or no GPU)");
         using var scope = NewDisposeScope();
         var f = Ramp(16, 16);
         var rois = torch.tensor(new[] { 0f, 2.3f, 1.7f, 11.9f, 13.2f }).view(1, 5);
