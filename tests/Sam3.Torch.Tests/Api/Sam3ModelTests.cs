@@ -173,6 +173,30 @@ public class Sam3ModelTests
         }
     }
 
+    [Test]
+    public void CliSegmentTakesAFolderWithoutVocab()
+    {
+        string dir = HubFolder("cli");
+        string outDir = Path.Combine(_dir, "cli-out");
+        var stdout = new StringWriter();
+        var stderr = new StringWriter();
+        int code = Sam3.Cli.Program.Run(["segment", "--checkpoint", dir, "--image", SharedData.Parity("inputs", "test_image.jpg"),
+            "--text", "person", "--threshold", "0.1", "--out", outDir], stdout, stderr);
+        Assert.That(code, Is.EqualTo(0), stderr.ToString());
+        Assert.That(File.Exists(Path.Combine(outDir, "test_image.json")) && File.Exists(Path.Combine(outDir, "test_image.png")));
+        Assert.That(Directory.GetFiles(outDir, "*.tmp"), Is.Empty, "no temporary file left");
+
+        // a folder without a tokenizer: one line naming what was looked for, exit code 1
+        string bare = HubFolder("cli-bare", withTokenizer: false);
+        stderr = new StringWriter();
+        code = Sam3.Cli.Program.Run(["segment", "--checkpoint", bare, "--image", SharedData.Parity("inputs", "test_image.jpg"),
+            "--text", "person", "--out", Path.Combine(_dir, "cli-out-2")], new StringWriter(), stderr);
+        Assert.That(code, Is.EqualTo(1));
+        var lines = stderr.ToString().Split('\n', StringSplitOptions.RemoveEmptyEntries);
+        Assert.That(lines, Has.Length.EqualTo(1));
+        Assert.That(lines[0], Does.StartWith("sam3: no tokenizer in ").And.Contain("bpe_simple_vocab_16e6.txt.gz"));
+    }
+
     // ------------------------------------------------------------------ README program
 
     private static string RepoFile(params string[] parts) => Path.Combine([SharedData.RepoRoot, .. parts]);
