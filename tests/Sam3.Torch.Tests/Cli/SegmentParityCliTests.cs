@@ -17,8 +17,8 @@ namespace Sam3.Torch.Tests.Cli;
 
 /// <summary>
 /// <c>sam3 segment</c> and <c>sam3 parity</c> in process through <see cref="Program.Run"/>. The segment outputs are
-/// checked against the library's own API run on the same image / prompt / threshold (Sam3Processor,
-/// InteractiveImagePredictor), the COCO RLE strings with the library's <see cref="CocoRle"/> and with an independent
+/// checked against the library's own API run on the same image / prompt / threshold (Sam3ImagePredictor,
+/// Sam3InteractivePredictor), the COCO RLE strings with the library's <see cref="CocoRle"/> and with an independent
 /// decoder written here from the pycocotools string format. Expensive CLI runs happen once and are shared.
 /// </summary>
 [TestFixture, Category("Fast")]
@@ -28,11 +28,11 @@ public class SegmentParityCliTests
     private const string TextPrompt = "person";
     // interactive prompts, in pixels of truck.jpg (1800 x 1200)
     private const float ClickX = 900, ClickY = 700;
-    private static readonly PixelBox[] TwoBoxes = [new(100, 200, 700, 800), new(900, 300, 1500, 1000)];
+    private static readonly Box[] TwoBoxes = [Box.FromXyxy(100, 200, 700, 800), Box.FromXyxy(900, 300, 1500, 1000)];
 
     private string _dir = null!;
-    private Sam3ImageModel _model = null!;
-    private Sam3Processor _processor = null!;
+    private Sam3Model _model = null!;
+    private Sam3ImagePredictor _processor = null!;
     private Sam3ImageState _state = null!;
     private RgbImage _image = null!;
     private Dictionary<string, string> _inputHashesBefore = null!;
@@ -56,9 +56,8 @@ public class SegmentParityCliTests
         Directory.CreateDirectory(_dir);
         _inputHashesBefore = HashInputs();
         var cfg = Sam3Config.Resolve("tiny");
-        _model = Sam3ModelLoader.LoadImageModel(Tiny, cfg);
-        var tokenizer = ClipBpeTokenizer.FromBpeGz(Vocab, new ClipTokenizerOptions { Text = cfg.Text });
-        _processor = new Sam3Processor(_model, tokenizer, double.Parse(Threshold, CultureInfo.InvariantCulture));
+        _model = Sam3Model.Load(Tiny, new Sam3ModelOptions { Config = cfg, TokenizerPath = Vocab });
+        _processor = _model.CreateImagePredictor(new ImagePredictorOptions { ConfidenceThreshold = double.Parse(Threshold, CultureInfo.InvariantCulture) });
         _image = ImageLoader.Load(Truck);
         _state = _processor.SetImage(_image);
     }
@@ -112,8 +111,8 @@ public class SegmentParityCliTests
     private Result TextRun => _textRun ??= Succeeds(Run(Common(TextOut, "--text", TextPrompt, "--threshold", Threshold, "--masks")));
     private Result PointRun => _pointRun ??= Succeeds(Run(Common(PointOut, "--point", F(ClickX) + "," + F(ClickY))));
     private Result BoxesRun => _boxesRun ??= Succeeds(Run(Common(BoxesOut,
-        "--box-xyxy", string.Join(',', new[] { TwoBoxes[0].X0, TwoBoxes[0].Y0, TwoBoxes[0].X1, TwoBoxes[0].Y1 }.Select(F)),
-        "--box-xyxy", string.Join(',', new[] { TwoBoxes[1].X0, TwoBoxes[1].Y0, TwoBoxes[1].X1, TwoBoxes[1].Y1 }.Select(F)))));
+        "--box-xyxy", string.Join(',', new[] { TwoBoxes[0].A, TwoBoxes[0].B, TwoBoxes[0].C, TwoBoxes[0].D }.Select(F)),
+        "--box-xyxy", string.Join(',', new[] { TwoBoxes[1].A, TwoBoxes[1].B, TwoBoxes[1].C, TwoBoxes[1].D }.Select(F)))));
 
     private static string F(float v) => v.ToString(CultureInfo.InvariantCulture);
 
@@ -235,7 +234,8 @@ public class SegmentParityCliTests
         Assert.That(r.ErrLines, Has.Length.EqualTo(1).And.All.StartWith("loaded model.safetensors in "), "stderr is no terminal: no progress lines");
         Assert.That(File.ReadAllText(json), Does.Not.Contain("\\u00"), "RLE counts are written unescaped");
 
-        var api = _processor.SetTextPrompt(_state, TextPrompt)[0]; // owned by _state
+        var apiAll = _processor.SetTextPromptCore(_state, TextPrompt);
+        using var api = apiAll[0];
         int h = api.Height, w = api.Width;
         Assert.That((h, w), Is.EqualTo((_image.Height, _image.Width)));
         Assert.That(api.Count, Is.GreaterThan(0), "the test needs detections at this threshold");
@@ -337,9 +337,9 @@ public class SegmentParityCliTests
     public void PointWithoutTextWritesTheBestMaskWithThePredictorsIou()
     {
         Assert.That(PointRun.Out, Does.Contain("1 mask(s)"));
-        var predictor = new InteractiveImagePredictor(_model);
+        var predictor = _model.CreateInteractivePredictor();
         // a single click: upstream's default is multimask output, the CLI keeps the best candidate
-        using var p = predictor.Predict(_state, InteractivePrompt.FromPoints(InteractivePoint.Positive(ClickX, ClickY)));
+        using var p = predictor.PredictCore(_state, InteractivePrompt.FromPoints(PointPrompt.Pixel(ClickX, ClickY)));
         var iou = p.IouArray();
         int best = p.BestIndex();
         Assert.That(iou, Has.Length.EqualTo(3));
@@ -360,8 +360,8 @@ public class SegmentParityCliTests
     public void TwoBoxesWithoutTextGiveOneMaskPerBox()
     {
         Assert.That(BoxesRun.Out, Does.Contain("2 mask(s)"));
-        var predictor = new InteractiveImagePredictor(_model);
-        using var p = predictor.PredictBoxes(_state, TwoBoxes, multimaskOutput: false);
+        var predictor = _model.CreateInteractivePredictor();
+        using var p = predictor.PredictBoxesCore(_state, TwoBoxes, multimaskOutput: false);
         var (_, objects) = ReadJson(Path.Combine(BoxesOut, "truck.json"), out var doc);
         doc.Dispose();
         Assert.That(objects, Has.Count.EqualTo(2));
