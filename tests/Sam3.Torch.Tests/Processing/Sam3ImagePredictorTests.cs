@@ -740,9 +740,9 @@ public class Sam3ImagePredictorTests
     [Test]
     public void DisposedModelIsObjectDisposedAndResultsStayReadable()
     {
-        var model = Sam3Model.CreateUntrained(Sam3Config.Tiny, Vocab);
+        var model = Sam3Model.Load(TinyWeights.Path, new Sam3ModelOptions { Config = Sam3Config.Tiny, TokenizerPath = Vocab });
         Assert.That(model.IsDisposed, Is.False);
-        Assert.That(model.CheckpointPath, Is.Null);
+        Assert.That(model.CheckpointPath, Is.EqualTo(Path.GetFullPath(TinyWeights.Path)));
         var p = model.CreateImagePredictor(new ImagePredictorOptions { ConfidenceThreshold = 0 });
         var interactive = model.CreateInteractivePredictor();
         var state = p.SetImage(_testImage);
