@@ -72,6 +72,15 @@ public class Sam3InteractivePredictorTests
         return t.to(ScalarType.Float32).contiguous().data<float>().ToArray();
     }
 
+    /// <summary>Element-wise identical arrays (NUnit's collection equality is too slow for megapixel masks).</summary>
+    private static void AssertIdentical<T>(ReadOnlySpan<T> actual, ReadOnlySpan<T> expected, string what) where T : IEquatable<T>
+    {
+        Assert.That(actual.Length, Is.EqualTo(expected.Length), $"{what}: lengths differ");
+        int i = 0;
+        while (i < actual.Length && actual[i].Equals(expected[i])) i++;
+        Assert.That(i, Is.EqualTo(actual.Length), i < actual.Length ? $"{what}: first difference at {i}: {actual[i]} vs {expected[i]}" : what);
+    }
+
     private InteractiveTensors Call1() => _predictor.PredictCore(_state, InteractivePrompt.FromPoints(Click1));
 
     /// <summary>The public result holds exactly the data of the tensor result.</summary>
@@ -89,13 +98,13 @@ public class Sam3InteractivePredictorTests
             Assert.That(r.ObjectScoreLogit(p), Is.EqualTo(obj[p]), $"{what}: object score of prompt {p}");
             for (int k = 0; k < t.NumMasks; k++)
             {
-                Assert.That(r.Masks(p)[k].Data, Is.EqualTo(t.MaskBytes(k, p)), $"{what}: mask {k} of prompt {p}");
+                AssertIdentical<byte>(r.Masks(p)[k].Data, t.MaskBytes(k, p), $"{what}: mask {k} of prompt {p}");
                 var low = r.LowResLogits(k, p);
                 Assert.That((low.Width, low.Height), Is.EqualTo((t.LowResLogits.shape[^1], t.LowResLogits.shape[^2])));
-                Assert.That(low.Values.ToArray(), Is.EqualTo(Floats(t.IsBatched ? t.LowResLogits[p, k] : t.LowResLogits[k])),
+                AssertIdentical<float>(low.Values, Floats(t.IsBatched ? t.LowResLogits[p, k] : t.LowResLogits[k]),
                     $"{what}: low-res logits {k} of prompt {p}");
                 if (t.MaskLogits is not null)
-                    Assert.That(r.UpsampledLogits(k, p).Values.ToArray(), Is.EqualTo(Floats(t.IsBatched ? t.MaskLogits[p, k] : t.MaskLogits[k])),
+                    AssertIdentical<float>(r.UpsampledLogits(k, p).Values, Floats(t.IsBatched ? t.MaskLogits[p, k] : t.MaskLogits[k]),
                         $"{what}: upsampled logits {k} of prompt {p}");
             }
         }
@@ -258,9 +267,9 @@ public class Sam3InteractivePredictorTests
         var pub = _predictor.Predict(_state, InteractivePrompt.FromPoints(Click1));
         Assert.That(pub.BestIndex(), Is.EqualTo(expected));
         Assert.That(pub.BestMask(), Is.SameAs(pub.Masks()[expected]));
-        Assert.That(pub.BestMask().Data, Is.EqualTo(bytes));
+        AssertIdentical<byte>(pub.BestMask().Data, bytes, "best mask");
         Assert.That(pub.BestMask().Area(), Is.EqualTo(r.Masks[expected].sum().item<long>()));
-        Assert.That(pub.BestLowResLogits().Values.ToArray(), Is.EqualTo(Floats(r.LowResLogits[expected])));
+        AssertIdentical<float>(pub.BestLowResLogits().Values, Floats(r.LowResLogits[expected]), "best low-res logits");
 
         using var batch = _predictor.PredictBoxesCore(_state, Boxes, multimaskOutput: true);
         var batchPub = _predictor.PredictBoxes(_state, Boxes, multimaskOutput: true);
@@ -296,7 +305,7 @@ public class Sam3InteractivePredictorTests
         {
             var up = pub.UpsampledLogits(k);
             Assert.That((up.Width, up.Height), Is.EqualTo((_w, _h)));
-            Assert.That(up.ToMask((float)_predictor.MaskThreshold).Data, Is.EqualTo(pub.Masks()[k].Data), $"mask {k}");
+            AssertIdentical<byte>(up.ToMask((float)_predictor.MaskThreshold).Data, pub.Masks()[k].Data, $"mask {k}");
         }
     }
 
@@ -418,7 +427,7 @@ public class Sam3InteractivePredictorTests
         Assert.That(live[4], Is.EqualTo(live[1]), "live tensor count grows across interactive calls");
         // The first result is the caller's: later calls leave it as it was.
         Assert.That(first.IouScores(), Is.EqualTo(firstIou));
-        Assert.That(first.BestMask().Data, Is.EqualTo(firstMask));
+        AssertIdentical<byte>(first.BestMask().Data, firstMask, "first best mask");
     }
 
     [Test]
