@@ -54,7 +54,8 @@ public sealed class ImageDetections : IReadOnlyList<Detection>
     /// <summary>Number of detections.</summary>
     public int Count => _items.Length;
     /// <summary>Detection <paramref name="index"/>.</summary>
-    public Detection this[int index] => _items[index];
+    public Detection this[int index] => (uint)index < (uint)_items.Length ? _items[index]
+        : throw new ArgumentOutOfRangeException(nameof(index), index, $"detection index must be in [0, {_items.Length})");
 
     /// <summary>Scores of all detections.</summary>
     public float[] Scores() => _items.Select(d => d.Score).ToArray();

@@ -126,6 +126,8 @@ public sealed class Sam3ImagePredictor : IDisposable
     internal static Sam3ImageState SetPreprocessed(Sam3Model owner, Tensor input, IReadOnlyList<(int Height, int Width)> originalSizes,
         CancellationToken cancellationToken = default)
     {
+        ArgumentNullException.ThrowIfNull(input);
+        ArgumentNullException.ThrowIfNull(originalSizes);
         var model = owner.Network;
         int s = model.Config.ImageSize;
         if (input.dim() != 4 || input.shape[1] != 3 || input.shape[2] != s || input.shape[3] != s)

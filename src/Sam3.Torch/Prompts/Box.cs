@@ -99,10 +99,10 @@ public readonly record struct Box
     /// <summary>True when all four numbers are finite.</summary>
     public bool IsFinite => float.IsFinite(A) && float.IsFinite(B) && float.IsFinite(C) && float.IsFinite(D);
 
-    internal static void CheckSize(int width, int height)
+    internal static void CheckSize(int imageWidth, int imageHeight)
     {
-        if (width <= 0) throw new ArgumentOutOfRangeException(nameof(width), width, "image width must be positive");
-        if (height <= 0) throw new ArgumentOutOfRangeException(nameof(height), height, "image height must be positive");
+        if (imageWidth <= 0) throw new ArgumentOutOfRangeException(nameof(imageWidth), imageWidth, "image width must be positive");
+        if (imageHeight <= 0) throw new ArgumentOutOfRangeException(nameof(imageHeight), imageHeight, "image height must be positive");
     }
 
     /// <summary>e.g. <c>xyxy(10, 20, 110, 220) px</c>.</summary>

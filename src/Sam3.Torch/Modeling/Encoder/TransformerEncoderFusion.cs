@@ -48,7 +48,7 @@ internal sealed class TransformerEncoderFusion : nn.Module
             layer.layer_idx = i;
             layers.Add(layer);
         }
-        if (num_feature_levels > 1) level_embed = new Parameter(torch.empty(num_feature_levels, e.DModel));
+        if (num_feature_levels > 1) level_embed = new Parameter(torch.randn(num_feature_levels, e.DModel)); // upstream: normal_ init
         if (add_pooled_text_to_img_feat) text_pooling_proj = nn.Linear(e.DModel, e.DModel);
         RegisterComponents();
     }

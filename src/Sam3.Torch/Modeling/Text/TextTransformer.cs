@@ -38,12 +38,16 @@ internal sealed class TextTransformer : nn.Module<Tensor, Tensor>
         output_dim = c.OutputDim;
         causal_mask = c.CausalMask;
         token_embedding = nn.Embedding(c.VocabSize, c.Width);
-        positional_embedding = new Parameter(torch.empty(c.ContextLength, c.Width));
+        // open_clip's init_parameters (random-weight models only; a checkpoint overwrites both)
+        positional_embedding = new Parameter(torch.randn(c.ContextLength, c.Width) * PositionalInitStd);
         transformer = new Transformer(c.Width, c.Layers, c.Heads, c.MlpHiddenDim, layerNormEps);
         if (c.UseLnPost) ln_final = nn.LayerNorm(c.Width, layerNormEps);
-        text_projection = new Parameter(torch.empty(c.Width, c.OutputDim));
+        text_projection = new Parameter(torch.randn(c.Width, c.OutputDim) * Math.Pow(c.Width, -0.5));
         RegisterComponents();
     }
+
+    /// <summary>Standard deviation of the random positional embedding (open_clip <c>init_parameters</c>).</summary>
+    private const double PositionalInitStd = 0.01;
 
     /// <summary>Additive causal mask [L,L] (−inf above the diagonal, 0 elsewhere), cached per device.</summary>
     public Tensor CausalMask(Device device, int seqLen)
