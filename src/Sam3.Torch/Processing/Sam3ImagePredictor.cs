@@ -171,16 +171,22 @@ public sealed class Sam3ImagePredictor : IDisposable
         CheckState(state);
         ArgumentNullException.ThrowIfNull(text);
         if (string.IsNullOrWhiteSpace(text)) throw new Sam3PromptException($"the text prompt is empty ('{text}')");
-        cancellationToken.ThrowIfCancellationRequested();
         string? previous = state.TextPrompt;
-        state.TextPrompt = text;
+        return Transactional(state, () => state.TextPrompt = text, () => state.TextPrompt = previous, cancellationToken);
+    }
+
+    /// <summary>Applies a prompt change and runs the detector; on failure or cancellation the change is undone.</summary>
+    private IReadOnlyList<DetectionTensors> Transactional(Sam3ImageState state, Action apply, Action undo, CancellationToken cancellationToken)
+    {
+        cancellationToken.ThrowIfCancellationRequested();
+        apply();
         try
         {
             return PredictCore(state, cancellationToken);
         }
         catch
         {
-            state.TextPrompt = previous;
+            undo();
             throw;
         }
     }
@@ -197,17 +203,7 @@ public sealed class Sam3ImagePredictor : IDisposable
     {
         CheckState(state);
         NormalizedCxcywh(state, box); // validates
-        cancellationToken.ThrowIfCancellationRequested();
-        state.AddBox(box);
-        try
-        {
-            return PredictCore(state, cancellationToken);
-        }
-        catch
-        {
-            state.RemoveLastBox();
-            throw;
-        }
+        return Transactional(state, () => state.AddBox(box), state.RemoveLastBox, cancellationToken);
     }
 
     /// <summary>
@@ -222,17 +218,7 @@ public sealed class Sam3ImagePredictor : IDisposable
     {
         CheckState(state);
         NormalizedPoint(state, point); // validates
-        cancellationToken.ThrowIfCancellationRequested();
-        state.AddPoint(point);
-        try
-        {
-            return PredictCore(state, cancellationToken);
-        }
-        catch
-        {
-            state.RemoveLastPoint();
-            throw;
-        }
+        return Transactional(state, () => state.AddPoint(point), state.RemoveLastPoint, cancellationToken);
     }
 
     /// <summary>Removes every prompt of the state (the image features stay).</summary>
