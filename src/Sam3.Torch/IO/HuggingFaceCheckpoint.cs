@@ -153,7 +153,8 @@ internal sealed class HuggingFaceCheckpoint : ICheckpoint
             using var scope = NewDisposeScope();
             var first = _hf.Load(p.HfKeys[0]);
             foreach (var other in p.HfKeys.Skip(1))
-                if (!first.equal(_hf.Load(other)).item<bool>())
+                if (_hf.Load(other) is var second && (!second.shape.SequenceEqual(first.shape)
+                    || !second.contiguous().bytes.SequenceEqual(first.contiguous().bytes)))
                     notes.Add($"'{p.HfKeys[0]}' and '{other}' differ; '{p.HfKeys[0]}' is used for '{p.OriginalKey}'");
         }
         return notes;

@@ -116,7 +116,11 @@ internal static class HuggingFaceConverter
             double scale = c.UseInterpRope ? (double)c.RopePtSide / side : 1.0;
             Tensor t;
             using (var scope = NewDisposeScope())
-                t = AxialRope.ComputeAxialCisAsReal(c.HeadDim, side, side, c.RopeTheta, scale).MoveToOuterDisposeScope();
+            {
+                // torch.polar(1, angle) as upstream's compute_axial_cis (bit-exact with the released tables on CPU)
+                var angles = AxialRope.ComputeAngles(c.HeadDim, side, side, c.RopeTheta, scale);
+                t = torch.view_as_real(torch.polar(torch.ones_like(angles), angles)).MoveToOuterDisposeScope();
+            }
             list.Add(($"blocks.{i}.attn.freqs_cis", t.DetachFromDisposeScope()));
         }
         return list;

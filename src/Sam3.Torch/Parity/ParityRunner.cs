@@ -63,7 +63,7 @@ public sealed partial class ParityRunner : IDisposable
         return result;
     }
 
-    private Sam3Image Model => _model ??= Sam3ModelLoader.LoadImageModel(Path.Combine(ModelDirectory, "model.safetensors"), Config);
+    private Sam3Image Model => _model ??= LoadModel();
 
     private ClipBpeTokenizer Tokenizer => _tokenizer ??= ClipBpeTokenizer.FromBpeGz(Path.Combine(FixtureRoot, "inputs", "bpe_simple_vocab_16e6.txt.gz"),
         new ClipTokenizerOptions { Text = Config.Text });
