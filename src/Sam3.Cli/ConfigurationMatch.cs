@@ -15,7 +15,7 @@ namespace Sam3.Cli;
 /// The ViT RoPE tables (<c>*.attn.freqs_cis</c>), which the model recomputes rather than registers, are checked as
 /// the loader checks them: every table must be present, with the recomputed shape and values.
 /// </summary>
-public sealed class ConfigurationMatch
+public sealed partial class ConfigurationMatch
 {
     /// <summary>The key comparison (null when the key layout itself is not loadable, see <see cref="LayoutProblem"/>).</summary>
     public StateDictComparison? Comparison { get; private init; }
@@ -36,6 +36,7 @@ public sealed class ConfigurationMatch
     /// <summary>Compares <paramref name="checkpoint"/> with the image model of <paramref name="cfg"/> (interactive heads included).</summary>
     public static ConfigurationMatch Check(ICheckpoint checkpoint, Sam3Config cfg)
     {
+        if (StateDictMapper.DetectLayout(checkpoint.Names) == CheckpointLayout.HuggingFace) return CheckHuggingFace(checkpoint, cfg);
         using var model = OnMeta(() => Sam3ModelLoader.Build(cfg, enableInstInteractivity: true));
         var expected = ExpectedTensor.FromModule(model);
 
