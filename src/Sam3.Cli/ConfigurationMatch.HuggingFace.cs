@@ -13,6 +13,21 @@ public sealed partial class ConfigurationMatch
     public List<string> HuggingFaceLines { get; } = new();
 
     /// <summary>
+    /// A released-layout file without any of the detector point projections (converted from the HF layout): the loader
+    /// accepts it with detector point prompts disabled, so they are reported as a note, not as missing keys.
+    /// </summary>
+    private void ExcuseAbsentPointProjections()
+    {
+        if (Comparison is not { } c) return;
+        var points = c.Missing.Where(e => e.Key.StartsWith("geometry_encoder.points_", StringComparison.Ordinal)).ToList();
+        if (points.Count == 0 || c.Matched.Any(m => m.Expected.Key.StartsWith("geometry_encoder.points_", StringComparison.Ordinal))
+            || c.WrongShape.Any(w => w.Key.StartsWith("geometry_encoder.points_", StringComparison.Ordinal))) return;
+        foreach (var p in points) c.Missing.Remove(p);
+        HuggingFaceLines.Add($"note:       no detector point projections ({points.Count} tensors, e.g. converted from the Hugging Face layout): " +
+                             "loads with detector point prompts unavailable (boxes, text and interactive points work)");
+    }
+
+    /// <summary>
     /// The HF layout: read through <see cref="HuggingFaceCheckpoint"/> as the loader reads it (the six detector point
     /// projections may be absent, the RoPE tables are recomputed), and the file's key/shape list compared with the one
     /// predicted for the configuration (<see cref="HuggingFaceLayout.PlanToHf"/> of its released key list).

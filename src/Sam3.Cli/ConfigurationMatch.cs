@@ -84,6 +84,7 @@ public sealed partial class ConfigurationMatch
         foreach (var (key, table) in tables)
             if (!provided.Contains(key) && !comparison.WrongShape.Any(w => w.Key == key))
                 comparison.Missing.Add(new ExpectedTensor(key, table.shape[..^1], ScalarType.ComplexFloat32, IsBuffer: true));
+        result.ExcuseAbsentPointProjections();
         return result;
     }
 
