@@ -67,6 +67,16 @@ public class HuggingFaceCliTests
     }
 
     [Test]
+    public void PtConvertsToTheHfLayout()
+    {
+        string pt = Path.Combine(_dir, "tiny.pt"), hf = Path.Combine(_dir, "hf.safetensors");
+        CliTests.WriteAsPt(SharedData.Parity("tiny", "model.safetensors"), pt);
+        var r = Run("convert", pt, hf, "--layout", "hf");
+        Assert.That(r.Code, Is.EqualTo(0), r.Out + r.Err);
+        Assert.That(File.ReadAllBytes(hf), Is.EqualTo(File.ReadAllBytes(TinyHf)));
+    }
+
+    [Test]
     public void UsageErrors()
     {
         string outPath = Path.Combine(_dir, "x.safetensors");
