@@ -256,6 +256,21 @@ public class HuggingFaceLayoutTests
         }
     }
 
+    [Test]
+    public void TokenizerFilesOfTheFolderTokenizeLikeTheReferenceVocabulary()
+    {
+        var files = HuggingFaceFolder.TokenizerFiles(TinyHfFolder);
+        Assert.That(files, Is.Not.Null);
+        var options = new Sam3.Torch.Text.ClipTokenizerOptions { Text = Sam3Config.Tiny.Text };
+        var hf = Sam3.Torch.Text.ClipBpeTokenizer.FromHuggingFace(files!.Value.Vocab, files.Value.Merges, options);
+        var gz = Sam3.Torch.Text.ClipBpeTokenizer.FromBpeGz(SharedData.Parity("inputs", "bpe_simple_vocab_16e6.txt.gz"), options);
+        using var scope = NewDisposeScope();
+        string[] texts = ["a cat", "two dogs on a red couch", "Zebra's stripes!", ""];
+        var (a, am) = hf.TokenizeToTensors(texts);
+        var (b, bm) = gz.TokenizeToTensors(texts);
+        Assert.That(BitEqual(a, b) && BitEqual(am, bm), Is.True);
+    }
+
     // ------------------------------------------------------------------ config.json
 
     [Test]
