@@ -189,6 +189,21 @@ public class HuggingFaceLayoutTests
         Assert.That(e2.WrongShapeKeys, Does.Contain("backbone.language_backbone.encoder.transformer.resblocks.0.attn.in_proj_weight"));
     }
 
+    [Test]
+    public void LoadsWithoutTheInteractiveHeadsAndPartialPointProjectionsAreStillAnError()
+    {
+        using (var model = Sam3ModelLoader.LoadImageModel(TinyHf, Sam3Config.Tiny, new Sam3LoadOptions { EnableInstInteractivity = false }))
+            Assert.That(model.inst_interactive_predictor, Is.Null);
+
+        // a released-layout file missing only some of the point projections is not the HF case: strict error naming them
+        using var orig = SafetensorsFile.Open(TinyOriginal);
+        const string gone = "detector.geometry_encoder.points_pool_project.bias";
+        string path = Path.Combine(_tmp, "partial.safetensors");
+        SafetensorsWriter.Write(path, orig.Names.Where(n => n != gone && !orig.IsComplexAsReal(n)).Select(n => KeyValuePair.Create(n, orig.Load(n))).ToList());
+        var e = Assert.Throws<Sam3CheckpointMismatchException>(() => Sam3ModelLoader.LoadImageModel(path, Sam3Config.Tiny))!;
+        Assert.That(e.MissingKeys, Does.Contain("geometry_encoder.points_pool_project.bias"));
+    }
+
     [Test, Category("Parity")]
     public void ScenariosAAndDPassFromTheHfFolder_CFailsOnlyAtItsPointStep()
     {
