@@ -16,7 +16,7 @@ namespace Sam3.Cli;
 /// The ViT RoPE tables (<c>*.attn.freqs_cis</c>), which the model recomputes rather than registers, are checked as
 /// the loader checks them: every table must be present, with the recomputed shape and values.
 /// </summary>
-internal sealed class ConfigurationMatch
+internal sealed partial class ConfigurationMatch
 {
     /// <summary>The key comparison (null when the key layout itself is not loadable, see <see cref="LayoutProblem"/>).</summary>
     public StateDictComparison? Comparison { get; private init; }
@@ -37,6 +37,7 @@ internal sealed class ConfigurationMatch
     /// <summary>Compares <paramref name="checkpoint"/> with the image model of <paramref name="cfg"/> (interactive heads included).</summary>
     public static ConfigurationMatch Check(ICheckpoint checkpoint, Sam3Config cfg)
     {
+        if (StateDictMapper.DetectLayout(checkpoint.Names) == CheckpointLayout.HuggingFace) return CheckHuggingFace(checkpoint, cfg);
         using var model = OnMeta(() => Sam3ModelLoader.Build(cfg, enableInstInteractivity: true));
         var expected = ExpectedTensor.FromModule(model);
 
@@ -84,6 +85,7 @@ internal sealed class ConfigurationMatch
         foreach (var (key, table) in tables)
             if (!provided.Contains(key) && !comparison.WrongShape.Any(w => w.Key == key))
                 comparison.Missing.Add(new ExpectedTensor(key, table.shape[..^1], ScalarType.ComplexFloat32, IsBuffer: true));
+        result.ExcuseAbsentPointProjections();
         return result;
     }
 

@@ -13,21 +13,21 @@ namespace Sam3.Cli;
 /// </summary>
 internal static class ConvertCommand
 {
-    public const string Synopsis = "sam3 convert IN OUT.safetensors [--force]";
+    public const string Synopsis = "sam3 convert IN OUT.safetensors [--layout hf|original [--config C] [--sidecar F]] [--force]";
 
     public const string Help = """
-        sam3 convert IN OUT.safetensors [--force]
+        sam3 convert IN OUT.safetensors [--layout hf|original [--config C] [--sidecar F]] [--force]
 
         Converts a checkpoint (PyTorch .pt zip format, or safetensors) into a safetensors file with the same keys
         (complex RoPE tables stored as float32 [..., 2] marked complex64_as_real), which later loads memory-mapped.
         Progress goes to stderr. An existing OUT is only replaced with --force; OUT's folder is created if missing.
-        """;
+        """ + "\n" + ConvertLayout.Help;
 
     private static readonly CultureInfo Inv = CultureInfo.InvariantCulture;
 
     public static int Run(string[] args, TextWriter stdout, TextWriter stderr, bool stderrIsTerminal)
     {
-        var a = CliArgs.Parse(args, valueOptions: [], flagOptions: ["force", "help"]);
+        var a = CliArgs.Parse(args, valueOptions: ["layout", "config", "sidecar"], flagOptions: ["force", "help"]);
         if (a.Flag("help"))
         {
             stdout.WriteLine(Help);
@@ -45,6 +45,12 @@ internal static class ConvertCommand
         if (File.Exists(output) && !a.Flag("force"))
             throw new Sam3Exception($"convert: {output} already exists (use --force to replace it)");
 
+        if (a.Value("layout") is { } layout)
+        {
+            if (Path.GetDirectoryName(Path.GetFullPath(output)) is { } dir) Directory.CreateDirectory(dir);
+            if (ConvertLayout.Run(input, output, layout, a.Value("config"), a.Value("sidecar"), stdout, stderr, stderrIsTerminal) is { } code) return code;
+        }
+        else if (a.Value("config") is not null || a.Value("sidecar") is not null) throw new UsageException("--config and --sidecar need --layout original");
         var watch = Stopwatch.StartNew();
         Dictionary<string, long> bytesByKey;
         CheckpointFormat format;

@@ -19,9 +19,11 @@ internal static class InspectCommand
 
     public const string Help = """
         sam3 inspect CHECKPOINT [--config full|tiny|PATH]
+        (PATH: a config.json of this library's schema, or the transformers config.json of a hub snapshot)
 
-        Prints the checkpoint's format (pt / safetensors), key layout (released: detector.*, tracker.*; or the image
-        model's own keys), key count, parameter count (buffers excluded), data size and dtype histogram, then checks
+        Prints the checkpoint's format (pt / safetensors), key layout (released: detector.*, tracker.*; the image
+        model's own keys; or the Hugging Face transformers layout of the hub model.safetensors, whose key list is
+        also checked against the one predicted for the configuration), key count, parameter count (buffers excluded), data size and dtype histogram, then checks
         that its keys and shapes fit the image model (with the interactive heads) of the configuration: the built-in
         'full' (default) or 'tiny' configuration, or a config.json. Exit code 0 when it fits, 1 when it does not.
         """;
@@ -57,6 +59,7 @@ internal static class InspectCommand
         var match = ConfigurationMatch.Check(checkpoint, cfg);
         string configLabel = configName.ToLowerInvariant() is "full" or "tiny" ? configName.ToLowerInvariant() : $"{cfg.Name} ({configName})";
         stdout.WriteLine($"config:     {configLabel}: image model with interactive heads, {match.ExpectedCount.ToString("N0", Inv)} tensors (RoPE tables included)");
+        foreach (var line in match.HuggingFaceLines) stdout.WriteLine(line);
         if (match.Unmapped.Count > 0)
             stdout.WriteLine($"unused:     {match.Unmapped.Count.ToString("N0", Inv)} checkpoint key(s) not loaded by the image model (ignored, as the reference does), e.g. {match.Unmapped[0]}");
 
@@ -86,6 +89,8 @@ internal static class InspectCommand
     {
         if (nameOrPath.ToLowerInvariant() is not ("full" or "tiny") && !File.Exists(nameOrPath))
             throw new UsageException($"--config expects full, tiny or a configuration file; '{nameOrPath}' not found");
+        if (File.Exists(nameOrPath) && Sam3.Torch.Config.HuggingFaceConfig.IsHfConfigJson(File.ReadAllText(nameOrPath)))
+            return Sam3.Torch.IO.HuggingFaceFolder.LoadConfig(nameOrPath).Config; // transformers config.json (hub snapshot)
         return Sam3Config.Resolve(nameOrPath);
     }
 
@@ -101,7 +106,7 @@ internal static class InspectCommand
     {
         CheckpointLayout.Released => "released (detector.*, tracker.*)",
         CheckpointLayout.ImageModel => "image model (backbone.*, transformer.*, ...)",
-        CheckpointLayout.HuggingFace => "Hugging Face transformers (not supported)",
+        CheckpointLayout.HuggingFace => "Hugging Face transformers (detector_model.*, tracker_model.*, tracker_neck.*)",
         _ => "unknown",
     };
 }

@@ -8,14 +8,15 @@ namespace Sam3.Cli;
 internal static class ParityCommand
 {
     public const string Usage = """
-        sam3 parity --reference DIR [--scenario a,b,c ...] [--model tiny] [--atol 1e-4] [--rtol 1e-4] [--all-tensors]
+        sam3 parity --reference DIR [--scenario a,b,c ...] [--model tiny] [--checkpoint F] [--atol 1e-4] [--rtol 1e-4] [--all-tensors]
           DIR holds inputs/ and the model folder (config.json, model.safetensors, <x>_<name>.json/.safetensors).
           Scenarios match by prefix (a = a_image_text); default: all. Exit 0 only if every scenario passes.
+          --checkpoint: run with this checkpoint file or folder (e.g. DIR/tiny_hf, the Hugging Face layout) instead of MODEL/model.safetensors.
         """;
 
     public static int Run(string[] args, TextWriter stdout, TextWriter stderr)
     {
-        var a = CliArgs.Parse(args, ["reference", "scenario", "model", "atol", "rtol"], ["help", "all-tensors"]);
+        var a = CliArgs.Parse(args, ["reference", "scenario", "model", "checkpoint", "atol", "rtol"], ["help", "all-tensors"]);
         if (a.Flag("help")) { stdout.WriteLine(Usage); return 0; }
         if (a.Positional.Count > 0) throw new UsageException($"parity: unexpected argument '{a.Positional[0]}'");
         string reference = a.Required("reference");
@@ -27,7 +28,9 @@ internal static class ParityCommand
         string model = a.Value("model") ?? "tiny";
         if (!Directory.Exists(Path.Combine(reference, model)))
             throw new UsageException($"--reference {reference}: no '{model}' model folder (expected {Path.Combine(reference, model)} with config.json and the scenario files)");
-        using var runner = new ParityRunner(reference, model, new Tolerance(atol, rtol));
+        string? checkpoint = a.Value("checkpoint");
+        if (checkpoint is not null && !File.Exists(checkpoint) && !Directory.Exists(checkpoint)) throw new UsageException($"--checkpoint {checkpoint}: not found");
+        using var runner = new ParityRunner(reference, model, new Tolerance(atol, rtol)) { CheckpointOverride = checkpoint };
         IReadOnlyList<string> scenarios;
         try
         {

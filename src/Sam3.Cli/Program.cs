@@ -11,12 +11,12 @@ internal static class Program
           sam3 inspect CHECKPOINT [--config full|tiny|PATH]
               Format, key layout, key and parameter counts, dtypes; checks the keys and shapes against the image
               model of a configuration (default full). Exit code 1 when they do not fit.
-          sam3 convert IN OUT.safetensors [--force]
+          sam3 convert IN OUT.safetensors [--layout hf|original] [--force]
               Convert a PyTorch checkpoint (.pt) to safetensors (memory-mappable); --force replaces an existing OUT.
           sam3 segment --checkpoint PATH --image IMG [--image IMG ...] --out DIR [--text "red car"]
                        [--box cx,cy,w,h[:neg] ...] [--box-xyxy x0,y0,x1,y1[:neg] ...] [--threshold 0.5] [--config full|tiny|PATH]
               Segment images; writes an overlay PNG and COCO-RLE JSON per image.
-          sam3 parity --reference DIR [--scenario a,b,c] [--atol X --rtol Y]
+          sam3 parity --reference DIR [--scenario a,b,c] [--checkpoint F] [--atol X --rtol Y]
               Run reference scenarios (PyTorch fixtures) through this library; prints 'parity: N passed, M failed'.
           sam3 COMMAND --help
           sam3 --help | --version

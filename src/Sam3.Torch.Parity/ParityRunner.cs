@@ -67,12 +67,8 @@ internal sealed partial class ParityRunner : IDisposable
     private Sam3ImageModel Model => Api.Network;
 
     /// <summary>The model through the public API (loaded once, from the fixture's checkpoint and the shared vocabulary).</summary>
-    private Sam3Model Api => _api ??= Sam3Model.FromNetwork(
-        Sam3ModelLoader.LoadImageModel(CheckpointPath ?? Path.Combine(ModelDirectory, "model.safetensors"), Config), Tokenizer);
+    private Sam3Model Api => _api ??= Sam3Model.FromNetwork(LoadModel(), Tokenizer);
     private Sam3Model? _api;
-
-    /// <summary>Checkpoint to load instead of the fixture folder's <c>model.safetensors</c> (same architecture).</summary>
-    public string? CheckpointPath { get; init; }
 
     private ClipBpeTokenizer Tokenizer => _tokenizer ??= ClipBpeTokenizer.FromBpeGz(Path.Combine(FixtureRoot, "inputs", "bpe_simple_vocab_16e6.txt.gz"),
         new ClipTokenizerOptions { Text = Config.Text });

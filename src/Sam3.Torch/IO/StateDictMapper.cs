@@ -30,8 +30,8 @@ internal sealed record KeyMapping(string Source, string Target);
 /// Hugging Face layout: transformers' <c>convert_sam3_video_to_hf.py</c> renames nearly every module
 /// (<c>backbone.vision_backbone.trunk.blocks.N.attn.proj</c> → <c>vision_encoder.backbone.layers.N.attention.o_proj</c>,
 /// <c>freqs_cis</c> → <c>rotary_emb.rope_embeddings</c>, ...) and splits every fused <c>qkv</c>/<c>in_proj_*</c> tensor into
-/// <c>q_proj/k_proj/v_proj</c>, so loading it needs tensor concatenation, not only renaming. It is detected and rejected
-/// with a clear message for now.
+/// <c>q_proj/k_proj/v_proj</c>, so loading it needs tensor concatenation, not only renaming: see <see cref="HuggingFaceLayout"/>
+/// and <see cref="HuggingFaceCheckpoint"/> (the mapping functions here refuse it with a message saying so).
 /// </para>
 /// </summary>
 internal static class StateDictMapper
@@ -110,8 +110,8 @@ internal static class StateDictMapper
     {
         string first = keys.FirstOrDefault(IsHuggingFaceKey) ?? keys.FirstOrDefault() ?? "<no keys>";
         return layout == CheckpointLayout.HuggingFace
-            ? new Sam3CheckpointException($"Hugging Face transformers layout not supported yet: {first} " +
-                                          "(use the original facebook/sam3 'sam3.pt' checkpoint, whose keys start with 'detector.' and 'tracker.')")
+            ? new Sam3CheckpointException($"Hugging Face transformers layout ({first}) is not a key renaming (q/k/v split, tensors restacked): " +
+                                          "Sam3ModelLoader loads it through HuggingFaceCheckpoint, and 'sam3 convert IN OUT --layout original' writes the released layout")
             : new Sam3CheckpointException($"unrecognised checkpoint key layout (first key '{first}'); expected the released SAM3 layout (detector.*, tracker.*) or the image model's own keys");
     }
 

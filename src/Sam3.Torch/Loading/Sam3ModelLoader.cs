@@ -1,3 +1,4 @@
+using Sam3.Torch.Loading;
 using Sam3.Torch.Config;
 using Sam3.Torch.IO;
 using Sam3.Torch.Modeling.Heads;
@@ -66,6 +67,8 @@ internal static class Sam3ModelLoader
     /// <summary>Strictly loads an open checkpoint into <paramref name="model"/> and verifies the RoPE tables.</summary>
     public static void LoadInto(Sam3ImageModel model, ICheckpoint checkpoint, Sam3LoadOptions options)
     {
+        // Hugging Face layout (hub model.safetensors), or a file without the detector point projections.
+        if (HuggingFaceModelLoading.Handles(model, checkpoint)) { HuggingFaceModelLoading.LoadInto(model, checkpoint, options); return; }
         var layout = StateDictMapper.DetectLayout(checkpoint.Names);
         bool inst = model.inst_interactive_predictor is not null;
         var mapping = layout switch

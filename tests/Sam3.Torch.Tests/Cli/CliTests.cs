@@ -338,7 +338,7 @@ public class CliTests
         }
     }
 
-    private static void WriteAsPt(string safetensorsPath, string ptPath)
+    internal static void WriteAsPt(string safetensorsPath, string ptPath)
     {
         using var src = SafetensorsFile.Open(safetensorsPath);
         var builder = new TorchPtBuilder();

@@ -90,7 +90,7 @@ public class CheckpointMappingAndInspectorTests
         string[] hf = ["detector_model.vision_encoder.backbone.layers.0.attention.q_proj.weight", "tracker_model.prompt_encoder.point_embed.weight"];
         Assert.That(StateDictMapper.DetectLayout(hf), Is.EqualTo(CheckpointLayout.HuggingFace));
         var ex = Assert.Throws<Sam3CheckpointException>(() => StateDictMapper.ForImageModel(hf, true));
-        Assert.That(ex!.Message, Does.StartWith("Hugging Face transformers layout not supported yet: detector_model.vision_encoder.backbone.layers.0.attention.q_proj.weight"));
+        Assert.That(ex!.Message, Does.StartWith("Hugging Face transformers layout (detector_model.vision_encoder.backbone.layers.0.attention.q_proj.weight) is not a key renaming"));
         Assert.Throws<Sam3CheckpointException>(() => StateDictMapper.ForImageModel(["foo.bar"], true));
         Assert.That(StateDictMapper.ForImageModel(["backbone.a"], true).Single(), Is.EqualTo(new KeyMapping("backbone.a", "backbone.a")));
         Assert.That(StateDictMapper.ForVideoModel(["detector.a", "tracker.b"]).Select(m => m.Target), Is.EqualTo(new[] { "detector.a", "tracker.b" }));

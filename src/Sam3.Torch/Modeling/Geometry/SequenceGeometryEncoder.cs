@@ -40,6 +40,8 @@ internal sealed class SequenceGeometryEncoder : nn.Module
     public int d_model { get; }
     public int roi_size { get; }
     public bool encode_boxes_as_points { get; }
+    /// <summary>Set when the point projections were not in the checkpoint (Hugging Face layout): why point prompts are refused.</summary>
+    internal string? PointProjectionsUnavailable { get; set; }
 
     public SequenceGeometryEncoder(Sam3Config cfg) : base(nameof(SequenceGeometryEncoder))
     {
@@ -166,6 +168,7 @@ internal sealed class SequenceGeometryEncoder : nn.Module
     private (Tensor, Tensor) EncodePoints(Tensor points, Tensor mask, Tensor labels, Tensor? imgNchw)
     {
         long n = points.shape[0], bs = points.shape[1];
+        if (n > 0 && PointProjectionsUnavailable is { } why) throw new Sam3PromptException($"detector point prompt: {why}");
         Tensor? emb = null;
         if (points_direct_project is not null) emb = points_direct_project.forward(points);
         if (points_pool_project is not null)
