@@ -49,11 +49,16 @@ internal sealed class BatchedDatapoint : IDisposable
     /// </summary>
     /// <param name="allowRepeatedIds">Whether several queries may share a coco_image_id (upstream then concatenates their
     /// results); false = an error.</param>
-    public static BatchedDatapoint Collate(IReadOnlyList<Datapoint> datapoints, InferenceTransform transform, bool allowRepeatedIds)
+    /// <param name="repeatedIdsNeedSameSize">Whether queries sharing an id must have the same original size (their masks
+    /// are concatenated).</param>
+    /// <param name="datapoints">The datapoints, in batch order.</param>
+    /// <param name="transform">The inference transform.</param>
+    public static BatchedDatapoint Collate(IReadOnlyList<Datapoint> datapoints, InferenceTransform transform, bool allowRepeatedIds,
+        bool repeatedIdsNeedSameSize = false)
     {
         ArgumentNullException.ThrowIfNull(datapoints);
         if (datapoints.Count == 0) throw new Sam3ImageException("the batch has no datapoint");
-        Validate(datapoints, allowRepeatedIds);
+        Validate(datapoints, allowRepeatedIds, repeatedIdsNeedSameSize);
         using var scope = NewDisposeScope();
         var resized = new List<byte[]>();
         var images = new List<Tensor>();
@@ -123,7 +128,7 @@ internal sealed class BatchedDatapoint : IDisposable
     }
 
     /// <summary>The checks that name a bad query (before any image is transformed).</summary>
-    internal static void Validate(IReadOnlyList<Datapoint> datapoints, bool allowRepeatedIds)
+    internal static void Validate(IReadOnlyList<Datapoint> datapoints, bool allowRepeatedIds, bool repeatedIdsNeedSameSize = false)
     {
         var seen = new Dictionary<long, FindQuery>();
         for (int d = 0; d < datapoints.Count; d++)
@@ -153,8 +158,16 @@ internal sealed class BatchedDatapoint : IDisposable
                     if (b.X0 < 0 || b.Y0 < 0 || b.X1 > img.Width || b.Y1 > img.Height)
                         throw new Sam3QueryException(id, $"{q}: box {box} lies outside the {img.Width}x{img.Height} image");
                 }
-                if (!seen.TryAdd(id, q) && !allowRepeatedIds)
-                    throw new Sam3QueryException(id, $"{q}: coco_image_id {id} is already used by {seen[id]} (ids key the results; use distinct ids)");
+                if (!seen.TryAdd(id, q))
+                {
+                    var first = seen[id];
+                    if (!allowRepeatedIds)
+                        throw new Sam3QueryException(id, $"{q}: coco_image_id {id} is already used by {first} (ids key the results; use distinct ids)");
+                    var m0 = first.InferenceMetadata;
+                    if (repeatedIdsNeedSameSize && (m0.OriginalHeight != meta.OriginalHeight || m0.OriginalWidth != meta.OriginalWidth))
+                        throw new Sam3QueryException(id, $"{q}: shares id {id} with {first} but the two have different original sizes "
+                            + $"({meta.OriginalWidth}x{meta.OriginalHeight} vs {m0.OriginalWidth}x{m0.OriginalHeight}): their masks cannot be merged (use distinct ids or IouType.Bbox)");
+                }
             }
         }
     }

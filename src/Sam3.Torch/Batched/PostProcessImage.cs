@@ -127,6 +127,8 @@ public sealed class PostProcessImage
             {
                 using var scope = NewDisposeScope();
                 var items = group.ToList();
+                if (items[0].Masks is not null && items.Any(x => !x.Masks!.shape.Skip(1).SequenceEqual(items[0].Masks!.shape.Skip(1))))
+                    throw new Sam3QueryException(group.Key, $"the queries sharing id {group.Key} have masks of different original sizes: they cannot be merged (use distinct ids or IouType.Bbox)");
                 var scores = items.Count == 1 ? items[0].Scores.alias() : torch.cat(items.Select(x => x.Scores).ToArray(), 0);
                 var labels = items.Count == 1 ? items[0].Labels.alias() : torch.cat(items.Select(x => x.Labels).ToArray(), 0);
                 var boxes = items.Count == 1 ? items[0].Boxes.alias() : torch.cat(items.Select(x => x.Boxes).ToArray(), 0);

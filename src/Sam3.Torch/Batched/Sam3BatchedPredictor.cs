@@ -58,7 +58,8 @@ public sealed class Sam3BatchedPredictor
         ArgumentNullException.ThrowIfNull(postProcessor);
         postProcessor.Validate();
         cancellationToken.ThrowIfCancellationRequested();
-        using var batch = Collate(datapoints, postProcessor.MergeRepeatedIds);
+        using var batch = BatchedDatapoint.Collate(datapoints, _transform, postProcessor.MergeRepeatedIds,
+            repeatedIdsNeedSameSize: postProcessor.IouType == IouType.Segm && postProcessor.UseOriginalSizesMask);
         cancellationToken.ThrowIfCancellationRequested();
         using var output = Forward(batch);
         return postProcessor.Process(output, batch.FindMetadatas);
