@@ -46,6 +46,9 @@ public abstract class BatchedQueryBenchmarksBase
 
     protected abstract Sam3Image BuildModel(out Sam3Config config);
 
+    /// <summary>The class name as BenchmarkDotNet's columns key it (in process the running type is a generated subclass).</summary>
+    protected abstract string Key { get; }
+
     [GlobalSetup]
     public void Setup()
     {
@@ -56,7 +59,7 @@ public abstract class BatchedQueryBenchmarksBase
         _images = ImageNames.Select(n => ImageLoader.Load(Path.Combine(BenchEnvironment.SharedFolder(), "parity", "inputs", n))).ToList();
         _predictor = new Sam3BatchedPredictor(model, _tokenizer);
         _processor = new Sam3Processor(model, _tokenizer, Threshold);
-        Console.WriteLine($"// {GetType().Name} setup: {threads} LibTorch threads, image size {cfg.ImageSize}, {_images.Count} images x {Texts.Length} queries");
+        Console.WriteLine($"// {Key} setup: {threads} LibTorch threads, image size {cfg.ImageSize}, {_images.Count} images x {Texts.Length} queries");
     }
 
     private PostProcessImage Post => new() { DetectionThreshold = Threshold, MaxDetsPerImg = 100 };
@@ -105,13 +108,13 @@ public abstract class BatchedQueryBenchmarksBase
     private BenchEnvironment.CpuTimer Begin(string method)
     {
         _current = method;
-        return BenchEnvironment.MeasureCpu(GetType().Name + "." + method);
+        return BenchEnvironment.MeasureCpu(Key + "." + method);
     }
 
     [GlobalCleanup]
     public void Cleanup()
     {
-        BenchEnvironment.RecordPeakRss(GetType().Name + "." + _current);
+        BenchEnvironment.RecordPeakRss(Key + "." + _current);
         _processor?.Dispose();
         Model?.Dispose();
     }
@@ -122,6 +125,8 @@ public abstract class BatchedQueryBenchmarksBase
 [Config(typeof(BatchedQueryConfig))]
 public class BatchedQueryTinyBenchmarks : BatchedQueryBenchmarksBase
 {
+    protected override string Key => nameof(BatchedQueryTinyBenchmarks);
+
     protected override Sam3Image BuildModel(out Sam3Config config)
     {
         string dir = Path.Combine(BenchEnvironment.SharedFolder(), "parity", "tiny");
@@ -136,6 +141,8 @@ public class BatchedQueryTinyBenchmarks : BatchedQueryBenchmarksBase
 [Config(typeof(BatchedQueryConfig))]
 public class BatchedQueryFullBenchmarks : BatchedQueryBenchmarksBase
 {
+    protected override string Key => nameof(BatchedQueryFullBenchmarks);
+
     protected override Sam3Image BuildModel(out Sam3Config config)
     {
         torch.manual_seed(0);

@@ -44,7 +44,8 @@ public sealed class ImageDetections : IDisposable
     public float[][] BoxArray()
     {
         if (Count == 0) return [];
-        var flat = Boxes.contiguous().data<float>().ToArray();
+        using var contiguous = Boxes.contiguous();
+        var flat = contiguous.data<float>().ToArray();
         return Enumerable.Range(0, Count).Select(i => flat.AsSpan(i * 4, 4).ToArray()).ToArray();
     }
 

@@ -6,6 +6,7 @@ using Sam3.Torch.Modeling.Detector;
 using Sam3.Torch.Processing;
 using Sam3.Torch.Tests.Infrastructure;
 using Sam3.Torch.Text;
+using TorchSharp;
 using static TorchSharp.torch;
 
 namespace Sam3.Torch.Tests.Batched;
@@ -15,7 +16,7 @@ namespace Sam3.Torch.Tests.Batched;
 /// top-k against the unpruned run, RLE against the bool masks, upstream's merge of repeated ids, and batching that does
 /// not change a query's result. Runs the tiny model on the shared images.
 /// </summary>
-[TestFixture, Category("Fast")]
+[TestFixture, Category("Slow")]
 public class BatchedApiTests
 {
     private Sam3Image _model = null!;
@@ -171,6 +172,24 @@ public class BatchedApiTests
         Assert.That(together[4].ScoreArray(), Is.EqualTo(alone[4].ScoreArray()).Within(1e-5));
         Assert.That(together[4].BoxArray().SelectMany(b => b), Is.EqualTo(alone[4].BoxArray().SelectMany(b => b)).Within(1e-2));
         Assert.That(together[1].Masks, Is.Null);
+    }
+
+    [Test]
+    public void RepeatedCallsLeaveNoTensorAlive()
+    {
+        var dp = new Datapoint(_groceries, [new FindQuery("grocery bag", Meta(1, _groceries)), new FindQuery(null, Meta(2, _groceries), [new QueryBox(508, 139, 584, 342)])]);
+        var post = new PostProcessImage { MaxDetsPerImg = 3, ConvertMaskToRle = true };
+        var live = new List<long>();
+        for (int i = 0; i < 4; i++)
+        {
+            using (var r = _predictor.Predict([dp], post))
+            {
+                foreach (var d in r.Values) { _ = d.ScoreArray(); _ = d.BoxArray(); _ = d.LabelArray(); }
+            }
+            live.Add(DisposeScopeManager.Statistics.ThreadTotalLiveCount);
+        }
+        TestContext.Out.WriteLine($"live tensors after each call: {string.Join(", ", live)}");
+        Assert.That(live[3], Is.EqualTo(live[1]), "live tensor count grows across batched calls");
     }
 
     // ------------------------------------------------------------------ transform
