@@ -513,7 +513,7 @@ internal sealed class LabelWorkFolder(string path)
         Directory.CreateDirectory(Path.Combine(path, "images"));
     }
 
-    /// <summary>Ids of the images recorded in the journal whose file exists (a torn last line is ignored).</summary>
+    /// <summary>Ids of the images recorded in the journal whose file exists (lines torn by a kill are ignored).</summary>
     public HashSet<long> DoneImages()
     {
         var done = new HashSet<long>();
@@ -529,8 +529,8 @@ internal sealed class LabelWorkFolder(string path)
             }
             catch (Exception e) when (e is JsonException or NullReferenceException or InvalidOperationException or FormatException)
             {
-                if (i == lines.Length - 1) continue; // torn by a kill mid-append
-                throw new Sam3Exception($"{JournalFile} line {i + 1} is corrupt: remove the work folder or use --force to start over");
+                // a line torn by a kill mid-append (the next append starts a new line after it): that image is not done
+                continue;
             }
             if (File.Exists(ImageFile(id))) done.Add(id);
         }
@@ -568,6 +568,7 @@ internal sealed class LabelProgress(TextWriter writer, bool terminal, int total,
     private readonly Stopwatch _clock = Stopwatch.StartNew();
     private int _done = alreadyDone, _processed, _queries, _nextDecile = (alreadyDone * 10 / Math.Max(1, total) + 1) * 10;
     private bool _lineOpen;
+    private int _width;
 
     public void Report(int images, int queries)
     {
@@ -582,7 +583,8 @@ internal sealed class LabelProgress(TextWriter writer, bool terminal, int total,
             _done, total, percent, ips, qps, eta.ToString(@"h\:mm\:ss", CultureInfo.InvariantCulture));
         if (terminal)
         {
-            writer.Write("\r" + line);
+            writer.Write("\r" + line.PadRight(_width));
+            _width = Math.Max(_width, line.Length);
             _lineOpen = true;
         }
         else if (percent >= _nextDecile || _done == total)

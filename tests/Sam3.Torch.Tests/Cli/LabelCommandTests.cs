@@ -141,12 +141,18 @@ public class LabelCommandTests
         Assert.That(File.Exists(outPath), Is.False, "no results file from a killed run");
         Assert.That(File.ReadAllLines(Path.Combine(work, "journal.jsonl")), Has.Length.EqualTo(1));
         Assert.That(Directory.GetFiles(Path.Combine(work, "images")).Select(Path.GetFileName).Order(), Is.EqualTo(new[] { "1.json", "2.json" }));
-        // and a journal line torn by the kill (no newline) must not break the resume
+        // and a journal line torn by the kill (no newline) must not break the resume...
         File.AppendAllText(Path.Combine(work, "journal.jsonl"), "{\"image_id\":2,\"detec");
+        // ...nor a second kill after the resume has appended behind it (the child redoes image 2, journals it, then dies
+        // on image 3 before journaling it)
+        var second = RunExecutable(new Dictionary<string, string> { [LabelCommand.KillAfterImagesVariable] = "2" }, Common(outPath));
+        Assert.That(second.ExitCode, Is.Not.EqualTo(0), second.ToString());
+        Assert.That(second.Err, Does.Contain("resuming: 1 of 3 image(s) already labelled"));
+        Assert.That(File.Exists(outPath), Is.False);
 
         var resumed = Run(Common(outPath));
         Assert.That(resumed.ExitCode, Is.EqualTo(0), resumed.ToString());
-        Assert.That(resumed.Err, Does.Contain("resuming: 1 of 3 image(s) already labelled"));
+        Assert.That(resumed.Err, Does.Contain("resuming: 2 of 3 image(s) already labelled"));
         Assert.That(File.ReadAllBytes(outPath), Is.EqualTo(_reference), "resumed run = uninterrupted run");
         using var cats = JsonDocument.Parse(File.ReadAllBytes(LabelCommand.CategoriesPath(outPath)));
         Assert.That(cats.RootElement.GetProperty("images").EnumerateArray().Select(i => i.GetProperty("id").GetInt64()), Is.EqualTo(new long[] { 1, 2, 3 }));
