@@ -29,11 +29,14 @@ namespace Sam3.Torch.Benchmarks;
 /// </summary>
 public abstract class BatchedQueryBenchmarksBase
 {
-    /// <summary>The queries asked on every image.</summary>
-    public static readonly string[] Texts = ["car", "tire", "person", "grocery bag"];
+    /// <summary>The queries asked on every image: the first M (SAM3_BENCH_BATCH_QUERIES, default 4) of these.</summary>
+    public static readonly string[] Texts = new[] { "car", "tire", "person", "grocery bag" }[..EnvCount("SAM3_BENCH_BATCH_QUERIES", 4)];
 
-    /// <summary>Images of an invocation (the shared test images, cycled).</summary>
-    public static readonly string[] ImageNames = ["truck.jpg", "groceries.jpg", "test_image.jpg", "truck.jpg"];
+    /// <summary>Images of an invocation: the first N (SAM3_BENCH_BATCH_IMAGES, default 4) of the shared test images, cycled.</summary>
+    public static readonly string[] ImageNames = new[] { "truck.jpg", "groceries.jpg", "test_image.jpg", "truck.jpg" }[..EnvCount("SAM3_BENCH_BATCH_IMAGES", 4)];
+
+    internal static int EnvCount(string name, int max) =>
+        int.TryParse(Environment.GetEnvironmentVariable(name), out int n) && n >= 1 && n <= max ? n : max;
 
     public const double Threshold = 0.3;
 
@@ -154,7 +157,9 @@ public class BatchedQueryFullBenchmarks : BatchedQueryBenchmarksBase
 /// <summary>1 warm-up and 3 measured invocations (model benchmarks' settings) plus the throughput columns.</summary>
 public sealed class BatchedQueryConfig : ModelBenchmarkConfig
 {
-    public BatchedQueryConfig() : base("BatchedQuery", warmupCount: 1, iterationCount: 3)
+    /// <summary>SAM3_BENCH_WARMUP=0 skips the warm-up; SAM3_BENCH_ITERATIONS (1-3) measures fewer invocations (full size on a CPU).</summary>
+    public BatchedQueryConfig() : base("BatchedQuery", warmupCount: Environment.GetEnvironmentVariable("SAM3_BENCH_WARMUP") == "0" ? 0 : 1,
+        iterationCount: BatchedQueryBenchmarksBase.EnvCount("SAM3_BENCH_ITERATIONS", 3))
     {
         AddColumn(new ThroughputColumn("images/s", false), new ThroughputColumn("queries/s", true));
     }
