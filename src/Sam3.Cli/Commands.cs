@@ -14,6 +14,9 @@ internal static partial class Commands
 
     public static int Parity(string[] args, TextWriter stdout, TextWriter stderr) => ParityCommand.Run(args, stdout, stderr);
 
+    /// <summary><c>sam3 label</c> / <c>sam3 label merge</c>: see <see cref="LabelCommand"/>.</summary>
+    public static int Label(string[] args, TextWriter stdout, TextWriter stderr) => LabelCommand.Run(args, stdout, stderr);
+
     /// <summary>True when <paramref name="stderr"/> is <see cref="Console.Error"/> and that is not redirected (a terminal).</summary>
     public static bool IsConsoleTerminal(TextWriter stderr) => ReferenceEquals(stderr, Console.Error) && !Console.IsErrorRedirected;
 }

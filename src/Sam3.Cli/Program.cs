@@ -16,6 +16,11 @@ internal static class Program
           sam3 segment --checkpoint PATH --image IMG [--image IMG ...] --out DIR [--text "red car"]
                        [--box cx,cy,w,h[:neg] ...] [--box-xyxy x0,y0,x1,y1[:neg] ...] [--threshold 0.5] [--config full|tiny|PATH]
               Segment images; writes an overlay PNG and COCO-RLE JSON per image.
+          sam3 label --checkpoint PATH (--images DIR|LIST --prompts "cat,dog" | --queries FILE.jsonl) --out RESULTS.json
+                     [--threshold 0.5] [--max-dets 100] [--shard i/N] [--config full|tiny|PATH]
+              Label a dataset (batched queries): COCO results + categories file; resumable, shardable.
+          sam3 label merge --out RESULTS.json SHARD0.json SHARD1.json ...
+              Join the shard outputs of a label run.
           sam3 parity --reference DIR [--scenario a,b,c] [--checkpoint F] [--atol X --rtol Y]
               Run reference scenarios (PyTorch fixtures) through this library; prints 'parity: N passed, M failed'.
           sam3 COMMAND --help
@@ -51,6 +56,7 @@ internal static class Program
                 "convert" => Commands.Convert(rest, stdout, stderr),
                 "segment" => Commands.Segment(rest, stdout, stderr),
                 "parity" => Commands.Parity(rest, stdout, stderr),
+                "label" => Commands.Label(rest, stdout, stderr),
                 _ => throw new UsageException($"unknown command '{args[0]}' (see sam3 --help)"),
             };
         }

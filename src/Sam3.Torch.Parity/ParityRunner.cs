@@ -90,6 +90,7 @@ internal sealed partial class ParityRunner : IDisposable
                 case "image_batch_text": RunImageBatchText(ctx); break;
                 case "geometric_prompts": RunGeometricPrompts(ctx); break;
                 case "predict_inst": RunPredictInst(ctx); break;
+                case "batched_api": RunBatchedApi(ctx); break;
                 default: throw new NotSupportedException($"scenario kind '{kind}' is not implemented by this runner yet");
             }
             ctx.CheckAllCompared();

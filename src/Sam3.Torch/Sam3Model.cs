@@ -39,6 +39,12 @@ public sealed record Sam3ModelOptions
 
     /// <summary>Build the SAM1-style interactive heads (needed by <see cref="Sam3Model.CreateInteractivePredictor"/>).</summary>
     public bool EnableInteractivePredictor { get; init; } = true;
+
+    /// <summary>
+    /// With a transformers <c>config.json</c> (Hugging Face layout) whose numerics differ from the original architecture
+    /// (the ViT layer-norm epsilon: 1e-6 there, 1e-5 in the original), use the file's values instead of the original ones.
+    /// </summary>
+    public bool UseTransformersNumerics { get; init; }
 }
 
 /// <summary>Where <see cref="Sam3Model.LoadAsync"/> is: a stage ("reading checkpoint", ...) and its progress.</summary>
@@ -62,8 +68,10 @@ public sealed class Sam3Model : IDisposable
     private readonly AsyncLocal<ActivationRecorder?> _recorder = new();
     private Sam3ImageModel? _network;
 
-    private Sam3Model(Sam3ImageModel network, ClipBpeTokenizer tokenizer, string? checkpointPath, string? tokenizerPath, Sam3ModelOptions options)
+    private Sam3Model(Sam3ImageModel network, ClipBpeTokenizer tokenizer, string? checkpointPath, string? tokenizerPath, Sam3ModelOptions options,
+        IReadOnlyList<string>? notes = null)
     {
+        LoadNotes = notes ?? [];
         _network = network;
         Tokenizer = tokenizer;
         CheckpointPath = checkpointPath;
@@ -89,6 +97,12 @@ public sealed class Sam3Model : IDisposable
     public long ParameterCount => Network.parameters().Sum(p => p.numel());
     /// <summary>True after <see cref="Dispose"/>.</summary>
     public bool IsDisposed => _network is null;
+    /// <summary>
+    /// What loading chose or noticed, one line each: which checkpoint of several in a folder, configuration values of a
+    /// transformers <c>config.json</c> that differ from the original architecture, point projections absent from a
+    /// Hugging Face file. Empty when there was nothing to say.
+    /// </summary>
+    public IReadOnlyList<string> LoadNotes { get; }
 
     internal Sam3ImageModel Network => _network ?? throw new ObjectDisposedException(nameof(Sam3Model));
     internal ClipBpeTokenizer Tokenizer { get; }
@@ -146,7 +160,9 @@ public sealed class Sam3Model : IDisposable
                 progress?.Report(new LoadProgress("reading checkpoint", p.done, p.total, p.key));
             }),
         });
-        return new Sam3Model(network, tokenizer, files.CheckpointPath, files.TokenizerPath, options);
+        var notes = files.Notes.ToList();
+        if (network.geometry_encoder.PointProjectionsUnavailable is { } why) notes.Add(why);
+        return new Sam3Model(network, tokenizer, files.CheckpointPath, files.TokenizerPath, options, notes);
     }
 
     /// <summary>
@@ -201,6 +217,13 @@ public sealed class Sam3Model : IDisposable
     {
         ObjectDisposedException.ThrowIf(IsDisposed, this);
         return new Sam3InteractivePredictor(this, options ?? new InteractivePredictorOptions());
+    }
+
+    /// <summary>The batched query API (upstream <c>sam3_image_batched_inference</c>): many images, many queries, one forward.</summary>
+    public Batched.Sam3BatchedPredictor CreateBatchedPredictor()
+    {
+        ObjectDisposedException.ThrowIf(IsDisposed, this);
+        return new Batched.Sam3BatchedPredictor(this);
     }
 
     // ------------------------------------------------------------------ introspection

@@ -5,7 +5,7 @@ using Sam3.Torch.Text;
 namespace Sam3.Torch.Loading;
 
 /// <summary>The files a model is loaded from.</summary>
-internal sealed record ModelFiles(string CheckpointPath, Sam3Config Config, string TokenizerPath, string ConfigSource);
+internal sealed record ModelFiles(string CheckpointPath, Sam3Config Config, string TokenizerPath, string ConfigSource, IReadOnlyList<string> Notes);
 
 /// <summary>
 /// Finds a checkpoint, its configuration and the tokenizer from a file or a folder (a hub snapshot: <c>sam3.pt</c>,
@@ -24,10 +24,13 @@ internal static class ModelFolder
     {
         string full = Path.GetFullPath(path);
         string checkpoint, folder;
+        var notes = new List<string>();
         if (Directory.Exists(full))
         {
             folder = full;
             checkpoint = FindCheckpoint(folder);
+            var others = CheckpointNames.Select(n => Path.Combine(folder, n)).Where(p => p != checkpoint && File.Exists(p)).Select(Path.GetFileName).ToList();
+            if (others.Count > 0) notes.Add($"using {Path.GetFileName(checkpoint)}; also present: {string.Join(", ", others)} (pass a file's path to choose)");
         }
         else if (File.Exists(full))
         {
@@ -39,9 +42,9 @@ internal static class ModelFolder
             throw new Sam3CheckpointException($"checkpoint not found: {path} is neither a file nor a folder");
         }
 
-        var (config, source) = options.Config is { } c ? (c, "options") : FindConfig(folder, checkpoint);
+        var (config, source) = options.Config is { } c ? (c, "options") : FindConfig(folder, checkpoint, options, notes);
         string tokenizer = options.TokenizerPath is { } t ? CheckTokenizerPath(t) : FindTokenizer(folder);
-        return new ModelFiles(checkpoint, config, tokenizer, source);
+        return new ModelFiles(checkpoint, config, tokenizer, source, notes);
     }
 
     private static string FindCheckpoint(string folder)
@@ -63,14 +66,22 @@ internal static class ModelFolder
     }
 
     /// <summary>config.json of this library's schema beside the checkpoint, else the checkpoint's metadata, else full.</summary>
-    private static (Sam3Config, string) FindConfig(string folder, string checkpoint)
+    private static (Sam3Config, string) FindConfig(string folder, string checkpoint, Sam3ModelOptions options, List<string> notes)
     {
         string path = Path.Combine(folder, ConfigName);
         if (File.Exists(path))
         {
             string json = File.ReadAllText(path);
             if (IsLibrarySchema(json)) return (Sam3Config.FromJson(json), path);
-            // any other config.json (e.g. the transformers one of a hub snapshot) describes the released architecture
+            if (HuggingFaceConfig.IsHfConfigJson(json))
+            {
+                // the transformers config.json of a hub snapshot; where its numerics differ from the original
+                // architecture, the original values are kept unless asked otherwise (reported once, here)
+                var hf = HuggingFaceFolder.LoadConfig(path, options.UseTransformersNumerics ? HfNumerics.HuggingFace : HfNumerics.Original);
+                foreach (var d in hf.Differences)
+                    notes.Add($"{ConfigName}: {d}" + (options.UseTransformersNumerics ? " (the file's value is used)" : " (the original value is kept; Sam3ModelOptions.UseTransformersNumerics uses the file's)"));
+                return (hf.Config, path);
+            }
         }
         try
         {

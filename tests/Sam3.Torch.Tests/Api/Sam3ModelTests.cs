@@ -58,6 +58,22 @@ public class Sam3ModelTests
     }
 
     [Test]
+    public void LoadsAHuggingFaceSnapshotFolder()
+    {
+        // tiny_hf: model.safetensors in the transformers layout, its config.json, vocab.json + merges.txt
+        using var model = Sam3Model.Load(SharedData.Parity("tiny_hf"));
+        Assert.That(model.Config.SameArchitecture(Sam3Config.Tiny), "the transformers config.json describes the tiny architecture");
+        Assert.That(model.TokenizerPath, Does.EndWith("vocab.json"));
+        Assert.That(model.LoadNotes, Has.Some.Contains("point"), "the absent detector point projections are reported");
+        Assert.That(model.LoadNotes, Has.Some.Contains("original value is kept"), "the ViT layer-norm eps difference is reported once");
+        using var predictor = model.CreateImagePredictor(new ImagePredictorOptions { ConfidenceThreshold = 0.0 });
+        using var state = predictor.SetImage(SharedData.Parity("inputs", "test_image.jpg"));
+        Assert.That(predictor.SetTextPrompt(state, "person")[0].Count, Is.EqualTo(Sam3Config.Tiny.Decoder.NumQueries));
+        var e = Assert.Throws<Sam3PromptException>(() => predictor.AddPoint(state, PointPrompt.Normalized(0.5f, 0.5f)))!;
+        Assert.That(e.Message, Does.Contain("point"));
+    }
+
+    [Test]
     public void MissingTokenizerIsOneLineNamingWhatWasLookedFor()
     {
         string dir = HubFolder("no-tokenizer", withTokenizer: false);
