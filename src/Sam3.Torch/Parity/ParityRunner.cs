@@ -85,6 +85,7 @@ public sealed partial class ParityRunner : IDisposable
                 case "image_batch_text": RunImageBatchText(ctx); break;
                 case "geometric_prompts": RunGeometricPrompts(ctx); break;
                 case "predict_inst": RunPredictInst(ctx); break;
+                case "tracker_video" or "tracker_interactive": RunTracker(ctx, kind); break;
                 default: throw new NotSupportedException($"scenario kind '{kind}' is not implemented by this runner yet");
             }
             ctx.CheckAllCompared();
@@ -255,7 +256,7 @@ public sealed partial class ParityRunner : IDisposable
 
     // ------------------------------------------------------------------ bookkeeping
 
-    private sealed class Context(ParityRunner runner)
+    private sealed partial class Context(ParityRunner runner)
     {
         public ScenarioFixture? Fixture;
         public List<ComparisonResult> Comparisons { get; } = new();
