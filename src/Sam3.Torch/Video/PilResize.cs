@@ -69,7 +69,8 @@ internal static class PilResize
     }
 
     /// <summary>Resizes HWC RGB bytes (<paramref name="width"/> × <paramref name="height"/>) to <paramref name="outWidth"/> × <paramref name="outHeight"/>.</summary>
-    public static byte[] ResizeRgb(ReadOnlySpan<byte> src, int width, int height, int outWidth, int outHeight)
+    /// <param name="destination">Reused as the result when it has the output's length (else a new array is returned).</param>
+    public static byte[] ResizeRgb(ReadOnlySpan<byte> src, int width, int height, int outWidth, int outHeight, byte[]? destination = null)
     {
         if (width <= 0 || height <= 0 || outWidth <= 0 || outHeight <= 0)
             throw new ArgumentOutOfRangeException(nameof(width), $"resize {width}x{height} -> {outWidth}x{outHeight}: sizes must be positive");
@@ -116,7 +117,7 @@ internal static class PilResize
         }
         if (!needV) return tmp;
 
-        var dst = new byte[outHeight * tmpW * 3];
+        var dst = destination is not null && destination.Length == outHeight * tmpW * 3 ? destination : new byte[outHeight * tmpW * 3];
         for (int yy = 0; yy < outHeight; yy++)
         {
             int ymin = bv[yy * 2] - yFirst, ymax = bv[yy * 2 + 1], kOff = yy * kv, rowOut = yy * tmpW * 3;

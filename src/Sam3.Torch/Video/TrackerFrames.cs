@@ -16,6 +16,7 @@ internal sealed class TrackerFrames : IDisposable
     private readonly bool _ownsSource;
     private readonly LinkedList<(int Index, byte[] Rgb)> _cache = new();
     private readonly float[] _lut = new float[256];
+    private float[]? _chw; // reused staging buffer (large-object heap: allocating it per frame drives full GCs)
 
     public int ImageSize { get; }
     public int CacheCapacity { get; }
@@ -55,9 +56,14 @@ internal sealed class TrackerFrames : IDisposable
             return node.Value.Rgb;
         }
         var img = _source.ReadFrame(index);
-        var rgb = PilResize.ResizeRgb(img.Data, img.Width, img.Height, ImageSize, ImageSize);
+        byte[]? reuse = null;
+        if (_cache.Count >= CacheCapacity)
+        {
+            reuse = _cache.Last!.Value.Rgb;
+            _cache.RemoveLast();
+        }
+        var rgb = PilResize.ResizeRgb(img.Data, img.Width, img.Height, ImageSize, ImageSize, reuse);
         _cache.AddFirst((index, rgb));
-        while (_cache.Count > CacheCapacity) _cache.RemoveLast();
         return rgb;
     }
 
@@ -66,7 +72,7 @@ internal sealed class TrackerFrames : IDisposable
     {
         var rgb = Resized(index);
         int n = ImageSize * ImageSize;
-        var chw = new float[3 * n];
+        var chw = _chw ??= new float[3 * n];
         for (int i = 0; i < n; i++)
         {
             chw[i] = _lut[rgb[3 * i]];
