@@ -12,6 +12,8 @@ public static partial class Commands
 
     public static int Segment(string[] args, TextWriter stdout, TextWriter stderr) => SegmentCommand.Run(args, stdout, stderr);
 
+    public static int Track(string[] args, TextWriter stdout, TextWriter stderr) => TrackCommand.RunWithConsoleCancel(args, stdout, stderr);
+
     public static int Parity(string[] args, TextWriter stdout, TextWriter stderr) => ParityCommand.Run(args, stdout, stderr);
 
     /// <summary>True when <paramref name="stderr"/> is <see cref="Console.Error"/> and that is not redirected (a terminal).</summary>

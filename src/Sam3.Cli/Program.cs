@@ -16,6 +16,9 @@ public static class Program
           sam3 segment --checkpoint PATH --image IMG [--image IMG ...] --out DIR [--text "red car"]
                        [--box cx,cy,w,h[:neg] ...] [--box-xyxy x0,y0,x1,y1[:neg] ...] [--threshold 0.5] [--config full|tiny|PATH]
               Segment images; writes an overlay PNG and COCO-RLE JSON per image.
+          sam3 track --checkpoint PATH --video FILE|DIR --out DIR [--point x,y[:neg]@FRAME ...] [--box x0,y0,x1,y1@FRAME ...]
+                     [--obj ID] [--reverse] [--config full|tiny|PATH]
+              Track objects through a video (SAM2-style tracker); writes tracks.jsonl (COCO RLE) and overlay.mp4.
           sam3 parity --reference DIR [--scenario a,b,c] [--atol X --rtol Y]
               Run reference scenarios (PyTorch fixtures) through this library; prints 'parity: N passed, M failed'.
           sam3 COMMAND --help
@@ -51,6 +54,7 @@ public static class Program
                 "convert" => Commands.Convert(rest, stdout, stderr),
                 "segment" => Commands.Segment(rest, stdout, stderr),
                 "parity" => Commands.Parity(rest, stdout, stderr),
+                "track" => Commands.Track(rest, stdout, stderr),
                 _ => throw new UsageException($"unknown command '{args[0]}' (see sam3 --help)"),
             };
         }

@@ -16,6 +16,7 @@ internal sealed class TrackerFrames : IDisposable
     private readonly bool _ownsSource;
     private readonly LinkedList<(int Index, byte[] Rgb)> _cache = new();
     private readonly float[] _lut = new float[256];
+    private (int Index, IO.RgbImage Image)? _lastOriginal;
     private float[]? _chw; // reused staging buffer (large-object heap: allocating it per frame drives full GCs)
 
     public int ImageSize { get; }
@@ -55,7 +56,7 @@ internal sealed class TrackerFrames : IDisposable
             _cache.AddFirst(node);
             return node.Value.Rgb;
         }
-        var img = _source.ReadFrame(index);
+        var img = Original(index);
         byte[]? reuse = null;
         if (_cache.Count >= CacheCapacity)
         {
@@ -65,6 +66,17 @@ internal sealed class TrackerFrames : IDisposable
         var rgb = PilResize.ResizeRgb(img.Data, img.Width, img.Height, ImageSize, ImageSize, reuse);
         _cache.AddFirst((index, rgb));
         return rgb;
+    }
+
+    /// <summary>Frame <paramref name="index"/> as decoded (the most recent one is kept, so reading the frame just tracked does not decode it again).</summary>
+    public IO.RgbImage Original(int index)
+    {
+        if ((uint)index >= (uint)Count)
+            throw new ArgumentOutOfRangeException(nameof(index), index, $"frame index {index} outside [0, {Count - 1}] of {Description}");
+        if (_lastOriginal is { } last && last.Index == index) return last.Image;
+        var img = _source.ReadFrame(index);
+        _lastOriginal = (index, img);
+        return img;
     }
 
     /// <summary>The normalised frame [1, 3, S, S] float32 on <paramref name="device"/> (owned by the caller's dispose scope).</summary>
@@ -86,6 +98,7 @@ internal sealed class TrackerFrames : IDisposable
     public void Dispose()
     {
         _cache.Clear();
+        _lastOriginal = null;
         if (_ownsSource) _source.Dispose();
     }
 }

@@ -151,6 +151,9 @@ public sealed class VideoSession : IDisposable
     public IReadOnlyList<int> ObjectIds => _state.ObjIds.ToArray();
     /// <summary>Whether propagation has started (new object ids are refused until <see cref="Reset"/>).</summary>
     public bool TrackingHasStarted => _state.TrackingHasStarted;
+    /// <summary>Frame <paramref name="index"/> as decoded from the source (RGB, video size).</summary>
+    public RgbImage ReadFrame(int index) => _state.Frames.Original(index);
+
     /// <summary>Bytes of tracker outputs currently stored (memory features, low-res masks, pointers).</summary>
     public long StoredStateBytes => _state.StoredSize().Bytes;
 
