@@ -56,7 +56,7 @@ public sealed partial class ParityRunner
                 var expectedFrames = record is { } r && r.TryGetProperty("per_frame", out var pf) ? pf.EnumerateArray().ToList() : null;
                 if (record is { } r2 && r2.TryGetProperty("processing_order", out var po))
                 {
-                    var order = predictor.ProcessingOrder(st, start, max, reverse);
+                    var order = predictor.ProcessingOrder(st, start, max, reverse).ToList();
                     var want = po.EnumerateArray().Select(x => x.GetInt32()).ToList();
                     ctx.Detections.Add(($"{tag}.processing_order (length, first frame)", want.Count * 10000 + want.FirstOrDefault(), order.Count * 10000 + order.FirstOrDefault()));
                 }
@@ -100,7 +100,7 @@ public sealed partial class ParityRunner
                 }
                 prefix = "";
                 predictor.MemoryAttentionObserved = null;
-                if (expectedFrames is not null) ctx.Detections.Add(($"{tag}.frames yielded", expectedFrames.Count, k));
+                if (expectedFrames is not null) ctx.Detections.Add(($"{(tag.Length > 0 ? tag : "propagate_in_video")}: frames yielded", expectedFrames.Count, k));
             }
 
             if (kind == "tracker_video")

@@ -394,8 +394,8 @@ internal sealed class TrackerPredictor
         st.Sweep();
     }
 
-    /// <summary>_get_processing_order.</summary>
-    public IReadOnlyList<int> ProcessingOrder(TrackerState st, int? startFrameIdx, int? maxFrameNumToTrack, bool reverse)
+    /// <summary>_get_processing_order (lazy: a live source has no known end).</summary>
+    public IEnumerable<int> ProcessingOrder(TrackerState st, int? startFrameIdx, int? maxFrameNumToTrack, bool reverse)
     {
         int numFrames = st.NumFrames;
         int? start = _t.AlwaysStartFromFirstAnnFrame ? st.FirstAnnFrameIdx : startFrameIdx;
@@ -406,21 +406,24 @@ internal sealed class TrackerPredictor
         }
         int s = start.Value;
         if (s < 0 || s >= numFrames) throw new ArgumentOutOfRangeException(nameof(startFrameIdx), s, $"start frame outside [0, {numFrames - 1}]");
-        int max = maxFrameNumToTrack ?? numFrames;
+        long max = maxFrameNumToTrack ?? numFrames;
         if (max < 0) throw new ArgumentOutOfRangeException(nameof(maxFrameNumToTrack), max, "the frame budget must not be negative");
-        var order = new List<int>();
-        if (reverse)
+        return Order(s, max, reverse, numFrames);
+
+        static IEnumerable<int> Order(int s, long max, bool reverse, int numFrames)
         {
-            int end = Math.Max(s - max, 0);
-            if (s > 0) for (int f = s; f >= end; f--) order.Add(f);
-            else order.Add(0);
+            if (reverse)
+            {
+                long end = Math.Max(s - max, 0);
+                if (s > 0) for (long f = s; f >= end; f--) yield return (int)f;
+                else yield return 0;
+            }
+            else
+            {
+                long end = Math.Min(s + max, (long)numFrames - 1);
+                for (long f = s; f <= end; f++) yield return (int)f;
+            }
         }
-        else
-        {
-            int end = Math.Min(s + max, numFrames - 1);
-            for (int f = s; f <= end; f++) order.Add(f);
-        }
-        return order;
     }
 
     /// <summary>
@@ -928,7 +931,14 @@ internal sealed class TrackerPredictor
         if (!reverse) { start = frameIdx - 1; end = 0; step = -r; mustInclude = frameIdx - 1; }
         else { start = frameIdx + 1; end = numFrames; step = r; mustInclude = frameIdx + 1; }
         var valid = new List<int>();
-        for (int i = start; step > 0 ? i < end : i > end; i += step)
+        // upstream scans every index of range(start, end, step); indices without a stored output are skipped, so when
+        // fewer outputs are stored than the range is long (long videos, retention window) scan the stored ones only
+        long span = Math.Abs((long)end - start);
+        IEnumerable<int> scan = outputDict.NonCond.Count < span
+            ? (step > 0 ? outputDict.NonCond.Keys.Where(i => i >= start && i < end && (i - start) % step == 0).OrderBy(i => i)
+                        : outputDict.NonCond.Keys.Where(i => i <= start && i > end && (start - i) % -step == 0).OrderByDescending(i => i))
+            : Range(start, end, step);
+        foreach (int i in scan)
         {
             var o = outputDict.NonCond.Get(i);
             if (o is null || o.EffIouScore is null) continue;
@@ -1030,6 +1040,11 @@ internal sealed class TrackerPredictor
         Probe?.Invoke("mem_attn.memory", outp.Memory);
         if (outp.PosEmbed is not null) Probe?.Invoke("mem_attn.pos_embed", outp.PosEmbed);
         return outp.Memory.permute(1, 2, 0).reshape(b, _hidden, h, w);
+    }
+
+    private static IEnumerable<int> Range(int start, int end, int step)
+    {
+        for (int i = start; step > 0 ? i < end : i > end; i += step) yield return i;
     }
 
     private static int FloorDiv(int a, int b) => (int)Math.Floor((double)a / b);

@@ -92,13 +92,27 @@ public sealed class VideoTracker : IDisposable
         return Open(new CallbackFrameSource(frameCount, width, height, readFrame), options);
     }
 
+    /// <summary>
+    /// A session over frames that arrive one after another (a camera, a stream): each frame is pulled from
+    /// <paramref name="frames"/> when tracking reaches it, and propagation ends with the stream. Prompt the first
+    /// frames, then propagate forwards; frames before the most recent few are not kept.
+    /// </summary>
+    public VideoSession OpenLive(IEnumerable<RgbImage> frames, VideoSessionOptions? options = null) => Open(new LiveFrameSource(frames), options);
+
+    /// <summary>As <see cref="OpenLive(IEnumerable{RgbImage}, VideoSessionOptions?)"/> for an asynchronous stream (read on the tracking thread).</summary>
+    public VideoSession OpenLive(IAsyncEnumerable<RgbImage> frames, VideoSessionOptions? options = null)
+    {
+        ArgumentNullException.ThrowIfNull(frames);
+        return OpenLive(frames.ToBlockingEnumerable(), options);
+    }
+
     private VideoSession Open(IFrameSource source, VideoSessionOptions? options)
     {
         options ??= new VideoSessionOptions();
         try
         {
             var state = _predictor.InitState(source, options.OffloadStateToCpu, options.RetainNonCondFrames, options.FrameCacheCapacity);
-            return new VideoSession(_predictor, state);
+            return new VideoSession(_predictor, state, source as LiveFrameSource);
         }
         catch
         {
@@ -138,13 +152,16 @@ public sealed class VideoSession : IDisposable
 {
     private readonly TrackerPredictor _predictor;
     private readonly TrackerState _state;
+    private readonly LiveFrameSource? _live;
 
-    internal VideoSession(TrackerPredictor predictor, TrackerState state)
+    internal VideoSession(TrackerPredictor predictor, TrackerState state, LiveFrameSource? live = null)
     {
         _predictor = predictor;
         _state = state;
+        _live = live;
     }
 
+    /// <summary>Number of frames (<see cref="int.MaxValue"/> for a live source whose end has not been reached).</summary>
     public int FrameCount => _state.NumFrames;
     public int Width => _state.VideoWidth;
     public int Height => _state.VideoHeight;
@@ -208,8 +225,20 @@ public sealed class VideoSession : IDisposable
         if (startFrame is int s && (s < 0 || s >= FrameCount))
             throw new ArgumentOutOfRangeException(nameof(startFrame), s, $"start frame outside [0, {FrameCount - 1}]");
         if (_state.ObjIds.Count == 0) throw new Sam3StateException("no object has been prompted: add points, a box or a mask first");
-        foreach (var r in _predictor.Propagate(_state, startFrame, maxFrames, reverse))
+        _live?.StartStreaming();
+        using var frames = _predictor.Propagate(_state, startFrame, maxFrames, reverse).GetEnumerator();
+        while (true)
         {
+            TrackerFrameResult r;
+            try
+            {
+                if (!frames.MoveNext()) yield break;
+                r = frames.Current;
+            }
+            catch (EndOfVideoException)
+            {
+                yield break; // a live stream ended
+            }
             using (r)
             {
                 cancellationToken.ThrowIfCancellationRequested();

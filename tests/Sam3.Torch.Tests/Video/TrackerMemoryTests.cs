@@ -110,7 +110,6 @@ public class TrackerMemoryTests
                 Assert.That(r.VideoResLogits.shape, Is.EqualTo(new long[] { 2, 1, source.Height, source.Width }));
             }
             count++;
-            if (count % 25 == 0) TestContext.Progress.WriteLine($"frame {count}: {sw.Elapsed.TotalSeconds:F1} s");
             if (count == warmup)
             {
                 (liveWarm, rssWarm) = Measure();

@@ -53,6 +53,35 @@ public class VideoTrackerTests
     }
 
     [Test]
+    public void LiveStreamGivesTheSameResultsAsTheWholeVideo()
+    {
+        // with more frames than the pointer window (16), num_frames no longer matters: a stream of unknown length
+        // must track exactly like the same frames with a known count
+        const int n = 17;
+        using var tracker = new VideoTracker(_model!);
+        var src = new SyntheticFrameSource(n);
+        int pulled = 0;
+        IEnumerable<RgbImage> Stream()
+        {
+            for (int i = 0; i < n; i++) { pulled++; yield return src.ReadFrame(i); }
+        }
+        using var live = tracker.OpenLive(Stream());
+        using var whole = tracker.Open(n, src.Width, src.Height, src.ReadFrame);
+        Assert.That(pulled, Is.EqualTo(1), "only the first frame is read when the session opens");
+        foreach (var s in new[] { live, whole }) s.AddPoints(0, 1, [new VideoPoint(40, 30), new VideoPoint(5, 5, false)]);
+        var a = live.Propagate().ToList();
+        var b = whole.Propagate().ToList();
+        Assert.That(a.Select(f => f.FrameIndex), Is.EqualTo(Enumerable.Range(0, n)), "the live propagation ends with the stream");
+        Assert.That(live.FrameCount, Is.EqualTo(n), "the length is known once the stream ended");
+        for (int i = 0; i < n; i++)
+        {
+            Assert.That(a[i].Objects[0].Mask, Is.EqualTo(b[i].Objects[0].Mask), $"frame {i} mask");
+            Assert.That(a[i].Objects[0].ScoreLogit, Is.EqualTo(b[i].Objects[0].ScoreLogit), $"frame {i} score");
+        }
+        Assert.Throws<Sam3ImageException>(() => live.ReadFrame(2), "old live frames are not kept");
+    }
+
+    [Test]
     public void BadInputsAreTypedErrors()
     {
         using var tracker = new VideoTracker(_model!);
