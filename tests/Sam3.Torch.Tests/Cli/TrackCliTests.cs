@@ -67,6 +67,14 @@ public class TrackCliTests
             using var m = new Mat();
             while (cap.Read(m) && !m.Empty()) n++;
             Assert.That(n, Is.EqualTo(3), "frames in the overlay video");
+            // the same file through the tracker's video-file source: count, size, random access (seek back)
+            using var source = Sam3.Torch.Video.FrameSource.Open(Path.Combine(dir, "overlay.mp4"));
+            Assert.That(source, Is.InstanceOf<Sam3.Torch.Video.VideoFileFrameSource>());
+            Assert.That((source.FrameCount, source.Width, source.Height), Is.EqualTo((3, 1280, 720)));
+            var last = source.ReadFrame(2);
+            var first = source.ReadFrame(0);
+            Assert.That(first.Data, Is.Not.EqualTo(last.Data), "frames 0 and 2 differ (the masks move)");
+            Assert.Throws<ArgumentOutOfRangeException>(() => source.ReadFrame(3));
         }
         finally
         {
