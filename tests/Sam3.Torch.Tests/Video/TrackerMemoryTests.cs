@@ -68,6 +68,11 @@ public class TrackerMemoryTests
     /// shorter run checks the same property; SAM3_TRACKER_SOAK_FRAMES=2000 runs the full soak (measured figures in the
     /// branch report). Runs single-threaded (restored afterwards): on an oversubscribed machine LibTorch's thread pool is
     /// ~20× slower, and memory, not speed, is under test.
+    /// <para>The test host runs with concurrent (background) GC off (runtimeconfig.template.json): with it on, 3 of 4
+    /// single-threaded soaks failed at a random frame inside LibTorch with "Expected false to be true ... toFloat"
+    /// (Scalar.h), a freed Scalar — TorchSharp's implicit temporary Scalars (e.g. the alpha of <c>a + b</c>) are only
+    /// referenced by handle during the native call, so a GC running concurrently can finalize them mid-call. With it off,
+    /// 500- and 2,000-frame soaks passed.</para>
     /// </remarks>
     [Test]
     public void StreamedFramesKeepMemoryFlat()
