@@ -12,6 +12,8 @@ internal static partial class Commands
 
     public static int Segment(string[] args, TextWriter stdout, TextWriter stderr) => SegmentCommand.Run(args, stdout, stderr);
 
+    public static int Track(string[] args, TextWriter stdout, TextWriter stderr) => TrackCommand.RunWithConsoleCancel(args, stdout, stderr);
+
     public static int Parity(string[] args, TextWriter stdout, TextWriter stderr) => ParityCommand.Run(args, stdout, stderr);
 
     /// <summary><c>sam3 label</c> / <c>sam3 label merge</c>: see <see cref="LabelCommand"/>.</summary>

@@ -21,6 +21,9 @@ internal static class Program
               Label a dataset (batched queries): COCO results + categories file; resumable, shardable.
           sam3 label merge --out RESULTS.json SHARD0.json SHARD1.json ...
               Join the shard outputs of a label run.
+          sam3 track --checkpoint PATH --video FILE|DIR --out DIR [--point x,y[:neg]@FRAME ...] [--box x0,y0,x1,y1@FRAME ...]
+                     [--obj ID] [--reverse] [--config full|tiny|PATH]
+              Track objects through a video (SAM2-style tracker); writes tracks.jsonl (COCO RLE) and overlay.mp4.
           sam3 parity --reference DIR [--scenario a,b,c] [--checkpoint F] [--atol X --rtol Y]
               Run reference scenarios (PyTorch fixtures) through this library; prints 'parity: N passed, M failed'.
           sam3 COMMAND --help
@@ -57,6 +60,7 @@ internal static class Program
                 "segment" => Commands.Segment(rest, stdout, stderr),
                 "parity" => Commands.Parity(rest, stdout, stderr),
                 "label" => Commands.Label(rest, stdout, stderr),
+                "track" => Commands.Track(rest, stdout, stderr),
                 _ => throw new UsageException($"unknown command '{args[0]}' (see sam3 --help)"),
             };
         }

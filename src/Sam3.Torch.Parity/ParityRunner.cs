@@ -91,6 +91,7 @@ internal sealed partial class ParityRunner : IDisposable
                 case "geometric_prompts": RunGeometricPrompts(ctx); break;
                 case "predict_inst": RunPredictInst(ctx); break;
                 case "batched_api": RunBatchedApi(ctx); break;
+                case "tracker_video" or "tracker_interactive": RunTracker(ctx, kind); break;
                 default: throw new NotSupportedException($"scenario kind '{kind}' is not implemented by this runner yet");
             }
             ctx.CheckAllCompared();
@@ -275,7 +276,7 @@ internal sealed partial class ParityRunner : IDisposable
 
     // ------------------------------------------------------------------ bookkeeping
 
-    private sealed class Context(ParityRunner runner)
+    private sealed partial class Context(ParityRunner runner)
     {
         public ScenarioFixture? Fixture;
         public List<ComparisonResult> Comparisons { get; } = new();

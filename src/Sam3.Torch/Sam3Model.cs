@@ -226,6 +226,15 @@ public sealed class Sam3Model : IDisposable
         return new Batched.Sam3BatchedPredictor(this);
     }
 
+    /// <summary>The SAM2-style video tracker (upstream <c>build_sam3_video_model().tracker</c>) on these weights.</summary>
+    /// <exception cref="Sam3StateException">The model was loaded without the interactive (tracker) heads.</exception>
+    public Video.VideoTracker CreateVideoTracker()
+    {
+        ObjectDisposedException.ThrowIf(IsDisposed, this);
+        if (!HasInteractivePredictor) throw new Sam3StateException("the video tracker needs the tracker heads: load with EnableInteractivePredictor = true");
+        return new Video.VideoTracker(Network);
+    }
+
     // ------------------------------------------------------------------ introspection
 
     /// <summary>
