@@ -256,14 +256,14 @@ public sealed record TrackerConfig
     public bool ClearNonCondMemAroundInput { get; init; } = true;
     public int FillHoleArea { get; init; } = 0;
     /// <summary>SAM2Long memory selection (video builder: true; false with apply_temporal_disambiguation=False).</summary>
-    public bool UseMemorySelection { get; init; } = true;
+    [JsonIgnore] public bool UseMemorySelection { get; init; } = true;
     /// <summary>Memory selection: a non-conditioning frame is usable when its eff_iou_score exceeds this.</summary>
-    public double MfThreshold { get; init; } = 0.01;
-    public bool KeepFirstCondFrame { get; init; } = false;
-    public int MemoryTemporalStrideForEval { get; init; } = 1;
+    [JsonIgnore] public double MfThreshold { get; init; } = 0.01;
+    [JsonIgnore] public bool KeepFirstCondFrame { get; init; } = false;
+    [JsonIgnore] public int MemoryTemporalStrideForEval { get; init; } = 1;
     /// <summary>Points kept for the prompt encoder (first half + last half; ≤ 0 = all).</summary>
-    public int MaxPointNumInPromptEnc { get; init; } = 16;
-    public bool ClearNonCondMemForMultiObj { get; init; } = false;
+    [JsonIgnore] public int MaxPointNumInPromptEnc { get; init; } = 16;
+    [JsonIgnore] public bool ClearNonCondMemForMultiObj { get; init; } = false;
     [JsonIgnore] public int ImageEmbeddingSize => ImageSize / BackboneStride;
     [JsonIgnore] public int LowResMaskSize => 4 * ImageEmbeddingSize;
 }
