@@ -16,6 +16,8 @@ internal static class Program
           sam3 segment --checkpoint PATH --image IMG [--image IMG ...] --out DIR [--text "red car"]
                        [--box cx,cy,w,h[:neg] ...] [--box-xyxy x0,y0,x1,y1[:neg] ...] [--threshold 0.5] [--config full|tiny|PATH]
               Segment images; writes an overlay PNG and COCO-RLE JSON per image.
+          sam3 serve --checkpoint PATH [--port 8080] [--host 127.0.0.1]
+              Serve the click-to-segment page and a JSON API (OpenAPI at /openapi/v1.json) on loopback.
           sam3 parity --reference DIR [--scenario a,b,c] [--atol X --rtol Y]
               Run reference scenarios (PyTorch fixtures) through this library; prints 'parity: N passed, M failed'.
           sam3 COMMAND --help
@@ -51,6 +53,7 @@ internal static class Program
                 "convert" => Commands.Convert(rest, stdout, stderr),
                 "segment" => Commands.Segment(rest, stdout, stderr),
                 "parity" => Commands.Parity(rest, stdout, stderr),
+                "serve" => Serve.ServeCommand.Run(rest, stdout, stderr),
                 _ => throw new UsageException($"unknown command '{args[0]}' (see sam3 --help)"),
             };
         }
