@@ -145,7 +145,7 @@ internal sealed class ServeEngine : IDisposable
         if (threshold is not { } t || !double.IsFinite(t) || t < 0 || t > 1) throw new ApiException(400, $"threshold: must be a number in [0, 1], got {threshold?.ToString() ?? "nothing"}");
         s.Threshold = t;
         if (s.State.TextPrompt is null && s.State.Boxes.Count == 0 && s.State.Points.Count == 0)
-            return Empty(s, "detector");
+            return new ResultDto(s.Id, "detector", s.Image.Width, s.Image.Height, t, PromptOf(s), [], null, null, false, 0, null);
         return Detect(s, overlay, () => _detector.SetConfidenceThreshold(t, s.State) ?? _detector.Predict(s.State));
     }
 
