@@ -18,7 +18,7 @@
 
   function setStatus(text, isError) { const s = $('status'); s.textContent = text; s.className = isError ? 'error' : ''; }
   function enable(on) {
-    for (const id of ['text', 'find', 'threshold', 'clear']) $(id).disabled = !on;
+    for (const id of ['text', 'find', 'clear']) $(id).disabled = !on;
     $('undo').disabled = !on || history.length === 0;
     $('downloadJson').disabled = $('downloadPng').disabled = !on || !state.result;
   }
@@ -189,6 +189,7 @@
   async function setThreshold() {
     const t = parseFloat($('threshold').value);
     if (!(t >= 0 && t <= 1)) { setStatus('threshold must be in [0, 1]', true); return; }
+    if (!image) return; // sent with the next upload
     if (state.result && state.result.mode === 'detector')
       return run(`threshold ${t}`, () => api('POST', `/api/images/${image.id}/threshold`, { threshold: t }));
     try { await api('POST', `/api/images/${image.id}/threshold`, { threshold: t }); } catch (e) { setStatus(e.message, true); }
