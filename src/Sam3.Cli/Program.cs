@@ -24,6 +24,8 @@ internal static class Program
           sam3 track --checkpoint PATH --video FILE|DIR --out DIR [--point x,y[:neg]@FRAME ...] [--box x0,y0,x1,y1@FRAME ...]
                      [--obj ID] [--reverse] [--config full|tiny|PATH]
               Track objects through a video (SAM2-style tracker); writes tracks.jsonl (COCO RLE) and overlay.mp4.
+          sam3 serve --checkpoint PATH [--port 8080] [--host 127.0.0.1]
+              Serve the click-to-segment page and a JSON API (OpenAPI at /openapi/v1.json) on loopback.
           sam3 parity --reference DIR [--scenario a,b,c] [--checkpoint F] [--atol X --rtol Y]
               Run reference scenarios (PyTorch fixtures) through this library; prints 'parity: N passed, M failed'.
           sam3 COMMAND --help
@@ -61,6 +63,7 @@ internal static class Program
                 "parity" => Commands.Parity(rest, stdout, stderr),
                 "label" => Commands.Label(rest, stdout, stderr),
                 "track" => Commands.Track(rest, stdout, stderr),
+                "serve" => Serve.ServeCommand.Run(rest, stdout, stderr),
                 _ => throw new UsageException($"unknown command '{args[0]}' (see sam3 --help)"),
             };
         }
