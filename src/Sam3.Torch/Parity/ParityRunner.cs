@@ -86,6 +86,7 @@ public sealed partial class ParityRunner : IDisposable
                 case "geometric_prompts": RunGeometricPrompts(ctx); break;
                 case "predict_inst": RunPredictInst(ctx); break;
                 case "tracker_video" or "tracker_interactive": RunTracker(ctx, kind); break;
+                case "video_predictor_text" or "video_predictor_interactive": RunVideoPredictor(ctx, kind); break;
                 default: throw new NotSupportedException($"scenario kind '{kind}' is not implemented by this runner yet");
             }
             ctx.CheckAllCompared();
@@ -252,6 +253,7 @@ public sealed partial class ParityRunner : IDisposable
     {
         _model?.Dispose();
         _model = null;
+        DisposeVideoModel();
     }
 
     // ------------------------------------------------------------------ bookkeeping
