@@ -112,12 +112,171 @@ public sealed partial class ParityRunner
         else RunVideoPredictorInteractive(ctx);
     }
 
-    private void RunVideoPredictorInteractive(Context ctx) =>
-        throw new NotSupportedException("scenario f2 (video_predictor_interactive) is not implemented by this runner yet");
+    /// <summary>
+    /// Scenario f2 (<c>video_predictor_interactive</c>): the recorded request sequence (<c>parameters.calls</c>) of the
+    /// session API on the ablation model (<c>apply_temporal_disambiguation=False</c>) with the recorded det_nms_thresh per
+    /// part. Every detector run and response is compared under <c>&lt;call&gt;.frame&lt;k&gt;.</c>; the non-overlap inputs
+    /// are compared, and the out_binary_masks of frames with several objects are compared as the non-overlap step applied
+    /// to the recorded inputs (the tiny tracker's scores tie within 1e-6, README-video-extra.md). Object ids per yielded
+    /// frame, yielded frame orders, propagation types and tracker-state compositions are checked as counts.
+    /// </summary>
+    private void RunVideoPredictorInteractive(Context ctx)
+    {
+        var fx = ctx.Fixture!;
+        var p = fx.Parameters;
+        var set = p.GetProperty("settings");
+        bool temporal = !set.TryGetProperty("apply_temporal_disambiguation", out var td) || td.GetBoolean();
+        var atEnd = p.TryGetProperty("video_model_settings_at_end", out var ve) ? ve : (JsonElement?)null;
+        var baseSettings = VideoSettings(atEnd);
+        if (atEnd is { } e0 && e0.TryGetProperty("trk_assoc_iou_thresh", out var ta)) baseSettings = baseSettings with { TrkAssocIouThresh = ta.GetDouble() };
+        double textNms = set.TryGetProperty("det_nms_thresh", out var tn) && tn.ValueKind == JsonValueKind.Number ? tn.GetDouble() : baseSettings.DetNmsThresh;
+        double boxNms = p.TryGetProperty("settings_changed", out var sc) && sc.TryGetProperty("det_nms_thresh", out var dn) && dn.TryGetProperty("used_for_box_part", out var bn)
+            ? bn.GetDouble() : baseSettings.DetNmsThresh;
+        var engine = new Sam3VideoEngine(VideoModel, Tokenizer, baseSettings with { DetNmsThresh = textNms }, applyTemporalDisambiguation: temporal);
+        string call = "";
+        engine.DetectorProbe = (f, n, t) => ctx.Offer($"{call}.frame{f}.{n}", t);
+        var nonOverlapIn = new Dictionary<int, (Tensor Masks, Tensor Scores)>();
+        engine.OutputProbe = (f, n, t) =>
+        {
+            if (n == "nonoverlap_in.masks") ctx.OfferMask($"{call}.frame{f}.{n}", t, Tolerance);
+            else ctx.Offer($"{call}.frame{f}.{n}", t);
+        };
+
+        void OfferOutput(VideoFrameOutput o)
+        {
+            using var scope = NewDisposeScope();
+            string pre = $"{call}.frame{o.FrameIndex}.";
+            ctx.Offer(pre + "out_obj_ids", torch.tensor(o.ObjIds));
+            ctx.Offer(pre + "out_probs", torch.tensor(o.Probs));
+            ctx.Offer(pre + "out_boxes_xywh", o.BoxesXywh);
+            string inKey = pre + "nonoverlap_in.masks_packbits";
+            if (fx.Has(inKey) && fx.Has(pre + "nonoverlap_in.scores") && fx.Has(pre + "out_binary_masks_packbits"))
+            {
+                // the constraint applied to the recorded inputs (ill-conditioned scores, see the summary)
+                var refIn = Context.UnpackBits(fx.Get(inKey), o.Masks.shape[^1]);
+                var applied = engine.ApplyObjectWiseNonOverlap(refIn, fx.Get(pre + "nonoverlap_in.scores"));
+                ctx.OfferMask(pre + "out_binary_masks", applied, Tolerance);
+            }
+            else ctx.OfferMask(pre + "out_binary_masks", o.Masks, Tolerance);
+        }
+
+        void CheckIds(string where, JsonElement response, VideoFrameOutput o)
+        {
+            if (!response.TryGetProperty("out_obj_ids", out var ids)) return;
+            var want = ids.EnumerateArray().Select(x => x.GetInt64()).ToList();
+            if (!want.SequenceEqual(o.ObjIds))
+                throw new Sam3Exception($"{where} frame {o.FrameIndex}: object ids [{string.Join(",", o.ObjIds)}], reference [{string.Join(",", want)}]");
+        }
+
+        VideoInferenceState? state = null;
+        try
+        {
+            foreach (var c in p.GetProperty("calls").EnumerateArray())
+            {
+                call = c.GetProperty("call").GetString()!;
+                var req = c.GetProperty("request");
+                string type = req.GetProperty("type").GetString()!;
+                switch (type)
+                {
+                    case "start_session":
+                        state?.Dispose();
+                        state = engine.InitState(new FolderFrameSource(FramesFolder(fx, p.GetProperty("frames").GetString()!)));
+                        break;
+                    case "add_prompt":
+                    {
+                        int frame = req.GetProperty("frame_index").GetInt32();
+                        VideoFrameOutput o;
+                        if (req.TryGetProperty("points", out var pts) && pts.ValueKind == JsonValueKind.Array)
+                        {
+                            var points = pts.EnumerateArray().Select(Floats).Select(a => (a[0], a[1])).ToList();
+                            var labels = req.GetProperty("point_labels").EnumerateArray().Select(x => x.GetInt32()).ToList();
+                            o = engine.AddTrackerNewPoints(state!, frame, req.GetProperty("obj_id").GetInt32(), points, labels);
+                        }
+                        else
+                        {
+                            string? text = req.TryGetProperty("text", out var t) && t.ValueKind == JsonValueKind.String ? t.GetString() : null;
+                            List<(float, float, float, float)>? boxes = null;
+                            List<bool>? boxLabels = null;
+                            if (req.TryGetProperty("bounding_boxes", out var bb) && bb.ValueKind == JsonValueKind.Array)
+                            {
+                                boxes = bb.EnumerateArray().Select(Floats).Select(a => (a[0], a[1], a[2], a[3])).ToList();
+                                boxLabels = req.GetProperty("bounding_box_labels").EnumerateArray().Select(x => x.GetInt32() != 0).ToList();
+                            }
+                            o = engine.AddPrompt(state!, frame, text, boxes, boxLabels);
+                        }
+                        using (o)
+                        {
+                            OfferOutput(o);
+                            if (c.TryGetProperty("response", out var resp)) CheckIds(call, resp, o);
+                        }
+                        break;
+                    }
+                    case "propagate_in_video":
+                    {
+                        string dir = req.TryGetProperty("propagation_direction", out var d) ? d.GetString()! : "both";
+                        int? start = req.TryGetProperty("start_frame_index", out var sf) && sf.ValueKind == JsonValueKind.Number ? sf.GetInt32() : null;
+                        int? max = req.TryGetProperty("max_frame_num_to_track", out var mf) && mf.ValueKind == JsonValueKind.Number ? mf.GetInt32() : null;
+                        var yielded = new List<int>();
+                        var perFrame = c.TryGetProperty("per_frame", out var pf) ? pf.EnumerateArray().ToList() : [];
+                        foreach (bool reverse in dir switch { "forward" => new[] { false }, "backward" => new[] { true }, _ => new[] { false, true } })
+                        {
+                            foreach (var o in engine.Propagate(state!, start, max, reverse))
+                            {
+                                using (o)
+                                {
+                                    OfferOutput(o);
+                                    if (yielded.Count < perFrame.Count) CheckIds(call, perFrame[yielded.Count], o);
+                                    yielded.Add(o.FrameIndex);
+                                }
+                            }
+                        }
+                        if (c.TryGetProperty("yielded_frames", out var yf))
+                        {
+                            var want = yf.EnumerateArray().Select(x => x.GetInt32()).ToList();
+                            if (!want.SequenceEqual(yielded))
+                                throw new Sam3Exception($"{call}: yielded frames [{string.Join(",", yielded)}], reference [{string.Join(",", want)}]");
+                        }
+                        break;
+                    }
+                    case "remove_object":
+                        engine.RemoveObject(state!, req.GetProperty("obj_id").GetInt32(), isUserAction: true);
+                        break;
+                    case "reset_session":
+                        engine.ResetState(state!);
+                        engine.Settings = engine.Settings with { DetNmsThresh = boxNms };
+                        break;
+                    case "close_session":
+                        state?.Dispose();
+                        state = null;
+                        break;
+                    default:
+                        throw new NotSupportedException($"f2 request type '{type}' is not implemented by this runner");
+                }
+                if (state is not null && c.TryGetProperty("tracker_states_obj_ids", out var tso))
+                {
+                    var want = string.Join("|", tso.EnumerateArray().Select(a => string.Join(",", a.EnumerateArray().Select(x => x.GetInt32()))));
+                    var ours = string.Join("|", state.TrackerStates.Select(st => string.Join(",", st.ObjIds)));
+                    if (want != ours) throw new Sam3Exception($"{call}: tracker states [{ours}], reference [{want}]");
+                }
+                if (state is not null && c.TryGetProperty("action_history", out var ah))
+                    ctx.Detections.Add(($"{call}: action history length", ah.GetArrayLength(), state.ActionHistory.Count));
+            }
+        }
+        finally
+        {
+            state?.Dispose();
+        }
+    }
 
     private void DisposeVideoModel()
     {
         _videoModel?.Dispose();
         _videoModel = null;
+    }
+
+    private sealed partial class Context
+    {
+        /// <summary>Unpacks a recorded <c>*_packbits</c> mask to <paramref name="width"/> columns.</summary>
+        internal static Tensor UnpackBits(Tensor packed, long width) => Unpack(packed, width);
     }
 }

@@ -208,7 +208,17 @@ internal sealed partial class Sam3VideoEngine
     public TrackerPredictor Tracker { get; }
     public ClipBpeTokenizer Tokenizer { get; }
     public Sam3Config Config { get; }
-    public VideoPipelineSettings Settings { get; }
+    public VideoPipelineSettings Settings
+    {
+        get => _settings;
+        set
+        {
+            ArgumentNullException.ThrowIfNull(value);
+            value.Validate();
+            _settings = value;
+        }
+    }
+    private VideoPipelineSettings _settings = null!;
 
     /// <summary>Receives (frame, name, tensor) for detector runs ("det.grounding.pred_logits", "det.geo.out.0", ...).</summary>
     public Action<int, string, Tensor>? DetectorProbe { get; set; }
@@ -219,16 +229,22 @@ internal sealed partial class Sam3VideoEngine
     private readonly int[] _interpolSize;
 
     /// <param name="detector">An image model built with <see cref="Modeling.Heads.GroundingOptions.VideoDetector"/> and the tracker heads.</param>
-    public Sam3VideoEngine(Sam3Image detector, ClipBpeTokenizer tokenizer, VideoPipelineSettings? settings = null)
+    /// <param name="tokenizer">The CLIP BPE tokenizer.</param>
+    /// <param name="settings">Pipeline heuristics (default: the configuration's video section, or its ablation variant).</param>
+    /// <param name="applyTemporalDisambiguation">False = the builder's ablation variant: no hot-start, no reconditioning,
+    /// no tracker memory selection.</param>
+    public Sam3VideoEngine(Sam3Image detector, ClipBpeTokenizer tokenizer, VideoPipelineSettings? settings = null, bool applyTemporalDisambiguation = true)
     {
         Detector = detector ?? throw new ArgumentNullException(nameof(detector));
         Tokenizer = tokenizer ?? throw new ArgumentNullException(nameof(tokenizer));
         if (!detector.Grounding.Options.SuperviseJointBoxScores)
             throw new Sam3ConfigException("the video pipeline needs the video detector's joint scores (load the model with GroundingOptions.VideoDetector)");
-        Tracker = TrackerPredictor.FromImageModel(detector);
-        Config = detector.Config;
-        Settings = settings ?? VideoPipelineSettings.FromConfig(Config.Video);
-        Settings.Validate();
+        var cfg = detector.Config;
+        if (!applyTemporalDisambiguation) cfg = cfg with { Tracker = cfg.Tracker with { UseMemorySelection = false } };
+        Tracker = new TrackerPredictor(detector.Tracker ?? throw new Sam3StateException("the model was loaded without the tracker heads"), detector.backbone, cfg);
+        Config = cfg;
+        var defaults = VideoPipelineSettings.FromConfig(Config.Video);
+        Settings = settings ?? (applyTemporalDisambiguation ? defaults : defaults.WithoutTemporalDisambiguation());
         _inputMaskSize = Tracker.Net.input_mask_size;
         _interpolSize = Config.Tracker.MemoryEncoder.MaskDownsampler.InterpolSize;
     }
@@ -326,6 +342,9 @@ internal sealed partial class Sam3VideoEngine
                 var cxcywh = BoxOps.XywhToCxcywh(xywh);
                 var prompt = new Prompt(boxEmbeddings: cxcywh[TensorIndex.None, 0..1, ..].to(ModelDevice).DetachFromDisposeScope(),
                                         boxLabels: torch.tensor(new long[] { boxLabels[0] ? 1 : 0 }, new long[] { 1, 1 }).to(ModelDevice).DetachFromDisposeScope());
+                // the prompt outlives this scope (it is used on every run of the detector on this frame)
+                foreach (var t in new[] { prompt.BoxEmbeddings, prompt.BoxMask, prompt.BoxLabels, prompt.PointEmbeddings, prompt.PointMask, prompt.PointLabels })
+                    t.DetachFromDisposeScope();
                 s.PerFrameGeometricPrompt[frameIdx] = prompt;
                 s.HasVisualPrompt[frameIdx] = true;
             }
@@ -476,8 +495,8 @@ internal sealed partial class Sam3VideoEngine
             return new VideoFrameOutput
             {
                 FrameIndex = frameIdx, ObjIds = [], Probs = [],
-                BoxesXywh = torch.zeros(0, 4).MoveToOuterDisposeScope(),
-                Masks = torch.zeros(0, h, w, dtype: ScalarType.Bool).MoveToOuterDisposeScope(),
+                BoxesXywh = torch.zeros(0, 4).DetachFromDisposeScope(),
+                Masks = torch.zeros(0, h, w, dtype: ScalarType.Bool).DetachFromDisposeScope(),
                 Stats = raw.Stats,
             };
         var hide = new HashSet<int>();
@@ -506,8 +525,8 @@ internal sealed partial class Sam3VideoEngine
             FrameIndex = frameIdx,
             ObjIds = keptIds,
             Probs = probs,
-            BoxesXywh = xywh.MoveToOuterDisposeScope(),
-            Masks = masks.MoveToOuterDisposeScope(),
+            BoxesXywh = xywh.DetachFromDisposeScope(),
+            Masks = masks.DetachFromDisposeScope(),
             Stats = raw.Stats,
         };
     }

@@ -8,9 +8,12 @@ namespace Sam3.Torch.Tests.Parity;
 /// fp32 parity of the SAM3 video predictor (scenario f_video_predictor_text: text prompt on a frame, then forward
 /// propagation with detection, association, hot-start buffering and memory updates on every frame) through the same
 /// data-driven runner as <c>sam3 parity</c>: every recorded detector output and per-frame output (ids, probabilities,
-/// boxes, masks within 0.1% of pixels), plus the number of tracked objects per frame from <c>frame_stats</c>.
+/// boxes, masks within 0.1% of pixels), plus the number of tracked objects per frame from <c>frame_stats</c>; and
+/// f2_video_predictor_interactive (the recorded session-API request sequence: text detection, point refinement, a new
+/// object by points, partial propagation both ways, removal, fetch, reset, box prompt; non-overlap compared on the
+/// recorded inputs as README-video-extra.md prescribes). f2 takes about 2 minutes on 2 cores.
 /// </summary>
-[TestFixture, Category("Parity")]
+[TestFixture, Category("Parity"), Category("Slow")]
 public class VideoPredictorParityTests
 {
     private ParityRunner? _runner;
@@ -22,6 +25,7 @@ public class VideoPredictorParityTests
     public void Close() => _runner?.Dispose();
 
     [TestCase("f_")]
+    [TestCase("f2")]
     public void ScenarioPasses(string prefix)
     {
         foreach (var name in _runner!.Select([prefix]))
