@@ -254,9 +254,12 @@ internal sealed partial class Sam3VideoEngine
     // =============================================================== session state
 
     /// <summary>init_state over a frame source (the state owns it).</summary>
-    public VideoInferenceState InitState(IFrameSource source, bool isImageOnly = false)
+    /// <param name="source">The video (the state owns it).</param>
+    /// <param name="isImageOnly">A single image treated as a video (no object limit applies).</param>
+    /// <param name="loader">Frame preprocessing; default: upstream's choice for the source (cv2 quirk for video files).</param>
+    public VideoInferenceState InitState(IFrameSource source, bool isImageOnly = false, VideoFrameLoader? loader = null)
     {
-        var frames = new VideoPredictorFrames(source, Config.ImageSize, Config.ImageMean, Config.ImageStd);
+        var frames = new VideoPredictorFrames(source, Config.ImageSize, Config.ImageMean, Config.ImageStd, loader: loader);
         int n = frames.Count;
         return new VideoInferenceState
         {

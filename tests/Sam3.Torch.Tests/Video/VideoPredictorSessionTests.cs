@@ -1,0 +1,56 @@
+using System.Text.Json;
+using NUnit.Framework;
+using Sam3.Torch.Config;
+using Sam3.Torch.Tests.Infrastructure;
+using Sam3.Torch.Video;
+
+namespace Sam3.Torch.Tests.Video;
+
+/// <summary>
+/// The public video-predictor session facade on the tiny model and the parity video: a text prompt and a forward
+/// propagation give the reference's objects and probabilities (values from scenario f's JSON), reset forgets them,
+/// closed sessions refuse calls, and removing an unknown object is a typed error.
+/// </summary>
+[TestFixture, Category("Slow")]
+public class VideoPredictorSessionTests
+{
+    private Sam3VideoPredictor? _predictor;
+    private JsonElement _f;
+
+    [OneTimeSetUp]
+    public void Load()
+    {
+        var config = Sam3Config.Load(SharedData.Parity("tiny", "config.json"));
+        _predictor = Sam3VideoPredictor.Load(SharedData.Parity("tiny", "model.safetensors"), config,
+                                             SharedData.Parity("inputs", "bpe_simple_vocab_16e6.txt.gz"));
+        _f = JsonDocument.Parse(File.ReadAllText(SharedData.Parity("tiny", "f_video_predictor_text.json"))).RootElement.GetProperty("parameters");
+    }
+
+    [OneTimeTearDown]
+    public void Unload() => _predictor?.Dispose();
+
+    [Test]
+    public void TextPromptThenForwardPropagationMatchesTheReferenceObjects()
+    {
+        using var session = _predictor!.StartSession(SharedData.Parity("inputs", "video_0001"));
+        Assert.That(session.FrameCount, Is.EqualTo(8));
+        var first = session.AddText(0, "person");
+        int expectedCount = _f.GetProperty("frame_stats")[0].GetProperty("num_obj_tracked").GetInt32();
+        Assert.That(first.Objects, Has.Count.EqualTo(expectedCount));
+        Assert.That(first.Objects[0].Probability, Is.EqualTo(0.9165173f).Within(1e-5f)); // add_prompt.out_probs of scenario f
+        Assert.That(first.Objects[0].Mask, Has.Length.EqualTo(session.Width * session.Height));
+
+        var frames = session.Propagate(PropagationDirection.Forward).ToList();
+        Assert.That(frames.Select(f => f.FrameIndex), Is.EqualTo(Enumerable.Range(0, 8)));
+        Assert.That(frames.All(f => f.Objects.Count == 1 && f.Objects[0].ObjectId == first.Objects[0].ObjectId), Is.True);
+        // a second forward pass from frame 0 fetches the cached outputs (no recomputation), same objects
+        var again = session.Propagate(PropagationDirection.Forward).ToList();
+        Assert.That(again.Select(f => f.Objects[0].Area), Is.EqualTo(frames.Select(f => f.Objects[0].Area)));
+
+        Assert.Throws<Sam3PromptException>(() => session.RemoveObject(99));
+        session.Reset();
+        Assert.That(session.ObjectIds, Is.Empty);
+        session.Dispose();
+        Assert.Throws<Sam3StateException>(() => session.AddText(0, "person"));
+    }
+}
