@@ -52,4 +52,40 @@ public class VideoPredictorSessionTests
         session.Dispose();
         Assert.Throws<Sam3StateException>(() => session.AddText(0, "person"));
     }
+
+    private static List<string> Run(Sam3VideoSession session, CancellationToken ct = default)
+    {
+        var log = new List<string>();
+        foreach (var o in session.AddText(0, "person").Objects) log.Add($"prompt {o.ObjectId} {o.Probability:R} {o.Area}");
+        foreach (var f in session.Propagate(PropagationDirection.Forward, maxFrames: 2, cancellationToken: ct))
+            foreach (var o in f.Objects) log.Add($"{f.FrameIndex} {o.ObjectId} {o.Probability:R} {o.Area} {string.Join(",", o.BoxXywh)}");
+        return log;
+    }
+
+    [Test]
+    public void SessionsOnSeveralThreadsGiveTheSequentialResults()
+    {
+        string video = SharedData.Parity("inputs", "video_0001");
+        List<string> sequential;
+        using (var s = _predictor!.StartSession(video)) sequential = Run(s);
+        Assert.That(sequential, Has.Count.GreaterThan(1));
+        var tasks = Enumerable.Range(0, 2).Select(_ => Task.Run(() =>
+        {
+            using var s = _predictor.StartSession(video);
+            return Run(s);
+        })).ToArray();
+        Task.WaitAll(tasks);
+        foreach (var t in tasks) Assert.That(t.Result, Is.EqualTo(sequential));
+    }
+
+    [Test]
+    public void CancelledPropagationLeavesTheSessionUsable()
+    {
+        using var session = _predictor!.StartSession(SharedData.Parity("inputs", "video_0001"));
+        using var cts = new CancellationTokenSource();
+        cts.Cancel();
+        Assert.Throws<OperationCanceledException>(() => Run(session, cts.Token));
+        var log = Run(session);
+        Assert.That(log.Count(l => !l.StartsWith("prompt")), Is.EqualTo(3)); // frames 0..2, one object each
+    }
 }
