@@ -19,6 +19,9 @@ public static class Program
           sam3 track --checkpoint PATH --video FILE|DIR --out DIR [--point x,y[:neg]@FRAME ...] [--box x0,y0,x1,y1@FRAME ...]
                      [--obj ID] [--reverse] [--config full|tiny|PATH]
               Track objects through a video (SAM2-style tracker); writes tracks.jsonl (COCO RLE) and overlay.mp4.
+          sam3 video --checkpoint PATH --video FILE|DIR --text "person" --out DIR [--point x,y[:neg]@FRAME --obj ID]
+                     [--direction forward|backward|both] [--config full|tiny|PATH]
+              Find and track every instance of a text prompt; writes frames.jsonl, results.json (YouTube-VIS), overlay.mp4.
           sam3 parity --reference DIR [--scenario a,b,c] [--atol X --rtol Y]
               Run reference scenarios (PyTorch fixtures) through this library; prints 'parity: N passed, M failed'.
           sam3 COMMAND --help
@@ -55,6 +58,7 @@ public static class Program
                 "segment" => Commands.Segment(rest, stdout, stderr),
                 "parity" => Commands.Parity(rest, stdout, stderr),
                 "track" => Commands.Track(rest, stdout, stderr),
+                "video" => VideoCommand.RunWithConsoleCancel(rest, stdout, stderr),
                 _ => throw new UsageException($"unknown command '{args[0]}' (see sam3 --help)"),
             };
         }

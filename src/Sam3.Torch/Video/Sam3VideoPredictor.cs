@@ -66,6 +66,15 @@ public sealed class Sam3VideoPredictor : IDisposable
     {
         ArgumentNullException.ThrowIfNull(config);
         var tokenizer = ClipBpeTokenizer.FromBpeGz(bpeVocabularyPath, new ClipTokenizerOptions { Text = config.Text });
+        return Load(checkpointPath, config, tokenizer, device, applyTemporalDisambiguation);
+    }
+
+    /// <summary>Loads a checkpoint as the video model, with an already loaded tokenizer.</summary>
+    public static Sam3VideoPredictor Load(string checkpointPath, Sam3Config config, ClipBpeTokenizer tokenizer, Device? device = null,
+                                          bool applyTemporalDisambiguation = true)
+    {
+        ArgumentNullException.ThrowIfNull(config);
+        ArgumentNullException.ThrowIfNull(tokenizer);
         var model = Sam3ModelLoader.LoadImageModel(checkpointPath, config,
             new Sam3LoadOptions { EnableInstInteractivity = true, Device = device, Grounding = GroundingOptions.VideoDetector });
         return new Sam3VideoPredictor(model, tokenizer, ownsModel: true, applyTemporalDisambiguation);
@@ -138,6 +147,12 @@ public sealed class Sam3VideoSession : IDisposable
     public int Width => _state.OrigWidth;
     /// <summary>Video height in pixels.</summary>
     public int Height => _state.OrigHeight;
+    /// <summary>Frame <paramref name="index"/> as decoded (for overlays).</summary>
+    public RgbImage ReadFrame(int index)
+    {
+        lock (_gate) return _state.Frames.Source.ReadFrame(index);
+    }
+
     /// <summary>Ids of the objects currently tracked.</summary>
     public IReadOnlyList<int> ObjectIds { get { lock (_gate) return _state.Metadata?.ObjIds.ToArray() ?? []; } }
 
