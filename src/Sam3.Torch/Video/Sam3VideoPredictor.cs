@@ -234,8 +234,9 @@ public sealed class Sam3VideoSession : IDisposable
         var objects = new List<VideoObject>(n);
         if (n > 0)
         {
+            using var scope = NewDisposeScope();
             var boxes = o.BoxesXywh.cpu().data<float>().ToArray();
-            using var masks = o.Masks.cpu().to(ScalarType.Byte);
+            var masks = o.Masks.cpu().to(ScalarType.Byte);
             int h = (int)masks.shape[1], w = (int)masks.shape[2];
             var all = masks.data<byte>().ToArray();
             for (int i = 0; i < n; i++)

@@ -1,4 +1,6 @@
+using System.Diagnostics;
 using System.Text.Json;
+using TorchSharp;
 using NUnit.Framework;
 using Sam3.Torch.Config;
 using Sam3.Torch.Tests.Infrastructure;
@@ -87,5 +89,36 @@ public class VideoPredictorSessionTests
         Assert.Throws<OperationCanceledException>(() => Run(session, cts.Token));
         var log = Run(session);
         Assert.That(log.Count(l => !l.StartsWith("prompt")), Is.EqualTo(3)); // frames 0..2, one object each
+    }
+
+    private static (long Live, long Rss) Measure()
+    {
+        for (int i = 0; i < 2; i++)
+        {
+            GC.Collect();
+            GC.WaitForPendingFinalizers();
+        }
+        using var proc = Process.GetCurrentProcess();
+        proc.Refresh();
+        return (DisposeScopeManager.Statistics.ThreadTotalLiveCount, proc.WorkingSet64);
+    }
+
+    [Test]
+    public void OpeningAndClosingSessionsLeavesMemoryFlat()
+    {
+        string video = SharedData.Parity("inputs", "video_0001");
+        void OneSession()
+        {
+            using var s = _predictor!.StartSession(video);
+            Assert.That(s.AddText(0, "person").Objects, Is.Not.Empty);
+        }
+        for (int i = 0; i < 3; i++) OneSession();
+        var before = Measure();
+        const int n = 15; // the live-tensor count is exact: a leak shows after one session
+        for (int i = 0; i < n; i++) OneSession();
+        var after = Measure();
+        TestContext.Out.WriteLine($"{n} sessions: live tensors {before.Live} -> {after.Live}, RSS {before.Rss / 1048576.0:F1} -> {after.Rss / 1048576.0:F1} MiB");
+        Assert.That(after.Live, Is.LessThanOrEqualTo(before.Live), "tensors leaked by closed sessions");
+        Assert.That(after.Rss - before.Rss, Is.LessThan(64L << 20), "RSS grew by more than 64 MiB over the sessions");
     }
 }
