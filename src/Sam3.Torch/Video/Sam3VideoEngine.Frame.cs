@@ -32,8 +32,8 @@ internal sealed partial class Sam3VideoEngine
         var newDetInds = assoc.NewDetInds;
         if (Settings.SuppressDetCloseToBoundary && newDetInds.Length > 0)
         {
-            var boxes = det.Bbox.index_select(0, torch.tensor(newDetInds.Select(i => (long)i).ToArray()));
-            var keepB = SuppressDetectionsCloseToBoundary(boxes).data<bool>().ToArray();
+            var boxes = det.Bbox.index_select(0, torch.tensor(newDetInds.Select(i => (long)i).ToArray()).to(det.Bbox.device));
+            var keepB = SuppressDetectionsCloseToBoundary(boxes).cpu().data<bool>().ToArray();
             newDetInds = newDetInds.Where((_, i) => keepB[i]).ToArray();
         }
         int prevNum = prevIds.Length, newNum = newDetInds.Length, dropped = 0;
@@ -87,7 +87,7 @@ internal sealed partial class Sam3VideoEngine
         }
 
         // ---- execution
-        if (newNum > 0) TrackerAddNewObjects(s, frameIdx, newObjIds, det.Mask.index_select(0, torch.tensor(newDetInds.Select(i => (long)i).ToArray())));
+        if (newNum > 0) TrackerAddNewObjects(s, frameIdx, newObjIds, det.Mask.index_select(0, torch.tensor(newDetInds.Select(i => (long)i).ToArray()).to(det.Mask.device)));
         foreach (int id in newlyRemoved) TrackerRemoveObject(s, id);
 
         // ---- outputs
@@ -95,7 +95,7 @@ internal sealed partial class Sam3VideoEngine
         var stats = new VideoFrameStats(md.ObjIds.Count, dropped);
         if (trkScores.shape[0] > 0)
         {
-            var sig = trkScores.sigmoid().data<float>().ToArray();
+            var sig = trkScores.sigmoid().cpu().data<float>().ToArray();
             for (int i = 0; i < prevIds.Length; i++) frameScores[prevIds[i]] = sig[i];
         }
         foreach (var t in objIdToMask.Values) t.DetachFromDisposeScope();
@@ -139,7 +139,7 @@ internal sealed partial class Sam3VideoEngine
         if (!allowNewDetections) probs = probs - Settings.DisallowedDetProbOffset;
         var pos = probs.gt(Settings.ScoreThresholdDetection).nonzero().squeeze(1);
         var scores = probs.index_select(0, pos);
-        var result = new DetOut(d.PredBoxesXyxy.index_select(0, pos), d.PredMasks.index_select(0, pos), scores, scores.data<float>().ToArray());
+        var result = new DetOut(d.PredBoxesXyxy.index_select(0, pos), d.PredMasks.index_select(0, pos), scores, scores.cpu().data<float>().ToArray());
 
         // tracker features of this frame (the previous frame's are dropped)
         if (s.TrackerFeatures.Remove(frameIdx, out var oldF)) oldF.Dispose();
@@ -197,10 +197,10 @@ internal sealed partial class Sam3VideoEngine
     {
         using var scope = NewDisposeScope();
         var valid = probs.gt(probThreshold);
-        var validIdx = valid.nonzero().squeeze(1).data<long>().ToArray();
+        var validIdx = valid.nonzero().squeeze(1).cpu().data<long>().ToArray();
         var keep = new bool[probs.shape[0]];
-        if (validIdx.Length == 0) return torch.tensor(keep).MoveToOuterDisposeScope();
-        var sel = torch.tensor(validIdx);
+        if (validIdx.Length == 0) return torch.tensor(keep).to(probs.device).MoveToOuterDisposeScope();
+        var sel = torch.tensor(validIdx).to(probs.device);
         var p = probs.index_select(0, sel).to(ScalarType.Float32).cpu().data<float>().ToArray();
         var ious = MaskIou(masks.index_select(0, sel).gt(0), masks.index_select(0, sel).gt(0)).cpu();
         var iou = ious.data<float>().ToArray();
@@ -215,7 +215,7 @@ internal sealed partial class Sam3VideoEngine
                 if (iou[i * n + order[k]] <= iouThreshold) rest.Add(order[k]);
             order = rest;
         }
-        return torch.tensor(keep).MoveToOuterDisposeScope();
+        return torch.tensor(keep).to(probs.device).MoveToOuterDisposeScope();
     }
 
     /// <summary>numpy <c>scores.argsort()[::-1]</c>: quicksort ascending (ties in unspecified but, for small n, insertion order), reversed.</summary>
@@ -269,7 +269,7 @@ internal sealed partial class Sam3VideoEngine
             return new Association(Enumerable.Range(0, nDet).ToArray(), [], new(), new(), new(), []);
         if (nDet == 0)
         {
-            var nonEmpty0 = trkMasks.gt(0).flatten(1).any(1).data<bool>().ToArray();
+            var nonEmpty0 = trkMasks.gt(0).flatten(1).any(1).cpu().data<bool>().ToArray();
             return new Association([], trkObjIds.Where((_, i) => nonEmpty0[i]).ToArray(), new(), new(), new(), trkObjIds.Where((_, i) => !nonEmpty0[i]).ToArray());
         }
         if (detMasks.shape[^2] != trkMasks.shape[^2] || detMasks.shape[^1] != trkMasks.shape[^1])
@@ -284,7 +284,7 @@ internal sealed partial class Sam3VideoEngine
         float Iou(int d, int t) => ious[d * nTrk + t];
         var trkMatched = new bool[nTrk];
         for (int t = 0; t < nTrk; t++) for (int d = 0; d < nDet; d++) if (Iou(d, t) >= Settings.TrkAssocIouThresh) trkMatched[t] = true;
-        var nonEmpty = trkMasks.gt(0).flatten(1).any(1).data<bool>().ToArray();
+        var nonEmpty = trkMasks.gt(0).flatten(1).any(1).cpu().data<bool>().ToArray();
         var unmatched = Enumerable.Range(0, nTrk).Where(t => nonEmpty[t] && !trkMatched[t]).Select(t => trkObjIds[t]).ToArray();
         var empty = Enumerable.Range(0, nTrk).Where(t => !nonEmpty[t]).Select(t => trkObjIds[t]).ToArray();
         var isNew = new bool[nDet];
@@ -465,7 +465,7 @@ internal sealed partial class Sam3VideoEngine
                     if (jLater && last[i] > -1) toSuppress[j] = true;
                 }
         }
-        var occluded = binary.flatten(1).any(1).logical_not().data<bool>().ToArray();
+        var occluded = binary.flatten(1).any(1).logical_not().cpu().data<bool>().ToArray();
         for (int i = 0; i < n; i++) lastOccludedNew[objIds[i]] = occluded[i] || toSuppress[i] ? frameIdx : last[i];
         if (!toSuppress.Any(x => x)) return masks;
         var sup = torch.tensor(toSuppress).to(masks.device);
