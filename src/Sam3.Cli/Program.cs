@@ -26,6 +26,9 @@ internal static class Program
               Track objects through a video (SAM2-style tracker); writes tracks.jsonl (COCO RLE) and overlay.mp4.
           sam3 serve --checkpoint PATH [--port 8080] [--host 127.0.0.1]
               Serve the click-to-segment page and a JSON API (OpenAPI at /openapi/v1.json) on loopback.
+          sam3 video --checkpoint PATH --video FILE|DIR --text "person" --out DIR [--point x,y[:neg]@FRAME --obj ID]
+                     [--direction forward|backward|both] [--config full|tiny|PATH]
+              Find and track every instance of a text prompt; writes frames.jsonl, results.json (YouTube-VIS), overlay.mp4.
           sam3 parity --reference DIR [--scenario a,b,c] [--checkpoint F] [--atol X --rtol Y]
               Run reference scenarios (PyTorch fixtures) through this library; prints 'parity: N passed, M failed'.
           sam3 COMMAND --help
@@ -64,6 +67,7 @@ internal static class Program
                 "label" => Commands.Label(rest, stdout, stderr),
                 "track" => Commands.Track(rest, stdout, stderr),
                 "serve" => Serve.ServeCommand.Run(rest, stdout, stderr),
+                "video" => VideoCommand.RunWithConsoleCancel(rest, stdout, stderr),
                 _ => throw new UsageException($"unknown command '{args[0]}' (see sam3 --help)"),
             };
         }

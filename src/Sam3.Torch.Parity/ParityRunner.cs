@@ -92,6 +92,7 @@ internal sealed partial class ParityRunner : IDisposable
                 case "predict_inst": RunPredictInst(ctx); break;
                 case "batched_api": RunBatchedApi(ctx); break;
                 case "tracker_video" or "tracker_interactive": RunTracker(ctx, kind); break;
+                case "video_predictor_text" or "video_predictor_interactive": RunVideoPredictor(ctx, kind); break;
                 default: throw new NotSupportedException($"scenario kind '{kind}' is not implemented by this runner yet");
             }
             ctx.CheckAllCompared();
@@ -272,6 +273,7 @@ internal sealed partial class ParityRunner : IDisposable
     {
         _api?.Dispose();
         _api = null;
+        DisposeVideoModel();
     }
 
     // ------------------------------------------------------------------ bookkeeping

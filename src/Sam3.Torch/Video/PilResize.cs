@@ -12,6 +12,16 @@ internal static class PilResize
 {
     private const int PrecisionBits = 32 - 8 - 2;
     private const double BicubicSupport = 2.0;
+    private const double BilinearSupport = 1.0;
+
+    /// <summary>Pillow's resampling filters used by the reference loaders (BICUBIC: tracker, BILINEAR: video predictor).</summary>
+    internal enum Filter { Bicubic, Bilinear }
+
+    private static double Bilinear(double x)
+    {
+        if (x < 0.0) x = -x;
+        return x < 1.0 ? 1.0 - x : 0.0;
+    }
 
     private static double Bicubic(double x)
     {
@@ -23,11 +33,11 @@ internal static class PilResize
     }
 
     /// <summary>precompute_coeffs + normalize_coeffs_8bpc: per output index its first tap, tap count and integer weights.</summary>
-    private static (int ksize, int[] bounds, int[] kk) Coefficients(int inSize, int outSize)
+    private static (int ksize, int[] bounds, int[] kk) Coefficients(int inSize, int outSize, Filter filter = Filter.Bicubic)
     {
         double scale = (double)inSize / outSize;
         double filterscale = scale < 1.0 ? 1.0 : scale;
-        double support = BicubicSupport * filterscale;
+        double support = (filter == Filter.Bilinear ? BilinearSupport : BicubicSupport) * filterscale;
         int ksize = (int)Math.Ceiling(support) * 2 + 1;
         var bounds = new int[outSize * 2];
         var kk = new int[outSize * ksize];
@@ -44,7 +54,7 @@ internal static class PilResize
             Array.Clear(k);
             for (int x = 0; x < xmax; x++)
             {
-                double w = Bicubic((x + xmin - center + 0.5) * ss);
+                double w = filter == Filter.Bilinear ? Bilinear((x + xmin - center + 0.5) * ss) : Bicubic((x + xmin - center + 0.5) * ss);
                 k[x] = w;
                 ww += w;
             }
@@ -70,15 +80,16 @@ internal static class PilResize
 
     /// <summary>Resizes HWC RGB bytes (<paramref name="width"/> × <paramref name="height"/>) to <paramref name="outWidth"/> × <paramref name="outHeight"/>.</summary>
     /// <param name="destination">Reused as the result when it has the output's length (else a new array is returned).</param>
-    public static byte[] ResizeRgb(ReadOnlySpan<byte> src, int width, int height, int outWidth, int outHeight, byte[]? destination = null)
+    public static byte[] ResizeRgb(ReadOnlySpan<byte> src, int width, int height, int outWidth, int outHeight, byte[]? destination = null,
+                                   Filter filter = Filter.Bicubic)
     {
         if (width <= 0 || height <= 0 || outWidth <= 0 || outHeight <= 0)
             throw new ArgumentOutOfRangeException(nameof(width), $"resize {width}x{height} -> {outWidth}x{outHeight}: sizes must be positive");
         if (src.Length != 3L * width * height) throw new ArgumentException($"RGB buffer of {src.Length} bytes for a {width}x{height} image", nameof(src));
         if (width == outWidth && height == outHeight) return src.ToArray();
         bool needH = outWidth != width, needV = outHeight != height;
-        var (kh, bh, wh) = Coefficients(width, outWidth);
-        var (kv, bv, wv) = Coefficients(height, outHeight);
+        var (kh, bh, wh) = Coefficients(width, outWidth, filter);
+        var (kv, bv, wv) = Coefficients(height, outHeight, filter);
 
         // horizontal pass over the rows the vertical pass reads
         int yFirst = needV ? bv[0] : 0;

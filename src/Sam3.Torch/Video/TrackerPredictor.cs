@@ -37,7 +37,7 @@ internal readonly record struct MemoryAttentionInfo(int PromptLength, int NumObj
 /// </list>
 /// Image features of only the most recent frame are cached (as upstream); frames are decoded lazily.
 /// </summary>
-internal sealed class TrackerPredictor
+internal sealed partial class TrackerPredictor
 {
     public Sam3TrackerBase Net { get; }
     public SAM3VLBackbone Backbone { get; }

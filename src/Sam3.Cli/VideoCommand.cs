@@ -1,0 +1,190 @@
+using System.Globalization;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using OpenCvSharp;
+using Sam3.Torch;
+using Sam3.Torch.IO;
+using Sam3.Torch.Processing;
+using Sam3.Torch.Video;
+using Sam3.Torch.Visualization;
+
+namespace Sam3.Cli;
+
+/// <summary>
+/// <c>sam3 video</c>: the text-prompted video predictor. Every instance of the text prompt is detected and tracked
+/// (optionally refined or extended by clicks); writes one JSON line per frame (ids, probabilities, xywh boxes, COCO RLE
+/// masks), a results file in the YouTube-VIS results format and an overlay video with a fixed colour per object id.
+/// </summary>
+internal static class VideoCommand
+{
+    public const string Usage = """
+        sam3 video --checkpoint PATH --video FILE|DIR --text "person" --out DIR [options]
+          --config full|tiny|PATH     model configuration (default: full)
+          --vocab PATH                bpe_simple_vocab_16e6.txt.gz (default: next to the checkpoint)
+          --video FILE|DIR            a video file or a folder of <index>.jpg frames
+          --text T                    what to find and track
+          --frame N                   frame of the text prompt (default 0)
+          --point x,y[:neg]@FRAME     a click in video pixels (repeatable), for the object of the next --obj
+          --obj ID                    object id of the clicks before it (refines a detected object or adds one)
+          --direction forward|backward|both   propagation direction (default both)
+          --no-video                  do not write the overlay video
+          --force                     replace output files that already exist
+        Writes DIR/frames.jsonl, DIR/results.json (YouTube-VIS results) and DIR/overlay.mp4. Ctrl-C stops cleanly.
+        """;
+
+    private static readonly string[] ValueOptions = ["checkpoint", "config", "vocab", "video", "text", "frame", "point", "obj", "direction", "fps", "out"];
+    private static readonly string[] FlagOptions = ["no-video", "force", "help"];
+
+    public static int Run(string[] args, TextWriter stdout, TextWriter stderr, CancellationToken cancel = default)
+    {
+        var a = CliArgs.Parse(args, ValueOptions, FlagOptions);
+        if (a.Flag("help")) { stdout.WriteLine(Usage); return 0; }
+        if (a.Positional.Count > 0) throw new UsageException($"video: unexpected argument '{a.Positional[0]}'");
+        string checkpoint = a.Required("checkpoint"), videoPath = a.Required("video"), outDir = a.Required("out"), text = a.Required("text");
+        int textFrame = 0;
+        if (a.Value("frame") is { } fv && (!int.TryParse(fv, NumberStyles.Integer, CultureInfo.InvariantCulture, out textFrame) || textFrame < 0))
+            throw new UsageException($"--frame expects a frame index, got '{fv}'");
+        var direction = (a.Value("direction") ?? "both") switch
+        {
+            "forward" => PropagationDirection.Forward,
+            "backward" => PropagationDirection.Backward,
+            "both" => PropagationDirection.Both,
+            var d => throw new UsageException($"--direction expects forward, backward or both, got '{d}'"),
+        };
+        var clicks = TrackCommand.ParsePrompts(args);
+        if (clicks.Any(c => c.Box is not null)) throw new UsageException("video: boxes are not supported here; use --text and --point");
+        bool writeVideo = !a.Flag("no-video");
+        string jsonl = Path.Combine(outDir, "frames.jsonl"), results = Path.Combine(outDir, "results.json"), mp4 = Path.Combine(outDir, "overlay.mp4");
+        foreach (var f in writeVideo ? new[] { jsonl, results, mp4 } : [jsonl, results])
+            if (File.Exists(f) && !a.Flag("force")) throw new UsageException($"output {f} exists (use --force to replace it)");
+        if (!File.Exists(checkpoint)) throw new Sam3CheckpointException($"checkpoint not found: {checkpoint}");
+        if (!File.Exists(videoPath) && !Directory.Exists(videoPath)) throw new Sam3ImageException($"video not found: {videoPath}");
+        var configOption = a.Value("config");
+
+        var sw = System.Diagnostics.Stopwatch.StartNew();
+        using var predictor = Sam3VideoPredictor.Load(checkpoint, new Sam3ModelOptions
+        {
+            Config = configOption is null ? null : SegmentCommand.ResolveConfig(configOption),
+            TokenizerPath = a.Value("vocab"),
+        });
+        stderr.WriteLine(string.Format(CultureInfo.InvariantCulture, "loaded {0} in {1:F1} s", Path.GetFileName(checkpoint), sw.Elapsed.TotalSeconds));
+        using var session = predictor.StartSession(videoPath);
+        if (textFrame >= session.FrameCount) throw new Sam3PromptException($"--frame {textFrame} outside [0, {session.FrameCount - 1}]");
+        var first = session.AddText(textFrame, text);
+        stderr.WriteLine($"'{text}' on frame {textFrame}: {first.Objects.Count} object(s)");
+        foreach (var c in clicks)
+        {
+            if (c.Frame >= session.FrameCount) throw new Sam3PromptException($"click frame {c.Frame} outside [0, {session.FrameCount - 1}]");
+            var pts = c.Points.Select(p => new VideoPoint(p.X / session.Width, p.Y / session.Height, p.Positive)).ToList();
+            session.AddPoints(c.Frame, c.ObjectId, pts);
+        }
+
+        Directory.CreateDirectory(outDir);
+        double fps = 10.0;
+        if (!Directory.Exists(videoPath))
+        {
+            using var cap = new VideoCapture(videoPath);
+            if (cap.IsOpened() && cap.Fps > 0 && double.IsFinite(cap.Fps)) fps = cap.Fps;
+        }
+        VideoWriter? writer = null;
+        if (writeVideo)
+        {
+            writer = new VideoWriter(mp4, FourCC.FromString("mp4v"), fps, new OpenCvSharp.Size(session.Width, session.Height));
+            if (!writer.IsOpened()) { writer.Dispose(); throw new Sam3ImageException($"{mp4}: OpenCV cannot write mp4 video here; use --no-video"); }
+        }
+        // YouTube-VIS results: one entry per object, a segmentation (or null) per frame, the mean probability as score
+        var perObject = new SortedDictionary<int, (JsonNode?[] Segs, double ScoreSum, int Count)>();
+        var frames = new SortedDictionary<int, VideoFrameResult>();
+        bool terminal = Commands.IsConsoleTerminal(stderr);
+        bool stopped = false;
+        int done = 0;
+        sw.Restart();
+        using (var lines = new StreamWriter(jsonl, append: false))
+        {
+            try
+            {
+                foreach (var frame in session.Propagate(direction, cancellationToken: cancel))
+                {
+                    var objs = new JsonArray();
+                    foreach (var o in frame.Objects)
+                    {
+                        var rle = CocoRle.Encode(o.Mask, o.Height, o.Width);
+                        var seg = JsonNode.Parse(rle.ToJson());
+                        objs.Add(new JsonObject
+                        {
+                            ["id"] = o.ObjectId, ["score"] = o.Probability,
+                            ["bbox_xywh"] = new JsonArray(o.BoxXywh.Select(v => (JsonNode)JsonValue.Create(v)!).ToArray()),
+                            ["area"] = o.Area, ["segmentation"] = seg,
+                        });
+                        if (!perObject.TryGetValue(o.ObjectId, out var po)) po = (new JsonNode?[session.FrameCount], 0, 0);
+                        po.Segs[frame.FrameIndex] = seg!.DeepClone();
+                        perObject[o.ObjectId] = (po.Segs, po.ScoreSum + o.Probability, po.Count + 1);
+                    }
+                    lines.WriteLine(new JsonObject { ["frame"] = frame.FrameIndex, ["objects"] = objs }.ToJsonString());
+                    lines.Flush();
+                    if (writer is not null)
+                    {
+                        using var mat = Overlay(session.ReadFrame(frame.FrameIndex), frame).ToMat();
+                        writer.Write(mat);
+                    }
+                    done++;
+                    if (terminal)
+                        stderr.Write(string.Format(CultureInfo.InvariantCulture, "\rframe {0} ({1} done) {2:F2} frames/s, {3} object(s)   ",
+                            frame.FrameIndex, done, done / sw.Elapsed.TotalSeconds, frame.Objects.Count));
+                }
+            }
+            catch (OperationCanceledException)
+            {
+                stopped = true;
+            }
+            finally
+            {
+                writer?.Release();
+                writer?.Dispose();
+                if (terminal) stderr.WriteLine();
+            }
+        }
+        var vis = new JsonArray();
+        foreach (var (id, po) in perObject)
+            vis.Add(new JsonObject
+            {
+                ["video_id"] = 0, ["category_id"] = 1, ["object_id"] = id,
+                ["score"] = po.Count > 0 ? po.ScoreSum / po.Count : 0,
+                ["segmentations"] = new JsonArray(po.Segs.Select(x => x?.DeepClone()).ToArray()),
+            });
+        File.WriteAllText(results, vis.ToJsonString());
+        stdout.WriteLine(string.Format(CultureInfo.InvariantCulture, "{0}{1} frame(s), {2} object(s) in {3:F1} s ({4:F2} frames/s) -> {5}, {6}{7}",
+            stopped ? "stopped after " : "", done, perObject.Count, sw.Elapsed.TotalSeconds, done / Math.Max(sw.Elapsed.TotalSeconds, 1e-9), jsonl, results,
+            writeVideo ? ", " + mp4 : ""));
+        return 0;
+    }
+
+    /// <summary>Each object's mask blended at 50 % in the palette colour of its id (consistent across frames).</summary>
+    private static RgbImage Overlay(RgbImage image, VideoFrameResult frame)
+    {
+        var data = (byte[])image.Data.Clone();
+        foreach (var o in frame.Objects)
+        {
+            var c = Palette.At(o.ObjectId);
+            for (int i = 0; i < o.Mask.Length; i++)
+            {
+                if (o.Mask[i] == 0) continue;
+                int p = i * 3;
+                data[p] = (byte)((data[p] + c.R + 1) / 2);
+                data[p + 1] = (byte)((data[p + 1] + c.G + 1) / 2);
+                data[p + 2] = (byte)((data[p + 2] + c.B + 1) / 2);
+            }
+        }
+        return new RgbImage(image.Width, image.Height, data);
+    }
+
+    /// <summary>Entry from the command table: Ctrl-C cancels the propagation.</summary>
+    public static int RunWithConsoleCancel(string[] args, TextWriter stdout, TextWriter stderr)
+    {
+        using var cts = new CancellationTokenSource();
+        ConsoleCancelEventHandler handler = (_, e) => { e.Cancel = true; cts.Cancel(); };
+        Console.CancelKeyPress += handler;
+        try { return Run(args, stdout, stderr, cts.Token); }
+        finally { Console.CancelKeyPress -= handler; }
+    }
+}
