@@ -82,17 +82,8 @@ internal sealed class TrackerFrames : IDisposable
     /// <summary>The normalised frame [1, 3, S, S] float32 on <paramref name="device"/> (owned by the caller's dispose scope).</summary>
     public Tensor Normalized(int index, Device? device = null)
     {
-        var rgb = Resized(index);
-        int n = ImageSize * ImageSize;
-        var chw = _chw ??= new float[3 * n];
-        for (int i = 0; i < n; i++)
-        {
-            chw[i] = _lut[rgb[3 * i]];
-            chw[n + i] = _lut[rgb[3 * i + 1]];
-            chw[2 * n + i] = _lut[rgb[3 * i + 2]];
-        }
-        var t = torch.tensor(chw, new long[] { 1, 3, ImageSize, ImageSize });
-        return device is null || device.type == DeviceType.CPU ? t : t.to(device);
+        var chw = _chw ??= new float[3 * ImageSize * ImageSize];
+        return FrameNormalization.ToChw(Resized(index), ImageSize, _lut, chw, device);
     }
 
     public void Dispose()
@@ -100,5 +91,25 @@ internal sealed class TrackerFrames : IDisposable
         _cache.Clear();
         _lastOriginal = null;
         if (_ownsSource) _source.Dispose();
+    }
+}
+
+/// <summary>HWC uint8 → [1, 3, S, S] float32 through a per-value lookup table (the loaders' normalisation).</summary>
+internal static class FrameNormalization
+{
+    /// <param name="rgb">S·S·3 bytes, row-major HWC.</param>
+    /// <param name="lut">256 normalised values, one per byte value.</param>
+    /// <param name="chw">A reusable buffer of 3·S·S floats.</param>
+    public static Tensor ToChw(byte[] rgb, int size, float[] lut, float[] chw, Device? device)
+    {
+        int n = size * size;
+        for (int i = 0; i < n; i++)
+        {
+            chw[i] = lut[rgb[3 * i]];
+            chw[n + i] = lut[rgb[3 * i + 1]];
+            chw[2 * n + i] = lut[rgb[3 * i + 2]];
+        }
+        var t = torch.tensor(chw, new long[] { 1, 3, size, size });
+        return device is null || device.type == DeviceType.CPU ? t : t.to(device);
     }
 }

@@ -122,17 +122,8 @@ internal sealed class VideoPredictorFrames : IDisposable
     /// <summary>The normalised frame [1, 3, S, S] float32 on <paramref name="device"/> (in the caller's dispose scope).</summary>
     public Tensor Normalized(int index, Device? device = null)
     {
-        var rgb = Resized(index);
-        int n = ImageSize * ImageSize;
-        var chw = _chw ??= new float[3 * n];
-        for (int i = 0; i < n; i++)
-        {
-            chw[i] = _lut[rgb[3 * i]];
-            chw[n + i] = _lut[rgb[3 * i + 1]];
-            chw[2 * n + i] = _lut[rgb[3 * i + 2]];
-        }
-        var t = torch.tensor(chw, new long[] { 1, 3, ImageSize, ImageSize });
-        return device is null || device.type == DeviceType.CPU ? t : t.to(device);
+        var chw = _chw ??= new float[3 * ImageSize * ImageSize];
+        return FrameNormalization.ToChw(Resized(index), ImageSize, _lut, chw, device);
     }
 
     public void Dispose()

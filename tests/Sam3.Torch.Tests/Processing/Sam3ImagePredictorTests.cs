@@ -920,17 +920,7 @@ public class Sam3ImagePredictorTests
         return new RgbImage(w, h, data);
     }
 
-    private static (long Live, long Rss) Measure()
-    {
-        for (int i = 0; i < 2; i++)
-        {
-            GC.Collect();
-            GC.WaitForPendingFinalizers();
-        }
-        using var proc = Process.GetCurrentProcess();
-        proc.Refresh();
-        return (DisposeScopeManager.Statistics.ThreadTotalLiveCount, proc.WorkingSet64);
-    }
+    private static (long Live, long Rss) Measure() => MemoryProbe.Measure();
 
     // ------------------------------------------------------------------ 4. cancellation
 

@@ -51,17 +51,7 @@ internal sealed class SyntheticFrameSource(int frames, int width = 96, int heigh
 [TestFixture, Category("Slow")]
 public class TrackerMemoryTests
 {
-    private static (long Live, long Rss) Measure()
-    {
-        for (int i = 0; i < 2; i++)
-        {
-            GC.Collect();
-            GC.WaitForPendingFinalizers();
-        }
-        using var proc = Process.GetCurrentProcess();
-        proc.Refresh();
-        return (DisposeScopeManager.Statistics.ThreadTotalLiveCount, proc.WorkingSet64);
-    }
+    private static (long Live, long Rss) Measure() => MemoryProbe.Measure();
 
     /// <remarks>
     /// The default run streams 500 frames (warm-up 100): ~0.3 s per frame on the shared 2-core CI machine would make the

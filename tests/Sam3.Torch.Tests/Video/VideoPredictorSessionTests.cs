@@ -91,17 +91,7 @@ public class VideoPredictorSessionTests
         Assert.That(log.Count(l => !l.StartsWith("prompt")), Is.EqualTo(3)); // frames 0..2, one object each
     }
 
-    private static (long Live, long Rss) Measure()
-    {
-        for (int i = 0; i < 2; i++)
-        {
-            GC.Collect();
-            GC.WaitForPendingFinalizers();
-        }
-        using var proc = Process.GetCurrentProcess();
-        proc.Refresh();
-        return (DisposeScopeManager.Statistics.ThreadTotalLiveCount, proc.WorkingSet64);
-    }
+    private static (long Live, long Rss) Measure() => MemoryProbe.Measure();
 
     [Test]
     public void OpeningAndClosingSessionsLeavesMemoryFlat()
