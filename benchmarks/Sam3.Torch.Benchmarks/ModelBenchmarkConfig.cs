@@ -23,7 +23,7 @@ public abstract class ModelBenchmarkConfig : ManualConfig
             .WithIterationCount(iterationCount)
             .WithId(id);
         if (Environment.GetEnvironmentVariable("SAM3_BENCH_INPROCESS") == "1")
-            job = job.WithToolchain(InProcessEmitToolchain.Instance);
+            job = job.WithToolchain(new InProcessEmitToolchain(TimeSpan.FromHours(2), logOutput: true)); // full-size invocations take minutes
         AddJob(job);
         AddDiagnoser(MemoryDiagnoser.Default);
         AddColumn(new CpuTimeColumn(), new PeakRssColumn());
@@ -34,4 +34,5 @@ public abstract class ModelBenchmarkConfig : ManualConfig
 public sealed class VitBlockConfig() : ModelBenchmarkConfig("VitBlock", warmupCount: 1, iterationCount: 3);
 
 /// <summary>The whole image model (tens of seconds an invocation on 2 cores): 1 warm-up, 3 measured iterations.</summary>
+public sealed class TrackerFrameConfig() : ModelBenchmarkConfig("TrackerFrame", warmupCount: 0, iterationCount: 2);
 public sealed class FullModelConfig() : ModelBenchmarkConfig("FullModel", warmupCount: 1, iterationCount: 3);
