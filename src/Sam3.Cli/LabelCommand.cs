@@ -20,7 +20,7 @@ namespace Sam3.Cli;
 /// results file is assembled (atomically) only at the end. Shardable: <c>--shard i/N</c> takes every N-th image
 /// (deterministic); <c>sam3 label merge</c> joins the shards' outputs into what one unsharded run writes.
 /// </summary>
-public static class LabelCommand
+internal static class LabelCommand
 {
     public const string Usage = """
         sam3 label --checkpoint PATH (--images DIR|LIST --prompts "cat,dog" | --queries FILE.jsonl) --out RESULTS.json [options]
@@ -46,9 +46,6 @@ public static class LabelCommand
         RESULTS.json.work/ (journal + one file per labelled image; removed when the run completes).
         """;
 
-    private static readonly string[] ValueOptions =
-        ["checkpoint", "config", "vocab", "images", "prompts", "queries", "out", "threshold", "max-dets", "batch-images", "shard", "device"];
-    private static readonly string[] FlagOptions = ["force", "help"];
 
     /// <summary>Environment variable of the fault-injection test hook: after this many images of this process are written
     /// (before their journal line) the process kills itself, as a scheduler's SIGKILL would.</summary>
@@ -65,11 +62,8 @@ public static class LabelCommand
     internal sealed record LabelPlan(IReadOnlyList<LabelImage> Images, IReadOnlyList<LabelCategory> Categories, IReadOnlyList<LabelQuery>? Queries,
         string QueriesSource);
 
-    public static int Run(string[] args, TextWriter stdout, TextWriter stderr)
+    public static int Run(CliArgs a, TextWriter stdout, TextWriter stderr)
     {
-        if (args.Length > 0 && args[0] == "merge") return Merge(args[1..], stdout);
-        var a = CliArgs.Parse(args, ValueOptions, FlagOptions);
-        if (a.Flag("help")) { stdout.WriteLine(Usage); return 0; }
         if (a.Positional.Count > 0) throw new UsageException($"label: unexpected argument '{a.Positional[0]}'");
         string checkpoint = a.Required("checkpoint");
         string outPath = Path.GetFullPath(a.Required("out"));
@@ -417,10 +411,8 @@ public static class LabelCommand
 
     // ---------------------------------------------------------------- merge
 
-    private static int Merge(string[] args, TextWriter stdout)
+    internal static int Merge(CliArgs a, TextWriter stdout)
     {
-        var a = CliArgs.Parse(args, ["out"], ["force", "help"]);
-        if (a.Flag("help")) { stdout.WriteLine(Usage); return 0; }
         string outPath = Path.GetFullPath(a.Required("out"));
         if (a.Positional.Count == 0) throw new UsageException("label merge: give the shard result files to join");
         var inputs = a.Positional.Select(Path.GetFullPath).ToList();

@@ -34,20 +34,16 @@ internal static class TrackCommand
         Writes DIR/tracks.jsonl (one line per frame) and DIR/overlay.mp4. Ctrl-C stops cleanly.
         """;
 
-    private static readonly string[] ValueOptions = ["checkpoint", "config", "video", "point", "box", "obj", "start", "max-frames", "fps", "out"];
-    private static readonly string[] FlagOptions = ["reverse", "no-video", "force", "help"];
 
     internal sealed record PromptSpec(int Frame, int ObjectId, List<VideoPoint> Points, float[]? Box);
 
-    public static int Run(string[] args, TextWriter stdout, TextWriter stderr, CancellationToken cancel = default)
+    public static int Run(CliArgs a, TextWriter stdout, TextWriter stderr, CancellationToken cancel = default)
     {
-        var a = CliArgs.Parse(args, ValueOptions, FlagOptions);
-        if (a.Flag("help")) { stdout.WriteLine(Usage); return 0; }
         if (a.Positional.Count > 0) throw new UsageException($"track: unexpected argument '{a.Positional[0]}'");
         string checkpoint = a.Required("checkpoint");
         string video = a.Required("video");
         string outDir = a.Required("out");
-        var prompts = ParsePrompts(args);
+        var prompts = ParsePrompts(a.Ordered);
         if (prompts.Count == 0) throw new UsageException("track: give at least one --point or --box");
         int? start = a.Value("start") is null ? null : Int(a, "start", 0);
         int? maxFrames = a.Value("max-frames") is null ? null : Int(a, "max-frames", 0);
@@ -133,7 +129,7 @@ internal static class TrackCommand
     }
 
     /// <summary>Entry from the command table: Ctrl-C cancels (after the frame in progress).</summary>
-    public static int RunWithConsoleCancel(string[] args, TextWriter stdout, TextWriter stderr)
+    public static int RunWithConsoleCancel(CliArgs args, TextWriter stdout, TextWriter stderr)
     {
         using var cts = new CancellationTokenSource();
         ConsoleCancelEventHandler handler = (_, e) => { e.Cancel = true; cts.Cancel(); };

@@ -32,13 +32,9 @@ internal static class VideoCommand
         Writes DIR/frames.jsonl, DIR/results.json (YouTube-VIS results) and DIR/overlay.mp4. Ctrl-C stops cleanly.
         """;
 
-    private static readonly string[] ValueOptions = ["checkpoint", "config", "vocab", "video", "text", "frame", "point", "obj", "direction", "fps", "out"];
-    private static readonly string[] FlagOptions = ["no-video", "force", "help"];
 
-    public static int Run(string[] args, TextWriter stdout, TextWriter stderr, CancellationToken cancel = default)
+    public static int Run(CliArgs a, TextWriter stdout, TextWriter stderr, CancellationToken cancel = default)
     {
-        var a = CliArgs.Parse(args, ValueOptions, FlagOptions);
-        if (a.Flag("help")) { stdout.WriteLine(Usage); return 0; }
         if (a.Positional.Count > 0) throw new UsageException($"video: unexpected argument '{a.Positional[0]}'");
         string checkpoint = a.Required("checkpoint"), videoPath = a.Required("video"), outDir = a.Required("out"), text = a.Required("text");
         int textFrame = 0;
@@ -51,7 +47,7 @@ internal static class VideoCommand
             "both" => PropagationDirection.Both,
             var d => throw new UsageException($"--direction expects forward, backward or both, got '{d}'"),
         };
-        var clicks = TrackCommand.ParsePrompts(args);
+        var clicks = TrackCommand.ParsePrompts(a.Ordered);
         if (clicks.Any(c => c.Box is not null)) throw new UsageException("video: boxes are not supported here; use --text and --point");
         bool writeVideo = !a.Flag("no-video");
         string jsonl = Path.Combine(outDir, "frames.jsonl"), results = Path.Combine(outDir, "results.json"), mp4 = Path.Combine(outDir, "overlay.mp4");
@@ -179,7 +175,7 @@ internal static class VideoCommand
     }
 
     /// <summary>Entry from the command table: Ctrl-C cancels the propagation.</summary>
-    public static int RunWithConsoleCancel(string[] args, TextWriter stdout, TextWriter stderr)
+    public static int RunWithConsoleCancel(CliArgs args, TextWriter stdout, TextWriter stderr)
     {
         using var cts = new CancellationTokenSource();
         ConsoleCancelEventHandler handler = (_, e) => { e.Cancel = true; cts.Cancel(); };
