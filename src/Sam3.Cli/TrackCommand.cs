@@ -95,7 +95,8 @@ internal static class TrackCommand
                 throw new Sam3ImageException($"{mp4}: OpenCV cannot write mp4 video here (no encoder); use --no-video");
             }
         }
-        bool terminal = Commands.IsConsoleTerminal(stderr);
+        // frames left in the video bound the run (--max-frames or a prompt frame can end it sooner)
+        var bar = CliProgress.Start(stderr, Commands.IsConsoleTerminal(stderr), "track", session.FrameCount, "frames");
         int done = 0;
         bool stopped = false;
         sw.Restart();
@@ -111,8 +112,7 @@ internal static class TrackCommand
                     writer.Write(mat);
                 }
                 done++;
-                if (terminal)
-                    stderr.Write(string.Format(CultureInfo.InvariantCulture, "\rframe {0} ({1} done) {2:F2} frames/s   ", frame.FrameIndex, done, done / sw.Elapsed.TotalSeconds));
+                bar.Report(done, $"frame {frame.FrameIndex}");
                 if (cancel.IsCancellationRequested) { stopped = true; break; }
             }
         }
@@ -120,7 +120,7 @@ internal static class TrackCommand
         {
             writer?.Release();
             writer?.Dispose();
-            if (terminal) stderr.WriteLine();
+            bar.Dispose();
         }
         stdout.WriteLine(string.Format(CultureInfo.InvariantCulture, "{0}{1} frame(s), {2} object(s) in {3:F1} s ({4:F2} frames/s) -> {5}{6}",
             stopped ? "stopped after " : "", done, ids.Count, sw.Elapsed.TotalSeconds, done / Math.Max(sw.Elapsed.TotalSeconds, 1e-9), jsonl,

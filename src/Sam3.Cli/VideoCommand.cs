@@ -91,7 +91,7 @@ internal static class VideoCommand
         // YouTube-VIS results: one entry per object, a segmentation (or null) per frame, the mean probability as score
         var perObject = new SortedDictionary<int, (JsonNode?[] Segs, double ScoreSum, int Count)>();
         var frames = new SortedDictionary<int, VideoFrameResult>();
-        bool terminal = Commands.IsConsoleTerminal(stderr);
+        var bar = CliProgress.Start(stderr, Commands.IsConsoleTerminal(stderr), "video", session.FrameCount, "frames");
         bool stopped = false;
         int done = 0;
         sw.Restart();
@@ -124,9 +124,7 @@ internal static class VideoCommand
                         writer.Write(mat);
                     }
                     done++;
-                    if (terminal)
-                        stderr.Write(string.Format(CultureInfo.InvariantCulture, "\rframe {0} ({1} done) {2:F2} frames/s, {3} object(s)   ",
-                            frame.FrameIndex, done, done / sw.Elapsed.TotalSeconds, frame.Objects.Count));
+                    bar.Report(done, $"frame {frame.FrameIndex}, {frame.Objects.Count} object(s)");
                 }
             }
             catch (OperationCanceledException)
@@ -137,7 +135,7 @@ internal static class VideoCommand
             {
                 writer?.Release();
                 writer?.Dispose();
-                if (terminal) stderr.WriteLine();
+                bar.Dispose();
             }
         }
         var vis = new JsonArray();
