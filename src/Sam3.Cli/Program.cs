@@ -34,7 +34,7 @@ internal static class Program
           sam3 COMMAND --help
           sam3 --help | --version
 
-        Common options: --verbose (print stack traces of errors)
+        Common options: --verbose (print stack traces of errors), --threads N (CPU threads per operation; default: physical cores)
         Exit codes: 0 success, 1 failure, 2 usage error
         """;
 
@@ -62,6 +62,8 @@ internal static class Program
             }
             var result = root.Parse(args);
             if (result.Errors.Count > 0) throw new UsageException(CliSpec.Describe(result));
+            if (result.CommandResult.Command is not System.CommandLine.RootCommand && result.Action is not System.CommandLine.Help.HelpAction)
+                CliThreads.Apply(result.GetValue(CliSpec.Threads));
             return result.Invoke(new System.CommandLine.InvocationConfiguration
             {
                 Output = stdout,

@@ -37,6 +37,12 @@ internal static class CliSpec
     /// <summary>The <c>--verbose</c> option, available on every command.</summary>
     public static readonly Option<bool> Verbose = new("--verbose") { Description = "print stack traces of errors", Recursive = true };
 
+    /// <summary>The <c>--threads</c> option, available on every command (<see cref="CliThreads"/>).</summary>
+    public static readonly Option<string> Threads = new("--threads")
+    {
+        Description = "CPU threads per operation (default: the physical cores)", HelpName = "N", Recursive = true,
+    };
+
     /// <summary>The <c>--version</c> option of the root command.</summary>
     public static readonly Option<bool> Version = new("--version", "-V") { Description = "print the version and exit" };
 
@@ -51,6 +57,7 @@ internal static class CliSpec
         foreach (var o in root.Options.OfType<VersionOption>().ToList()) root.Options.Remove(o);
         root.Options.Add(Version);
         root.Options.Add(Verbose);
+        root.Options.Add(Threads);
         foreach (var spec in commands) root.Subcommands.Add(BuildCommand(spec, context));
         root.SetAction(pr =>
         {

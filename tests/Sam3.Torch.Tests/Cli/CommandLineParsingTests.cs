@@ -70,6 +70,36 @@ public class CommandLineParsingTests
         Assert.That(lines[0], Does.StartWith("sam3: ").And.Contain(expected));
     }
 
+    [TestCase("0")]
+    [TestCase("-2")]
+    [TestCase("many")]
+    public void ThreadsMustBeAPositiveCount(string threads)
+    {
+        var r = Run("inspect", "--threads", threads, "x.pt");
+        Assert.That(r.Code, Is.EqualTo(2), r.Err);
+        Assert.That(r.Err.Trim(), Is.EqualTo($"sam3: --threads expects a positive number of threads, got '{threads}'"));
+    }
+
+    [Test]
+    public void ThreadsSetLibTorchsThreadCountAndDefaultToThePhysicalCores()
+    {
+        int before = TorchSharp.torch.get_num_threads();
+        try
+        {
+            string tiny = SharedData.Parity("tiny", "model.safetensors");
+            Assert.That(Run("inspect", tiny, "--config", "tiny", "--threads", "1").Code, Is.EqualTo(0));
+            Assert.That(TorchSharp.torch.get_num_threads(), Is.EqualTo(1));
+            Assert.That(Run("inspect", tiny, "--config", "tiny").Code, Is.EqualTo(0));
+            int cores = CliThreads.PhysicalCores();
+            Assert.That(cores, Is.InRange(1, Environment.ProcessorCount));
+            Assert.That(TorchSharp.torch.get_num_threads(), Is.EqualTo(cores));
+        }
+        finally
+        {
+            TorchSharp.torch.set_num_threads(before);
+        }
+    }
+
     [Test]
     public void ResponseFilesExpandIntoArguments()
     {
