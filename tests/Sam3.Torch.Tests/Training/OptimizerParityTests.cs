@@ -101,9 +101,8 @@ public class OptimizerParityTests
         using var fx = Fixtures.Tiny("h_training_step");
         using var model = TinyDetector();
         var cfg = TrainingConfig.Default;
-        var groups = ParamGroups.Build(model, cfg.Optimizer);
-        var (sched, step, where) = Schedule(fx);
-        ParamGroups.StepSchedulers(groups, sched, step, where);
+        List<ParamGroup> groups;
+        var (_, step, where) = Schedule(fx);
 
         var rows = fx.Get("data.token_embedding_rows");
         var grads = new Dictionary<string, Tensor>(StringComparer.Ordinal);
@@ -123,17 +122,17 @@ public class OptimizerParityTests
         Assert.That(withoutGrad, Is.EqualTo(JsonArrayLength(fx, "params_without_grad")));
         Assert.That(grads, Has.Count.EqualTo(331));
 
-        var ordered = model.named_parameters().Where(p => grads.ContainsKey(p.name)).Select(p => grads[p.name]).ToList();
-        var clip = new GradientClipper(cfg.GradientClip).Clip(ordered)!.Value;
+        // TrainingOptimizer: schedule at the recorded step, clip over every parameter with a gradient (model order), AdamW
+        var optimizer = new TrainingOptimizer(model, cfg);
+        var clip = optimizer.Step(step, where, (name, _) => grads.TryGetValue(name, out var g) ? g : null)!.Value;
         var tolNorm = new Tolerance(Atol: 0, Rtol: 1e-6, NoiseFactor: 1.0);
         var rn = tolNorm.Compare("optim.grad_total_norm", clip.TotalNorm, fx.Get("optim.grad_total_norm"));
         var rc = tolNorm.Compare("optim.clip_coef", clip.ClipCoef, fx.Get("optim.clip_coef"));
         TestContext.Out.WriteLine(rn.ToString());
         TestContext.Out.WriteLine(rc.ToString());
         Assert.That(rn.Passed && rc.Passed, Is.True, $"{rn}\n{rc}");
-
-        var adam = new AdamW(groups, cfg.Optimizer);
-        adam.Step((name, _) => grads.TryGetValue(name, out var g) ? g : null);
+        Assert.That(optimizer.AdamW.StateCount, Is.EqualTo(grads.Count), "AdamW state only for parameters with a gradient");
+        groups = optimizer.Groups.ToList();
 
         var tol = new Tolerance(Atol: 1e-6, Rtol: 0, NoiseFactor: 1.0);
         double worst = 0; string worstName = "";
