@@ -18,7 +18,8 @@ internal sealed class MultiheadAttention : nn.Module
     public int embed_dim { get; }
     public int num_heads { get; }
     public bool batch_first { get; }
-    public double dropout { get; }
+    /// <summary>Attention-weight dropout probability (active only in training; settable for deterministic training).</summary>
+    public double dropout { get; set; }
 
     public MultiheadAttention(int embedDim, int numHeads, double dropout = 0.0, bool batchFirst = false)
         : base(nameof(MultiheadAttention))

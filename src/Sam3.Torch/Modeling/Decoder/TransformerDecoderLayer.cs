@@ -27,7 +27,8 @@ internal sealed class TransformerDecoderLayer : nn.Module
     public readonly Linear linear2;
     public readonly LayerNorm norm3;
 
-    private readonly double dropout;
+    /// <summary>Dropout of the residual branches (upstream dropout1..4, catext_dropout); active only in training, settable.</summary>
+    public double dropout { get; set; }
     private readonly Func<Tensor, Tensor> activation;
 
     /// <summary>Whether the layer has the text cross-attention (<c>use_text_cross_attention</c>).</summary>

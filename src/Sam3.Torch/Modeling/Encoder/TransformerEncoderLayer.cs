@@ -25,7 +25,7 @@ internal sealed class TransformerEncoderLayer : nn.Module
 
     public int d_model { get; }
     public int dim_feedforward { get; }
-    public double dropout_value { get; }
+    public double dropout_value { get; set; }
     public bool pre_norm { get; }
     public bool pos_enc_at_attn { get; }
     public bool pos_enc_at_cross_attn_keys { get; }

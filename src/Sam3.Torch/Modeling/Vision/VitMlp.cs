@@ -12,7 +12,8 @@ internal sealed class VitMlp : nn.Module<Tensor, Tensor>
 {
     public readonly Linear fc1;
     public readonly Linear fc2;
-    private readonly double drop;
+    /// <summary>Dropout after the activation (0 in SAM3; active only in training, settable).</summary>
+    public double drop { get; set; }
 
     public VitMlp(int inFeatures, int hiddenFeatures, double drop = 0.0) : base(nameof(VitMlp))
     {
