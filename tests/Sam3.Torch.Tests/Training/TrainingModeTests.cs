@@ -76,11 +76,10 @@ public class TrainingModeTests
             return TrainingFixture.Named(a).Zip(TrainingFixture.Named(b)).Max(p => (p.First.Value - p.Second.Value).abs().max().item<float>());
         }
 
+        // (the deterministic forward is exact parity with the fixture: TrainingForwardParityTests)
         torch.manual_seed(1);
         TrainingMode.Apply(model);
         Assert.That(Diff(), Is.GreaterThan(1e-3), "configured dropout / drop-path must change the outputs between runs");
-        TrainingMode.Apply(model, TrainingModelOptions.DeterministicRun);
-        Assert.That(Diff(), Is.EqualTo(0), "deterministic training forward");
 
         TrainingMode.Exit(model);
         Assert.Throws<Sam3Exception>(() => Sam3TrainingForward.Forward(model, tokenizer, batch));

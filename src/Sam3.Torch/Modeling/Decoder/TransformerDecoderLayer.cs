@@ -1,3 +1,4 @@
+using Sam3.Torch.Training.Lora;
 using Sam3.Torch.Config;
 using Sam3.Torch.Modeling.Common;
 using TorchSharp;
@@ -129,7 +130,7 @@ internal sealed class TransformerDecoderLayer : nn.Module
         tgt = norm1.forward(tgt + Drop(xa));
 
         // ---- FFN (upstream runs it with autocast disabled, i.e. in fp32), then norm3
-        var ffn = linear2.forward(Drop(activation(linear1.forward(tgt))));
+        var ffn = LoraHooks.Linear(linear2, Drop(activation(LoraHooks.Linear(linear1, tgt))));
         tgt = norm3.forward(tgt + Drop(ffn));
 
         Tensor? presenceOut = null;

@@ -1,3 +1,4 @@
+using Sam3.Torch.Training.Lora;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
@@ -26,8 +27,8 @@ internal sealed class VitMlp : nn.Module<Tensor, Tensor>
     public override Tensor forward(Tensor x)
     {
         using var scope = NewDisposeScope();
-        var h = nn.functional.gelu(fc1.forward(x));
+        var h = nn.functional.gelu(LoraHooks.Linear(fc1, x));
         if (drop > 0 && training) h = nn.functional.dropout(h, drop, training);
-        return fc2.forward(h).MoveToOuterDisposeScope();
+        return LoraHooks.Linear(fc2, h).MoveToOuterDisposeScope();
     }
 }
