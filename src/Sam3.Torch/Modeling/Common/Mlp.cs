@@ -16,7 +16,8 @@ internal sealed class Mlp : nn.Module<Tensor, Tensor>
     private readonly int num_layers;
     private readonly bool residual;
     private readonly bool sigmoid_output;
-    private readonly double dropout;
+    /// <summary>Dropout between the layers (active only in training; settable for deterministic training).</summary>
+    public double dropout { get; set; }
 
     public Mlp(int inputDim, int hiddenDim, int outputDim, int numLayers, double dropout = 0.0,
                bool residual = false, double? outNormEps = null, bool sigmoidOutput = false) : base(nameof(Mlp))

@@ -1,3 +1,4 @@
+using Sam3.Torch.Training.Lora;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
@@ -18,7 +19,8 @@ internal sealed class MultiheadAttention : nn.Module
     public int embed_dim { get; }
     public int num_heads { get; }
     public bool batch_first { get; }
-    public double dropout { get; }
+    /// <summary>Attention-weight dropout probability (active only in training; settable for deterministic training).</summary>
+    public double dropout { get; set; }
 
     public MultiheadAttention(int embedDim, int numHeads, double dropout = 0.0, bool batchFirst = false)
         : base(nameof(MultiheadAttention))
@@ -49,9 +51,9 @@ internal sealed class MultiheadAttention : nn.Module
         int h = num_heads, e = embed_dim, hd = e / h;
         var w = in_proj_weight.chunk(3, 0);
         var bias = in_proj_bias.chunk(3, 0);
-        var q = nn.functional.linear(query, w[0], bias[0]).view(b, l, h, hd).transpose(1, 2);
-        var k = nn.functional.linear(key, w[1], bias[1]).view(b, s, h, hd).transpose(1, 2);
-        var v = nn.functional.linear(value, w[2], bias[2]).view(b, s, h, hd).transpose(1, 2);
+        var q = LoraHooks.InProjection(this, 0, query, nn.functional.linear(query, w[0], bias[0])).view(b, l, h, hd).transpose(1, 2);
+        var k = LoraHooks.InProjection(this, 1, key, nn.functional.linear(key, w[1], bias[1])).view(b, s, h, hd).transpose(1, 2);
+        var v = LoraHooks.InProjection(this, 2, value, nn.functional.linear(value, w[2], bias[2])).view(b, s, h, hd).transpose(1, 2);
 
         Tensor? mask = null;
         if (attn_mask is not null)
@@ -69,7 +71,7 @@ internal sealed class MultiheadAttention : nn.Module
         }
         var o = nn.functional.scaled_dot_product_attention(q, k, v, mask, p: training ? dropout : 0.0);
         o = o.transpose(1, 2).reshape(b, l, e);
-        o = out_proj.forward(o);
+        o = LoraHooks.Linear(out_proj, o);
         if (!batch_first) o = o.transpose(0, 1);
         return o.MoveToOuterDisposeScope();
     }

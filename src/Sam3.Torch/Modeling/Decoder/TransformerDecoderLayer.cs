@@ -1,3 +1,4 @@
+using Sam3.Torch.Training.Lora;
 using Sam3.Torch.Config;
 using Sam3.Torch.Modeling.Common;
 using TorchSharp;
@@ -27,7 +28,8 @@ internal sealed class TransformerDecoderLayer : nn.Module
     public readonly Linear linear2;
     public readonly LayerNorm norm3;
 
-    private readonly double dropout;
+    /// <summary>Dropout of the residual branches (upstream dropout1..4, catext_dropout); active only in training, settable.</summary>
+    public double dropout { get; set; }
     private readonly Func<Tensor, Tensor> activation;
 
     /// <summary>Whether the layer has the text cross-attention (<c>use_text_cross_attention</c>).</summary>
@@ -128,7 +130,7 @@ internal sealed class TransformerDecoderLayer : nn.Module
         tgt = norm1.forward(tgt + Drop(xa));
 
         // ---- FFN (upstream runs it with autocast disabled, i.e. in fp32), then norm3
-        var ffn = linear2.forward(Drop(activation(linear1.forward(tgt))));
+        var ffn = LoraHooks.Linear(linear2, Drop(activation(LoraHooks.Linear(linear1, tgt))));
         tgt = norm3.forward(tgt + Drop(ffn));
 
         Tensor? presenceOut = null;

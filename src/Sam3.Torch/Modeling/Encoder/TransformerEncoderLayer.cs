@@ -1,3 +1,4 @@
+using Sam3.Torch.Training.Lora;
 using Sam3.Torch.Modeling.Common;
 using TorchSharp;
 using TorchSharp.Modules;
@@ -25,7 +26,7 @@ internal sealed class TransformerEncoderLayer : nn.Module
 
     public int d_model { get; }
     public int dim_feedforward { get; }
-    public double dropout_value { get; }
+    public double dropout_value { get; set; }
     public bool pre_norm { get; }
     public bool pos_enc_at_attn { get; }
     public bool pos_enc_at_cross_attn_keys { get; }
@@ -117,7 +118,7 @@ internal sealed class TransformerEncoderLayer : nn.Module
             memory, memoryKeyPaddingMask, memoryMask);
         tgt = norm2.forward(tgt + Drop(t2));
 
-        t2 = linear2.forward(Drop(activation(linear1.forward(tgt))));
+        t2 = LoraHooks.Linear(linear2, Drop(activation(LoraHooks.Linear(linear1, tgt))));
         return norm3.forward(tgt + Drop(t2));
     }
 
@@ -147,7 +148,7 @@ internal sealed class TransformerEncoderLayer : nn.Module
         tgt = tgt + Drop(t2);
 
         t2 = norm3.forward(tgt);
-        t2 = linear2.forward(Drop(activation(linear1.forward(t2))));
+        t2 = LoraHooks.Linear(linear2, Drop(activation(LoraHooks.Linear(linear1, t2))));
         return tgt + Drop(t2);
     }
 }

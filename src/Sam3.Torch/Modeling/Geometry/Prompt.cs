@@ -156,9 +156,11 @@ internal sealed class Prompt
         var device = seq2.device;
         var mask = torch.arange(l1 + l2, device: device).unsqueeze(0).repeat(bs, 1).ge(finalLen.unsqueeze(1));
         var outSeq = torch.zeros(new long[] { l1 + l2, bs, c }, dtype: seq2.dtype, device: device);
-        if (l1 > 0) outSeq[TensorIndex.Slice(null, l1)] = seq1.to(seq2.dtype);
+        // Empty parts are skipped unless autograd tracks them: upstream always assigns/scatters, which in training gives the
+        // projections of an empty prompt part an (all-zero) gradient.
+        if (l1 > 0 || seq1.requires_grad) outSeq[TensorIndex.Slice(null, l1)] = seq1.to(seq2.dtype);
         var index = torch.arange(l2, device: device).unsqueeze(1).repeat(1, bs) + len1.unsqueeze(0);   // [L2,B]
-        if (l2 > 0) outSeq = outSeq.scatter(0, index.unsqueeze(-1).expand(-1, -1, c), seq2);
+        if (l2 > 0 || seq2.requires_grad) outSeq = outSeq.scatter(0, index.unsqueeze(-1).expand(-1, -1, c), seq2);
         return (outSeq.MoveToOuterDisposeScope(), mask.MoveToOuterDisposeScope(), index.MoveToOuterDisposeScope());
     }
 

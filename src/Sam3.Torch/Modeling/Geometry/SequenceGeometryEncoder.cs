@@ -176,7 +176,7 @@ internal sealed class SequenceGeometryEncoder : nn.Module
             Tensor sampled;
             if (n == 0)
             {
-                sampled = torch.zeros(new long[] { 0, bs, d_model }, dtype: imgNchw!.dtype, device: imgNchw.device);
+                sampled = TieToGraph(torch.zeros(new long[] { 0, bs, d_model }, dtype: imgNchw!.dtype, device: imgNchw.device), imgNchw);
             }
             else
             {
@@ -202,6 +202,15 @@ internal sealed class SequenceGeometryEncoder : nn.Module
         return (typeEmbed + emb!, mask);
     }
 
+    /// <summary>
+    /// An empty tensor tied into the autograd graph of <paramref name="source"/> (adds the sum of an empty slice, i.e. 0).
+    /// Upstream pools (grid_sample / roi_align) and projects even an empty prompt, so in training <c>img_pre_norm</c> and
+    /// the pooling projections get an all-zero gradient rather than none (AdamW weight-decays the former, skips the latter).
+    /// Without gradients the empty tensor is returned as is.
+    /// </summary>
+    private static Tensor TieToGraph(Tensor empty, Tensor source)
+        => source.requires_grad ? empty + source.flatten().narrow(0, 0, 0).sum().to(empty.dtype) : empty;
+
     /// <summary>_encode_boxes: boxes [Nb,B,4] (normalised cxcywh) → [Nb,B,d].</summary>
     private (Tensor, Tensor) EncodeBoxes(Tensor boxes, Tensor mask, Tensor labels, Tensor? imgNchw)
     {
@@ -218,7 +227,8 @@ internal sealed class SequenceGeometryEncoder : nn.Module
             var rois = RoiAlign.BoxesToRois(perImage, imgNchw.dtype, imgNchw.device);
             var sampled = RoiAlign.Forward(imgNchw, rois, roi_size, roi_size, spatialScale: 1.0, samplingRatio: -1, aligned: false);
             var proj = n == 0
-                ? torch.zeros(new long[] { 0, bs, d_model }, dtype: imgNchw.dtype, device: imgNchw.device)
+                ? TieToGraph(torch.zeros(new long[] { 0, bs, d_model }, dtype: imgNchw.dtype, device: imgNchw.device),
+                             boxes_pool_project.forward(TieToGraph(sampled, imgNchw)))
                 : boxes_pool_project.forward(sampled).view(bs, n, d_model).transpose(0, 1);
             emb = emb is null ? proj : emb + proj;
         }

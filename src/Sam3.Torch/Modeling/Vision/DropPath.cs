@@ -10,11 +10,21 @@ namespace Sam3.Torch.Modeling.Vision;
 /// </summary>
 internal sealed class DropPath : nn.Module<Tensor, Tensor>
 {
-    public double drop_prob { get; }
+    private double _dropProb;
+
+    /// <summary>Drop probability (settable, e.g. 0 for deterministic training); must be in [0, 1).</summary>
+    public double drop_prob
+    {
+        get => _dropProb;
+        set
+        {
+            if (value < 0 || value >= 1) throw new Sam3ConfigException($"drop_path probability must be in [0, 1), got {value}");
+            _dropProb = value;
+        }
+    }
 
     public DropPath(double dropProb) : base(nameof(DropPath))
     {
-        if (dropProb < 0 || dropProb >= 1) throw new Sam3ConfigException($"drop_path probability must be in [0, 1), got {dropProb}");
         drop_prob = dropProb;
     }
 

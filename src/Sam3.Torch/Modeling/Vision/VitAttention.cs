@@ -1,3 +1,4 @@
+using Sam3.Torch.Training.Lora;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
@@ -80,7 +81,7 @@ internal sealed class VitAttention : nn.Module<Tensor, Tensor>
         using var scope = NewDisposeScope();
         long b = x.shape[0], h = x.shape[1], w = x.shape[2], l = h * w;
         // [B, L, 3, heads, hd] -> [3, B, heads, L, hd]
-        var qkvT = qkv.forward(x).reshape(b, l, 3, num_heads, head_dim).permute(2, 0, 3, 1, 4);
+        var qkvT = LoraHooks.Linear(qkv, x).reshape(b, l, 3, num_heads, head_dim).permute(2, 0, 3, 1, 4);
         Tensor q, k;
         var v = qkvT[2];
         if (use_rope)
@@ -101,7 +102,7 @@ internal sealed class VitAttention : nn.Module<Tensor, Tensor>
         // default scale 1/sqrt(head_dim); dropout is 0 upstream
         var o = nn.functional.scaled_dot_product_attention(q, k, v);
         o = o.permute(0, 2, 1, 3).reshape(b, h, w, -1);
-        return proj.forward(o).MoveToOuterDisposeScope();
+        return LoraHooks.Linear(proj, o).MoveToOuterDisposeScope();
     }
 
     protected override void Dispose(bool disposing)

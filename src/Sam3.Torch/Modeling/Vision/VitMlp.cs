@@ -1,3 +1,4 @@
+using Sam3.Torch.Training.Lora;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
@@ -12,7 +13,8 @@ internal sealed class VitMlp : nn.Module<Tensor, Tensor>
 {
     public readonly Linear fc1;
     public readonly Linear fc2;
-    private readonly double drop;
+    /// <summary>Dropout after the activation (0 in SAM3; active only in training, settable).</summary>
+    public double drop { get; set; }
 
     public VitMlp(int inFeatures, int hiddenFeatures, double drop = 0.0) : base(nameof(VitMlp))
     {
@@ -25,8 +27,8 @@ internal sealed class VitMlp : nn.Module<Tensor, Tensor>
     public override Tensor forward(Tensor x)
     {
         using var scope = NewDisposeScope();
-        var h = nn.functional.gelu(fc1.forward(x));
+        var h = nn.functional.gelu(LoraHooks.Linear(fc1, x));
         if (drop > 0 && training) h = nn.functional.dropout(h, drop, training);
-        return fc2.forward(h).MoveToOuterDisposeScope();
+        return LoraHooks.Linear(fc2, h).MoveToOuterDisposeScope();
     }
 }

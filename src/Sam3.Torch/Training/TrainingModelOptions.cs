@@ -1,0 +1,26 @@
+namespace Sam3.Torch.Training;
+
+/// <summary>
+/// Training-mode switches of the image model (applied by <see cref="TrainingMode.Apply"/>).
+/// </summary>
+internal sealed record TrainingModelOptions
+{
+    /// <summary>
+    /// Every dropout probability and drop-path rate set to 0 (what the parity fixture <c>h_training_step</c> does with
+    /// <c>disable_dropout</c>); the model still runs in training mode (DAC, aux outputs). False = the configured values.
+    /// </summary>
+    public bool Deterministic { get; init; }
+
+    /// <summary>
+    /// Stochastic-depth rate of the last ViT block (spread linearly from 0 over the blocks, as upstream's
+    /// <c>linspace(0, drop_path_rate, depth)</c>); null = <see cref="Config.VitConfig.DropPathRate"/>. Ignored when
+    /// <see cref="Deterministic"/>.
+    /// </summary>
+    public double? DropPathRate { get; init; }
+
+    /// <summary>The configured probabilities (upstream's training builder values).</summary>
+    public static TrainingModelOptions Default { get; } = new();
+
+    /// <summary>Dropout and drop-path off (fixture / debugging runs).</summary>
+    public static TrainingModelOptions DeterministicRun { get; } = new() { Deterministic = true };
+}
