@@ -1,0 +1,189 @@
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using NUnit.Framework;
+using Sam3.Torch.IO;
+using Sam3.Torch.Parity;
+using Sam3.Torch.Processing;
+using Sam3.Torch.Tests.Infrastructure;
+using Sam3.Torch.Text;
+using Sam3.Torch.Training;
+using Sam3.Torch.Training.Data;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Sam3.Torch.Tests.Training;
+
+/// <summary>
+/// The data part of scenario h (tiny/h_training_step): a COCO folder per case of the json's <c>cases</c> (the images
+/// copied from parity/inputs, the ellipse / rectangle masks drawn at the original resolution by the README's rule and
+/// stored as RLE), read in the Roboflow layout, through upstream's train transforms with the single size S = 336, and
+/// collated; every <c>data.*</c> tensor of the fixture is compared.
+/// </summary>
+[TestFixture, Category("Parity"), Category("Fast")]
+public class TrainingDataParityTests
+{
+    private const int S = 336;
+    private string _tmp = "";
+
+    [SetUp]
+    public void SetUp() => _tmp = Directory.CreateTempSubdirectory("sam3-traindata-").FullName;
+
+    [TearDown]
+    public void TearDown()
+    {
+        try { Directory.Delete(_tmp, recursive: true); } catch (IOException) { }
+    }
+
+    /// <summary>Mask rule of shared/pyref/README-h.md (pixel centres u = col + 0.5, v = row + 0.5).</summary>
+    private static byte[] DrawMask(int h, int w, double[] bbox, string kind, double inset)
+    {
+        double x = bbox[0], y = bbox[1], bw = bbox[2], bh = bbox[3];
+        var m = new byte[h * w];
+        for (int r = 0; r < h; r++)
+            for (int c = 0; c < w; c++)
+            {
+                double u = c + 0.5, v = r + 0.5;
+                bool inside;
+                if (kind == "ellipse")
+                {
+                    double cx = x + bw / 2, cy = y + bh / 2, rx = (1 - inset) * bw / 2, ry = (1 - inset) * bh / 2;
+                    double a = (u - cx) / rx, b = (v - cy) / ry;
+                    inside = a * a + b * b <= 1.0;
+                }
+                else if (kind == "rect")
+                {
+                    double dx = inset * bw / 2, dy = inset * bh / 2;
+                    inside = u >= x + dx && u <= x + bw - dx && v >= y + dy && v <= y + bh - dy;
+                }
+                else throw new ArgumentException(kind);
+                m[r * w + c] = inside ? (byte)1 : (byte)0;
+            }
+        return m;
+    }
+
+    /// <summary>Writes case <paramref name="ci"/> as DIR/train/_annotations.coco.json + image (categories = the queries, ids 1..).</summary>
+    private string WriteCase(JsonElement c, int ci, string inputs)
+    {
+        string dir = Path.Combine(_tmp, $"case{ci}");
+        string train = Path.Combine(dir, "train");
+        Directory.CreateDirectory(train);
+        string imageName = c.GetProperty("image").GetString()!;
+        File.Copy(Path.Combine(inputs, imageName), Path.Combine(train, imageName));
+        var img = ImageLoader.Load(Path.Combine(train, imageName));
+        var cats = new JsonArray();
+        var anns = new JsonArray();
+        int qi = 0;
+        foreach (var q in c.GetProperty("queries").EnumerateArray())
+        {
+            qi++;
+            cats.Add(new JsonObject { ["id"] = qi, ["name"] = q.GetProperty("text").GetString() });
+            foreach (var o in q.GetProperty("objects").EnumerateArray())
+            {
+                var bbox = o.GetProperty("bbox").EnumerateArray().Select(v => v.GetDouble()).ToArray();
+                var mask = DrawMask(img.Height, img.Width, bbox, o.GetProperty("mask").GetString()!, o.GetProperty("inset").GetDouble());
+                var rle = CocoRle.Encode(mask, img.Height, img.Width);
+                anns.Add(new JsonObject
+                {
+                    ["id"] = anns.Count + 1, ["image_id"] = 1, ["category_id"] = qi,
+                    ["bbox"] = new JsonArray(bbox.Select(v => (JsonNode)JsonValue.Create(v)!).ToArray()),
+                    ["area"] = bbox[2] * bbox[3], ["iscrowd"] = 0,
+                    ["segmentation"] = new JsonObject { ["size"] = new JsonArray(img.Height, img.Width), ["counts"] = rle.Counts },
+                });
+            }
+        }
+        var coco = new JsonObject
+        {
+            ["images"] = new JsonArray(new JsonObject { ["id"] = 1, ["file_name"] = imageName, ["width"] = img.Width, ["height"] = img.Height }),
+            ["annotations"] = anns,
+            ["categories"] = cats,
+        };
+        File.WriteAllText(Path.Combine(train, CocoDataset.RoboflowAnnotationFile), coco.ToJsonString());
+        return dir;
+    }
+
+    [Test]
+    public void BatchOfScenarioHMatchesTheOfficialPipeline()
+    {
+        using var fx = Fixtures.Tiny("h_training_step");
+        using var doc = JsonDocument.Parse(File.ReadAllText(fx.JsonPath));
+        string inputs = SharedData.Parity("inputs");
+        var config = new TrainTransformConfig { Resolution = S, ResizeSizes = [S] };
+        var pipeline = TransformPipelines.Train(config);
+
+        var datapoints = new List<Datapoint>();
+        var resized = new List<byte[]>();
+        try
+        {
+            int ci = 0;
+            foreach (var c in doc.RootElement.GetProperty("cases").EnumerateArray())
+            {
+                string root = WriteCase(c, ci++, inputs);
+                var ds = CocoDataset.Open(root, "train");
+                Assert.That(ds.Count, Is.EqualTo(1));
+                var dp = ds.Load(0);
+                var rng = new Random(0);
+                foreach (var step in pipeline.Transforms)
+                {
+                    dp = step.Apply(dp, rng);
+                    if (step is RandomResize) resized.Add((byte[])dp.Images[0].Rgb!.Data.Clone());
+                }
+                datapoints.Add(dp);
+            }
+            using var scope = NewDisposeScope();
+            using var batch = TrainingCollator.Collate(datapoints, withSegMasks: true);
+
+            // image after the PIL bilinear resize, and the normalised batch: bit-exact
+            var resizedT = stack(resized.Select(r => tensor(r, [S, S, 3], ScalarType.Byte)).ToArray());
+            AssertEqual(fx, "data.image_resized_uint8", resizedT);
+            var imgDiff = (batch.ImgBatch - fx.Get("data.img_batch")).abs().max().item<float>();
+            TestContext.Out.WriteLine($"data.img_batch max |diff| = {imgDiff}");
+            Assert.That(imgDiff, Is.EqualTo(0f), "img_batch");
+
+            // texts and their tokens
+            Assert.That(batch.FindTextBatch, Is.EqualTo(new[] { "person", "giraffe", "wheel" }));
+            var tokenizer = ClipBpeTokenizer.FromBpeGz(SharedData.Parity("inputs", "bpe_simple_vocab_16e6.txt.gz"));
+            var (ids, _) = tokenizer.TokenizeToTensors(batch.FindTextBatch, 32);
+            AssertEqual(fx, "data.text_token_ids", ids);
+            AssertEqual(fx, "data.token_embedding_rows", ids.unique(sorted: true).Item1);
+
+            AssertEqual(fx, "data.find.img_ids", batch.FindImgIds);
+            AssertEqual(fx, "data.find.text_ids", batch.FindTextIds);
+            var t = batch.Targets;
+            AssertEqual(fx, "data.target.num_boxes", t.NumBoxes);
+            AssertClose(fx, "data.target.boxes", t.Boxes);
+            AssertClose(fx, "data.target.boxes_xyxy", t.BoxesXyxy);
+            AssertClose(fx, "data.target.boxes_padded", t.BoxesPadded);
+            AssertEqual(fx, "data.target.object_ids", t.ObjectIds);
+            AssertEqual(fx, "data.target.object_ids_padded", t.ObjectIdsPadded);
+            AssertEqual(fx, "data.target.is_exhaustive", t.IsExhaustive);
+            AssertEqual(fx, "data.target.segments", t.Segments!);
+            AssertEqual(fx, "data.target.is_valid_segment", t.IsValidSegment!);
+            Assert.That(batch.InputBoxes, Is.Null, "text-only queries have no input boxes");
+        }
+        finally
+        {
+            foreach (var d in datapoints) d.Dispose();
+        }
+    }
+
+    private static void AssertEqual(ScenarioFixture fx, string name, Tensor actual)
+    {
+        using var scope = NewDisposeScope();
+        var expected = fx.Get(name);
+        Assert.That(actual.shape, Is.EqualTo(expected.shape), $"{name} shape");
+        Assert.That(actual.dtype, Is.EqualTo(expected.dtype), $"{name} dtype");
+        long mismatches = actual.ne(expected).sum().item<long>();
+        TestContext.Out.WriteLine($"{name}: {mismatches} of {expected.numel()} elements differ");
+        Assert.That(mismatches, Is.EqualTo(0), name);
+    }
+
+    private static void AssertClose(ScenarioFixture fx, string name, Tensor actual)
+    {
+        using var scope = NewDisposeScope();
+        var expected = fx.Get(name);
+        Assert.That(actual.shape, Is.EqualTo(expected.shape), $"{name} shape");
+        double diff = (actual - expected).abs().max().item<float>();
+        TestContext.Out.WriteLine($"{name}: max |diff| = {diff:G3}");
+        Assert.That(diff, Is.LessThanOrEqualTo(1e-6), name);
+    }
+}
