@@ -93,7 +93,8 @@ internal sealed class BinaryHungarianMatcherV2
             var (C, k, nb) = CostMatrix(predLogits, predBoxes, targets, outIsValid, targetIsValidPadded);
             kept = k; numBoxes = nb;
             maxT = C.shape[2];
-            cost = C.detach().cpu().to(ScalarType.Float64).contiguous().data<double>().ToArray();
+            // all rows negative (remove_samples_with_0_gt): nothing to match
+            cost = C.numel() == 0 ? [] : C.detach().cpu().to(ScalarType.Float64).contiguous().data<double>().ToArray();
         }
         bool doFiltering = outIsValid is not null || targetIsValidPadded is not null;
         bool returnTgtIndices = doFiltering || numBoxes.Any(n => numQueries < n);
