@@ -93,6 +93,7 @@ internal sealed partial class ParityRunner : IDisposable
                 case "batched_api": RunBatchedApi(ctx); break;
                 case "tracker_video" or "tracker_interactive": RunTracker(ctx, kind); break;
                 case "video_predictor_text" or "video_predictor_interactive": RunVideoPredictor(ctx, kind); break;
+                case "training_step": RunTrainingStep(ctx); break;
                 default: throw new NotSupportedException($"scenario kind '{kind}' is not implemented by this runner yet");
             }
             ctx.CheckAllCompared();

@@ -499,10 +499,18 @@ public class SegmentParityCliTests
     [Test]
     public void ParityOfAnUnimplementedScenarioKindFailsWithTheReason()
     {
-        // h (one training step) is the scenario kind this runner implements last; pick another when it lands
-        var r = Run("parity", "--reference", Reference, "--scenario", "h");
+        // every shipped kind is implemented: a reference folder of the same schema with a scenario of a made-up kind
+        string reference = Path.Combine(_dir, "reference");
+        string model = Path.Combine(reference, "tiny");
+        Directory.CreateDirectory(model);
+        Directory.CreateSymbolicLink(Path.Combine(reference, "inputs"), Path.Combine(Reference, "inputs"));
+        foreach (var f in new[] { "config.json", "model.safetensors" })
+            File.CreateSymbolicLink(Path.Combine(model, f), Path.Combine(Reference, "tiny", f));
+        File.Copy(Path.Combine(Reference, "tiny", "a_image_text.json"), Path.Combine(model, "z_made_up_kind.json"));
+        File.Copy(Path.Combine(Reference, "tiny", "a_image_text.safetensors"), Path.Combine(model, "z_made_up_kind.safetensors"));
+        var r = Run("parity", "--reference", reference, "--scenario", "z");
         Assert.That(r.ExitCode, Is.EqualTo(1), r.ToString());
-        Assert.That(r.Out, Does.Contain("== h_").And.Contain("not implemented"));
+        Assert.That(r.Out, Does.Contain("== z_made_up_kind").And.Contain("scenario kind 'made_up_kind' is not implemented"));
         Assert.That(r.Out.TrimEnd().Split('\n')[^1].TrimEnd('\r'), Is.EqualTo("parity: 0 passed, 1 failed"));
     }
 
