@@ -147,11 +147,11 @@ public class LossMathTests
         // identical boxes: 1; disjoint unit boxes [0,1]² and [2,3]x[0,1]: IoU 0, hull 3, union 2 -> -1/3
         var a = tensor(new float[,] { { 0, 0, 1, 1 }, { 0, 0, 1, 1 } });
         var b = tensor(new float[,] { { 0, 0, 1, 1 }, { 2, 0, 3, 1 } });
-        var giou = TrainingBoxOps.DiagGeneralizedBoxIou(a, b);
+        var giou = Sam3.Torch.Modeling.Common.BoxOps.DiagGeneralizedBoxIou(a, b);
         Assert.That(giou[0].item<float>(), Is.EqualTo(1f).Within(1e-7));
         Assert.That(giou[1].item<float>(), Is.EqualTo(-1f / 3).Within(1e-7));
         // half-overlapping: [0,2]x[0,1] and [1,3]x[0,1]: inter 1, union 3 -> IoU 1/3
-        var iou = TrainingBoxOps.DiagBoxIou(tensor(new float[,] { { 0, 0, 2, 1 } }), tensor(new float[,] { { 1, 0, 3, 1 } }));
+        var iou = Sam3.Torch.Modeling.Common.BoxOps.DiagBoxIou(tensor(new float[,] { { 0, 0, 2, 1 } }), tensor(new float[,] { { 1, 0, 3, 1 } }));
         Assert.That(iou[0].item<float>(), Is.EqualTo(1f / 3).Within(1e-7));
     }
 }

@@ -1,3 +1,4 @@
+using Sam3.Torch.Modeling.Common;
 using Sam3.Torch.Training.Matching;
 using static TorchSharp.torch;
 
@@ -22,7 +23,7 @@ internal sealed class BoxesLoss : FindLoss
         var targetBoxes = targets.Boxes.to(srcBoxes.device).index_select(0, t);
         var targetBoxesXyxy = targets.BoxesXyxy.to(srcBoxes.device).index_select(0, t);
         var l1 = nn.functional.l1_loss(srcBoxes, targetBoxes, reduction: nn.Reduction.None);
-        var giou = 1 - TrainingBoxOps.DiagGeneralizedBoxIou(srcBoxesXyxy, targetBoxesXyxy);
+        var giou = 1 - BoxOps.DiagGeneralizedBoxIou(srcBoxesXyxy, targetBoxesXyxy);
         var v = new LossValues();
         v["loss_bbox"] = l1.sum() / numBoxes;
         v["loss_giou"] = giou.sum() / numBoxes;

@@ -1,3 +1,4 @@
+using Sam3.Torch.Modeling.Common;
 using Sam3.Torch.Training.Matching;
 using static TorchSharp.torch;
 
@@ -41,7 +42,7 @@ internal sealed class IabceMdetrLoss : FindLoss
             targetClasses.index_put_(tensor(1f, device: device), b, s);
             var srcBoxesXyxy = outputs.PredBoxesXyxy.index(b, s);
             var targetBoxes = targets.BoxesXyxy.to(device).index_select(0, indices.TgtIdx);
-            var iou = TrainingBoxOps.DiagBoxIou(srcBoxesXyxy, targetBoxes);
+            var iou = BoxOps.DiagBoxIou(srcBoxesXyxy, targetBoxes);
             var t = prob.index(b, s).pow(c.Alpha) * iou.pow(1 - c.Alpha);
             t = t.clamp(min: 0.01).detach();
             positiveTargetClasses = targetClasses.clone();

@@ -53,7 +53,7 @@ internal sealed class BinaryHungarianMatcherV2
         tgtBbox = tgtBbox.to(outBbox.device);
 
         var costBbox = cdist(outBbox, tgtBbox, p: 1);
-        var costGiou = -TrainingBoxOps.GeneralizedBoxIou(BoxOps.CxcywhToXyxy(outBbox), BoxOps.CxcywhToXyxy(tgtBbox));
+        var costGiou = -BoxOps.GeneralizedBoxIou(BoxOps.CxcywhToXyxy(outBbox), BoxOps.CxcywhToXyxy(tgtBbox));
         var outProb = outScore.sigmoid();
         Tensor costClass;
         if (!c.Focal)

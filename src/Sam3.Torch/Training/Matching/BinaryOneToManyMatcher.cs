@@ -41,7 +41,7 @@ internal sealed class BinaryOneToManyMatcher
             var e = empty(0, ScalarType.Int64, device: device);
             return new MatchIndices(e.alias(), e.alias(), e.alias()).MoveToOuterDisposeScope();
         }
-        var (iou, _) = TrainingBoxOps.BoxIou(BoxOps.CxcywhToXyxy(predBoxes), BoxOps.CxcywhToXyxy(tgtBbox));
+        var (iou, _) = BoxOps.BoxIou(BoxOps.CxcywhToXyxy(predBoxes), BoxOps.CxcywhToXyxy(tgtBbox));
         var C = outProb.unsqueeze(-1) * Config.Alpha + iou * (1 - Config.Alpha);
         if (outIsValid is not null) C = C.masked_fill(outIsValid[.., .., TensorIndex.None].logical_not(), InvalidScore);
         if (targetIsValidPadded is not null) C = C.masked_fill(targetIsValidPadded[.., TensorIndex.None, ..].logical_not(), InvalidScore);
