@@ -41,4 +41,41 @@ public class ActivationCheckpointTests
             Assert.That(plain.g1.abs().max().item<float>(), Is.GreaterThan(0));
         });
     }
+    /// <summary>The tiny ViT with <see cref="TrainingModelOptions.ActivationCheckpointing"/>: the same trunk gradients.</summary>
+    [Test, Category("Parity")]
+    public void CheckpointedViTGivesTheSameGradients()
+    {
+        using var fx = Infrastructure.Fixtures.Tiny(TrainingFixture.Scenario);
+        using var model = TrainingFixture.LoadTinyModel();
+        using var images = fx.Get("data.img_batch");
+        Assert.Throws<ArgumentException>(() => TrainingMode.Apply(model, new TrainingModelOptions { ActivationCheckpointing = true }),
+            "configured drop-path 0.1 with checkpointing");
+
+        Dictionary<string, Tensor> Grads(bool checkpoint)
+        {
+            TrainingMode.Apply(model, new TrainingModelOptions { Deterministic = true, ActivationCheckpointing = checkpoint });
+            Assert.That(model.backbone.vision_backbone.trunk.use_act_checkpoint, Is.EqualTo(checkpoint));
+            foreach (var p in model.parameters()) { p.grad?.Dispose(); p.grad = null; }
+            using (var scope = NewDisposeScope())
+            {
+                using var b = model.backbone.ForwardImage(images);
+                b.BackboneFpn.Select(t => t.square().mean()).Aggregate((x, y) => x + y).backward();
+            }
+            return model.named_parameters().Where(p => p.name.StartsWith("backbone.vision_backbone.trunk."))
+                .ToDictionary(p => p.name, p => p.parameter.grad!.clone());
+        }
+
+        var plain = Grads(false);
+        var ckpt = Grads(true);
+        Assert.That(ckpt.Keys, Is.EquivalentTo(plain.Keys));
+        foreach (var (name, g) in plain)
+        {
+            double max = g.abs().max().item<float>();
+            Assert.That(max, Is.GreaterThan(0), name);
+            Assert.That((ckpt[name] - g).abs().max().item<float>(), Is.LessThanOrEqualTo(1e-5 * max + 1e-7), name);
+        }
+        foreach (var t in plain.Values.Concat(ckpt.Values)) t.Dispose();
+        TrainingMode.Exit(model);
+        Assert.That(model.backbone.vision_backbone.trunk.use_act_checkpoint, Is.False);
+    }
 }
