@@ -36,8 +36,12 @@ internal static class TrainingMode
         double dropPathRate = options.DropPathRate ?? cfg.Vit.DropPathRate;
         if (dropPathRate < 0 || dropPathRate >= 1)
             throw new ArgumentOutOfRangeException(nameof(options), dropPathRate, "drop_path_rate must be in [0, 1)");
+        if (options.ActivationCheckpointing && !options.Deterministic && dropPathRate > 0)
+            throw new ArgumentException($"activation checkpointing needs drop-path 0 (drop_path_rate is {dropPathRate}): the recomputed " +
+                                        "blocks would draw another stochastic-depth mask; set DropPathRate = 0 or Deterministic", nameof(options));
         model.train();
         model.inst_interactive_predictor?.eval();
+        model.backbone.vision_backbone.trunk.use_act_checkpoint = options.ActivationCheckpointing;
 
         var settings = new List<StochasticSetting>();
         foreach (var (name, module) in model.named_modules())
@@ -60,7 +64,11 @@ internal static class TrainingMode
     }
 
     /// <summary>Back to inference: <c>eval()</c> (dropout and drop-path are inactive in eval whatever their probability).</summary>
-    public static void Exit(Sam3ImageModel model) => model.eval();
+    public static void Exit(Sam3ImageModel model)
+    {
+        model.eval();
+        model.backbone.vision_backbone.trunk.use_act_checkpoint = false;
+    }
 
     /// <summary>Upstream's training-build probability of a stochastic module, or null when the module has none.</summary>
     private static double? Configured(string name, nn.Module module, Sam3Config cfg, double dropPathRate)

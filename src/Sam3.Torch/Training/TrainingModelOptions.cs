@@ -18,6 +18,14 @@ internal sealed record TrainingModelOptions
     /// </summary>
     public double? DropPathRate { get; init; }
 
+    /// <summary>
+    /// Recompute the ViT blocks' activations in the backward instead of keeping them (upstream's
+    /// <c>use_act_checkpoint</c>): far less memory for a trainable vision encoder, about one more ViT forward of time.
+    /// Needs drop-path 0 (<see cref="Deterministic"/> or <see cref="DropPathRate"/> = 0): the recomputation would draw
+    /// another stochastic-depth mask.
+    /// </summary>
+    public bool ActivationCheckpointing { get; init; }
+
     /// <summary>The configured probabilities (upstream's training builder values).</summary>
     public static TrainingModelOptions Default { get; } = new();
 

@@ -101,6 +101,12 @@ internal sealed class ViT : nn.Module<Tensor, Tensor>
     public override Tensor forward(Tensor x) => Forward(x, null);
 
     /// <summary>
+    /// Activation checkpointing of the blocks when training (upstream <c>use_act_checkpoint</c>): their activations are
+    /// recomputed in the backward instead of kept. Needs drop-path 0 (see <see cref="Training.ActivationCheckpoint"/>).
+    /// </summary>
+    public bool use_act_checkpoint { get; set; }
+
+    /// <summary>
     /// Forward that also records the intermediate tensors as (name, tensor): <c>patch_embed</c>, <c>ln_pre</c>,
     /// <c>block{i}</c> (channels-last <c>[B, N, N, E]</c>). The recorded tensors belong to the caller.
     /// </summary>
@@ -121,7 +127,9 @@ internal sealed class ViT : nn.Module<Tensor, Tensor>
         // (identical result).
         for (int i = 0; i <= last; i++)
         {
-            x = blocks[i].forward(x);
+            x = use_act_checkpoint && training && x.requires_grad && torch.is_grad_enabled()
+                ? Training.ActivationCheckpoint.Apply(blocks[i].forward, x)
+                : blocks[i].forward(x);
             kept?.Add(($"block{i}", x.alias()));
         }
         x = ln_post.forward(x);
