@@ -229,4 +229,36 @@ public class CocoEvaluationTests
         Assert.That(r["positive_micro_precision@0.75"], Is.EqualTo(pmP75).Within(1e-15));
         Assert.That(r["positive_micro_F1@0.75"], Is.EqualTo(2 * pmP75 * R75 / (pmP75 + R75 + 1e-4)).Within(1e-15));
     }
+
+    [Test]
+    public void EvaluationSetFromAnAnnotationFile()
+    {
+        string dir = Directory.CreateTempSubdirectory("sam3-eval-").FullName;
+        try
+        {
+            string json = Path.Combine(dir, "ann.json");
+            File.WriteAllText(json, """
+                {"images": [{"id": 1, "file_name": "a.png", "width": 40, "height": 30}, {"id": 2, "file_name": "b.png", "width": 40, "height": 30}],
+                 "categories": [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}],
+                 "annotations": [
+                   {"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 10, 10], "area": 100, "iscrowd": 0, "segmentation": [[0, 0, 10, 0, 10, 10, 0, 10]]},
+                   {"id": 2, "image_id": 2, "category_id": 2, "bbox": [5, 5, 20, 10], "area": 200, "iscrowd": 0, "segmentation": [[5, 5, 25, 5, 25, 15, 5, 15]]}]}
+                """);
+            var file = Sam3.Torch.Training.Data.CocoAnnotationFile.Load(json, dir, new Sam3.Torch.Training.Data.CocoReadOptions { CheckImageFiles = false });
+            var set = CocoEvaluationSet.FromAnnotations(file);
+            Assert.That(set.HasMasks, Is.True);
+            Assert.That(set.CgF1Samples([]), Has.Count.EqualTo(4), "every (image, category) pair");
+            var perfect = set.GroundTruths.Select(g => new CocoDetection(g.ImageId, g.CategoryId, g.Bbox, g.Mask, 0.9)).ToList();
+            var r = set.Evaluate(perfect);
+            TestContext.Out.WriteLine(r.Format("perfect"));
+            Assert.That(r.Box.AP, Is.EqualTo(1.0).Within(1e-12));
+            Assert.That(r.Mask!.AP, Is.EqualTo(1.0).Within(1e-12));
+            // 2 positive pairs found, 2 negative pairs empty: IL MCC = 4 / (sqrt(16) + 1e-6)
+            Assert.That(r.CgF1Mask!["IL_MCC"], Is.EqualTo(4 / (4 + 1e-6)).Within(1e-15));
+            var none = set.Evaluate([]);
+            Assert.That(none.Box.AP, Is.EqualTo(0.0));
+            Assert.That(none.CgF1Box.CgF1, Is.EqualTo(0.0), "no detection: MCC numerator 0");
+        }
+        finally { Directory.Delete(dir, true); }
+    }
 }
