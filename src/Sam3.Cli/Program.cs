@@ -29,6 +29,8 @@ internal static class Program
           sam3 video --checkpoint PATH --video FILE|DIR --text "person" --out DIR [--point x,y[:neg]@FRAME --obj ID]
                      [--direction forward|backward|both] [--config full|tiny|PATH]
               Find and track every instance of a text prompt; writes frames.jsonl, results.json (YouTube-VIS), overlay.mp4.
+          sam3 eval --checkpoint PATH --data DIR [--split valid] [--config full|tiny|PATH] [--out REPORT.json]
+              COCO box/mask AP and cgF1 of the model on a COCO-format split (Roboflow layout or a COCO json).
           sam3 parity --reference DIR [--scenario a,b,c] [--checkpoint F] [--atol X --rtol Y]
               Run reference scenarios (PyTorch fixtures) through this library; prints 'parity: N passed, M failed'.
           sam3 COMMAND --help

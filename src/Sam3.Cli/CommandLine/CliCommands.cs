@@ -129,6 +129,18 @@ internal static class CliCommands
                 Opt("max-side", "N", "largest image side after decoding (default 4096)"),
             ],
             (a, c) => Serve.ServeCommand.Run(a, c.Stdout, c.Stderr)),
+        new("eval",
+            "Evaluate a model on a COCO-format split (every category as a text query on every image): COCO box and mask AP " +
+            "(COCOeval: 101-point interpolation, area ranges, maxDets) and upstream's cgF1.",
+            null,
+            [
+                Required(Checkpoint), Config, Vocab, Device,
+                Required(Opt("data", "DIR", "a Roboflow export (DIR/{train,valid,test}/_annotations.coco.json) or a COCO json")),
+                Opt("split", "valid", "which split (default: valid, else test, else train)"),
+                Opt("max-images", "N", "evaluate only the first N images (by id)"),
+                Opt("out", "REPORT.json", "also write the numbers as JSON"),
+            ],
+            (a, c) => EvalCommand.Run(a, c.Stdout, c.Stderr)),
         new("parity",
             "Run reference scenarios (PyTorch fixtures: DIR holds inputs/ and the model folder with config.json, " +
             "model.safetensors and <x>_<name>.json/.safetensors) through this library; prints 'parity: N passed, M failed' " +

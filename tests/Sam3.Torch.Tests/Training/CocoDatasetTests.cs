@@ -272,4 +272,21 @@ public class CocoDatasetTests
         Assert.That(CocoDataset.FromFile(json, Path.Combine(root, "valid")).Count, Is.EqualTo(2));
         Assert.Throws<Sam3DatasetException>(() => CocoDataset.FromFile(json));
     }
+
+    [Test]
+    public void EmptyRleBecomesTheFilledBox()
+    {
+        // upstream DecodeRle: an empty mask is approximated by its box, bbox.int() truncated: rows 3..12, columns 4..13
+        var empty = new JsonObject { ["size"] = new JsonArray(H, W), ["counts"] = new JsonArray(H * W) };
+        string root = WriteRoboflow(Cats((1, "cat")), new JsonArray(Ann(1, 1, 1, [4.7, 3.2, 9.5, 10.1], empty)));
+        using var dp = CocoDataset.Open(root).Load(0);
+        new DecodeRle().Apply(dp, new Random(0));
+        var seg = dp.Images[0].Objects[0].Segment!;
+        var b = dp.Images[0].Objects[0].Bbox;
+        int x0 = (int)b[0], y0 = (int)b[1], x1 = (int)b[2], y1 = (int)b[3];
+        Assert.That((x0, y0, x1, y1), Is.EqualTo((4, 3, 14, 13)));
+        Assert.That(seg.sum().item<long>(), Is.EqualTo((long)(x1 - x0) * (y1 - y0)));
+        Assert.That(seg[y0, x0].item<byte>(), Is.EqualTo(1));
+        Assert.That(seg[y1, x1 - 1].item<byte>(), Is.EqualTo(0));
+    }
 }

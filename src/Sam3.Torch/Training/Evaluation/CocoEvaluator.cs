@@ -23,7 +23,7 @@ internal sealed record CocoEvalResult(CocoEvalParams Params, long[] CategoryIds,
         for (int t = 0; t < Precision.GetLength(0); t++)
             for (int r = 0; r < Precision.GetLength(1); r++)
                 if (Precision[t, r, k, 0, m] > -1) vals.Add(Precision[t, r, k, 0, m]);
-        return vals.Count == 0 ? -1 : vals.Average();
+        return vals.Count == 0 ? -1 : CocoEvaluator.MeanLikeNumpy(vals);
     }
 }
 
