@@ -1,3 +1,4 @@
+using Sam3.Torch.Training.Matching;
 using NUnit.Framework;
 using Sam3.Torch.Processing;
 using Sam3.Torch.Training.Evaluation;

@@ -1,3 +1,4 @@
+using Sam3.Torch.Training.Matching;
 namespace Sam3.Torch.Training.Evaluation;
 
 /// <summary>
@@ -88,7 +89,7 @@ internal sealed class CgF1Evaluator(CocoIouType iouType, double scoreThreshold =
         var neg = new double[D, G];
         for (int d = 0; d < D; d++) for (int g = 0; g < G; g++) neg[d, g] = -ious[d, g];
         var (rows, cols) = LinearSumAssignment.Solve(neg);
-        var scores = rows.Select((r, k) => ious[r, cols[k]]).ToArray();
+        var scores = rows.Select((r, k) => ious[(int)r, (int)cols[k]]).ToArray();
         var tps = new long[T]; var fps = new long[T]; var fns = new long[T];
         var f1 = new double[T];
         for (int t = 0; t < T; t++)
