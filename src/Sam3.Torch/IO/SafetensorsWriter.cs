@@ -71,6 +71,7 @@ internal static class SafetensorsWriter
                     WriteTensor(fs, it, stored.dtype, stored.shape);
                     progress?.Report((++done, layout.Count, it.Name));
                 }
+                fs.Flush(flushToDisk: true); // complete on disk before the rename makes it visible
             }
             File.Move(temp, path, overwrite: true);
         }
