@@ -30,6 +30,11 @@ internal sealed class AtomicFileSet : IDisposable
         {
             throw new Sam3Exception($"cannot write {final}: {e.Message.Replace(temp, final)}", e);
         }
+        catch (ArgumentOutOfRangeException e) when (e.ParamName == "value")
+        {
+            // .NET's report of EFBIG (a file-size limit, ulimit -f): the same as a full disk for the user
+            throw new Sam3Exception($"cannot write {final}: the file exceeds the file-size limit or the file system's maximum", e);
+        }
     }
 
     public void Add(string path, string text) => Add(path, new System.Text.UTF8Encoding(false).GetBytes(text));

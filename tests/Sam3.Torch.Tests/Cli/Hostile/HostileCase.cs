@@ -125,6 +125,7 @@ public sealed class HostileSandbox
                     var info = new FileInfo(entry);
                     if (info.LinkTarget is { } target) { result[entry] = "link->" + target; continue; }
                     if (Directory.Exists(entry)) { result[entry + "/"] = "dir"; stack.Push(entry); continue; }
+                    if (entry.EndsWith(".sam3.lock", StringComparison.Ordinal)) { result[entry] = "lock"; continue; } // held open by a run: not readable
                     var kind = PathIdentity.Stat(entry).Kind;
                     result[entry] = kind == FileKind.Regular ? Convert.ToHexString(SHA256.HashData(File.ReadAllBytes(entry))) : "special";
                 }

@@ -50,9 +50,9 @@ public static partial class HostileCorpus
         {
             var img = s.Write("data/deep/pic.png", PngBytes(20, 20));
             s.Dir("elsewhere", "x");
-            s.Link("elsewhere/x/up", s.P("data", "deep", "child"));
-            s.Dir("data", "deep", "child");
-            return Seg(s, img, s.P("elsewhere", "x", "up", ".."), "--force"); // the kernel resolves up/.. to data/deep
+            s.Link("data/deep/away", s.P("elsewhere", "x"));
+            // .NET (like a shell's cd) takes away/.. as data/deep, where the input is; the kernel would go to elsewhere/
+            return Seg(s, img, s.P("data", "deep", "away", ".."), "--force");
         }, 2, "would overwrite an input");
         yield return Case(K, "InputHardLinkedAsOutput", s =>
         {
