@@ -189,6 +189,8 @@ internal static class InputValidation
     /// <summary>Refuses an output that is (by device and inode, or by resolved path) one of the inputs.</summary>
     public static void NotAnInput(string output, IEnumerable<string> inputs, string hint)
     {
+        // nothing there yet: it cannot be an input (inputs exist); one stat instead of one per input
+        if (PathIdentity.NativeAvailable && PathIdentity.Stat(output).Kind == FileKind.Missing && !IsDanglingLink(output)) return;
         foreach (var input in inputs)
             if (PathIdentity.SameFile(output, input))
                 throw new UsageException($"output {output} would overwrite an input ({input}); {hint}");
