@@ -25,9 +25,8 @@ internal static class ConvertCommand
 
     private static readonly CultureInfo Inv = CultureInfo.InvariantCulture;
 
-    public static int Run(string[] args, TextWriter stdout, TextWriter stderr, bool stderrIsTerminal)
+    public static int Run(CliArgs a, TextWriter stdout, TextWriter stderr, bool stderrIsTerminal)
     {
-        var a = CliArgs.Parse(args, valueOptions: ["layout", "config", "sidecar"], flagOptions: ["force", "help"]);
         if (a.Flag("help"))
         {
             stdout.WriteLine(Help);

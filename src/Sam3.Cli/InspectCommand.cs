@@ -30,14 +30,8 @@ internal static class InspectCommand
 
     private static readonly CultureInfo Inv = CultureInfo.InvariantCulture;
 
-    public static int Run(string[] args, TextWriter stdout, TextWriter stderr)
+    public static int Run(CliArgs a, TextWriter stdout, TextWriter stderr)
     {
-        var a = CliArgs.Parse(args, valueOptions: ["config"], flagOptions: ["help"]);
-        if (a.Flag("help"))
-        {
-            stdout.WriteLine(Help);
-            return 0;
-        }
         if (a.Positional.Count == 0) throw new UsageException($"inspect: missing CHECKPOINT (usage: {Synopsis})");
         if (a.Positional.Count > 1) throw new UsageException($"inspect: unexpected argument '{a.Positional[1]}' (usage: {Synopsis})");
         string path = a.Positional[0];

@@ -20,7 +20,7 @@ namespace Sam3.Cli;
 /// results file is assembled (atomically) only at the end. Shardable: <c>--shard i/N</c> takes every N-th image
 /// (deterministic); <c>sam3 label merge</c> joins the shards' outputs into what one unsharded run writes.
 /// </summary>
-public static class LabelCommand
+internal static class LabelCommand
 {
     public const string Usage = """
         sam3 label --checkpoint PATH (--images DIR|LIST --prompts "cat,dog" | --queries FILE.jsonl) --out RESULTS.json [options]
@@ -46,9 +46,6 @@ public static class LabelCommand
         RESULTS.json.work/ (journal + one file per labelled image; removed when the run completes).
         """;
 
-    private static readonly string[] ValueOptions =
-        ["checkpoint", "config", "vocab", "images", "prompts", "queries", "out", "threshold", "max-dets", "batch-images", "shard", "device"];
-    private static readonly string[] FlagOptions = ["force", "help"];
 
     /// <summary>Environment variable of the fault-injection test hook: after this many images of this process are written
     /// (before their journal line) the process kills itself, as a scheduler's SIGKILL would.</summary>
@@ -65,11 +62,8 @@ public static class LabelCommand
     internal sealed record LabelPlan(IReadOnlyList<LabelImage> Images, IReadOnlyList<LabelCategory> Categories, IReadOnlyList<LabelQuery>? Queries,
         string QueriesSource);
 
-    public static int Run(string[] args, TextWriter stdout, TextWriter stderr)
+    public static int Run(CliArgs a, TextWriter stdout, TextWriter stderr)
     {
-        if (args.Length > 0 && args[0] == "merge") return Merge(args[1..], stdout);
-        var a = CliArgs.Parse(args, ValueOptions, FlagOptions);
-        if (a.Flag("help")) { stdout.WriteLine(Usage); return 0; }
         if (a.Positional.Count > 0) throw new UsageException($"label: unexpected argument '{a.Positional[0]}'");
         string checkpoint = a.Required("checkpoint");
         string outPath = Path.GetFullPath(a.Required("out"));
@@ -134,7 +128,7 @@ public static class LabelCommand
                 ConvertMaskToRle = true,
             };
             var byImage = plan.Queries?.ToLookup(q => q.ImageId);
-            var progress = new LabelProgress(stderr, Commands.IsConsoleTerminal(stderr), shard.Count, shard.Count - pending.Count);
+            using var progress = new LabelProgress(stderr, Commands.IsConsoleTerminal(stderr), shard.Count, shard.Count - pending.Count);
             int killAfter = int.TryParse(Environment.GetEnvironmentVariable(KillAfterImagesVariable), out var k) ? k : -1;
             int written = 0;
             long counter = 0;
@@ -417,10 +411,8 @@ public static class LabelCommand
 
     // ---------------------------------------------------------------- merge
 
-    private static int Merge(string[] args, TextWriter stdout)
+    internal static int Merge(CliArgs a, TextWriter stdout)
     {
-        var a = CliArgs.Parse(args, ["out"], ["force", "help"]);
-        if (a.Flag("help")) { stdout.WriteLine(Usage); return 0; }
         string outPath = Path.GetFullPath(a.Required("out"));
         if (a.Positional.Count == 0) throw new UsageException("label merge: give the shard result files to join");
         var inputs = a.Positional.Select(Path.GetFullPath).ToList();
@@ -546,44 +538,41 @@ internal sealed class LabelWorkFolder(string path)
     }
 }
 
-/// <summary>Progress on stderr: images done, images/s and queries/s of this process, ETA. One line rewritten in place on a
-/// terminal; in logs one line per 10 %.</summary>
-internal sealed class LabelProgress(TextWriter writer, bool terminal, int total, int alreadyDone)
+/// <summary>Progress on stderr: images done, images/s and queries/s of this process, ETA. On a terminal a Spectre.Console
+/// bar (<see cref="CliProgress"/>); in logs one line per 10 %.</summary>
+internal sealed class LabelProgress : IDisposable
 {
     private readonly Stopwatch _clock = Stopwatch.StartNew();
-    private int _done = alreadyDone, _processed, _queries, _nextDecile = (alreadyDone * 10 / Math.Max(1, total) + 1) * 10;
-    private bool _lineOpen;
-    private int _width;
+    private readonly CliProgress _bar;
+    private readonly int _total;
+    private int _done, _processed, _queries;
+
+    public LabelProgress(TextWriter writer, bool terminal, int total, int alreadyDone)
+    {
+        _total = total;
+        _done = alreadyDone;
+        _bar = CliProgress.Start(writer, terminal, "label", total, "images", alreadyDone, PlainLine);
+    }
 
     public void Report(int images, int queries)
     {
         _done += images;
         _processed += images;
         _queries += queries;
-        double secs = Math.Max(1e-9, _clock.Elapsed.TotalSeconds);
-        double ips = _processed / secs, qps = _queries / secs;
-        var eta = TimeSpan.FromSeconds(ips > 0 ? (total - _done) / ips : 0);
-        int percent = total == 0 ? 100 : _done * 100 / total;
-        string line = string.Format(CultureInfo.InvariantCulture, "label: {0}/{1} images ({2}%), {3:F2} images/s, {4:F2} queries/s, ETA {5}",
-            _done, total, percent, ips, qps, eta.ToString(@"h\:mm\:ss", CultureInfo.InvariantCulture));
-        if (terminal)
-        {
-            writer.Write("\r" + line.PadRight(_width));
-            _width = Math.Max(_width, line.Length);
-            _lineOpen = true;
-        }
-        else if (percent >= _nextDecile || _done == total)
-        {
-            writer.WriteLine(line);
-            _nextDecile = (percent / 10 + 1) * 10;
-        }
-        writer.Flush();
+        _bar.Report(_done, string.Format(CultureInfo.InvariantCulture, "({0:F2} queries/s)", _queries / Math.Max(1e-9, _clock.Elapsed.TotalSeconds)));
     }
 
-    public void Finish()
+    private string PlainLine(double done, double? total, TimeSpan elapsed)
     {
-        if (!_lineOpen) return;
-        writer.WriteLine();
-        _lineOpen = false;
+        double secs = Math.Max(1e-9, _clock.Elapsed.TotalSeconds);
+        double ips = _processed / secs, qps = _queries / secs;
+        var eta = TimeSpan.FromSeconds(ips > 0 ? (_total - _done) / ips : 0);
+        int percent = _total == 0 ? 100 : _done * 100 / _total;
+        return string.Format(CultureInfo.InvariantCulture, "label: {0}/{1} images ({2}%), {3:F2} images/s, {4:F2} queries/s, ETA {5}",
+            _done, _total, percent, ips, qps, eta.ToString(@"h\:mm\:ss", CultureInfo.InvariantCulture));
     }
+
+    public void Finish() => _bar.Dispose();
+
+    public void Dispose() => Finish();
 }

@@ -14,10 +14,8 @@ internal static class ParityCommand
           --checkpoint: run with this checkpoint file or folder (e.g. DIR/tiny_hf, the Hugging Face layout) instead of MODEL/model.safetensors.
         """;
 
-    public static int Run(string[] args, TextWriter stdout, TextWriter stderr)
+    public static int Run(CliArgs a, TextWriter stdout, TextWriter stderr)
     {
-        var a = CliArgs.Parse(args, ["reference", "scenario", "model", "checkpoint", "atol", "rtol"], ["help", "all-tensors"]);
-        if (a.Flag("help")) { stdout.WriteLine(Usage); return 0; }
         if (a.Positional.Count > 0) throw new UsageException($"parity: unexpected argument '{a.Positional[0]}'");
         string reference = a.Required("reference");
         if (!Directory.Exists(reference)) throw new UsageException($"--reference {reference}: no such folder");

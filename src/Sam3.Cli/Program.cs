@@ -38,38 +38,36 @@ internal static class Program
         Exit codes: 0 success, 1 failure, 2 usage error
         """;
 
+    /// <summary>What <c>sam3 --version</c> prints.</summary>
+    public static string VersionLine => $"sam3 {typeof(Sam3Exception).Assembly.GetName().Version?.ToString(3)}";
+
     public static int Main(string[] args) => Run(args, Console.Out, Console.Error);
 
-    /// <summary>Runs one command; returns the process exit code (0 ok, 1 failure, 2 usage error).</summary>
-    public static int Run(string[] args, TextWriter stdout, TextWriter stderr)
+    /// <summary>
+    /// Runs one command; returns the process exit code (0 ok, 1 failure, 2 usage error). System.CommandLine parses
+    /// (help, response files <c>@FILE</c>, completions through the <c>[suggest]</c> directive); every error leaves as
+    /// one line <c>sam3: message</c> on stderr.
+    /// </summary>
+    public static int Run(string[] args, TextWriter stdout, TextWriter stderr, bool? stderrIsTerminal = null)
     {
         bool verbose = args.Contains("--verbose");
-        args = args.Where(a => a != "--verbose").ToArray();
         try
         {
-            if (args.Length == 0 || args[0] is "--help" or "-h" or "help")
+            var root = CliSpec.Build(CliCommands.All, new CliContext(stdout, stderr, stderrIsTerminal ?? Commands.IsConsoleTerminal(stderr)), Usage);
+            if (args.Length > 0 && args[0] is "--help" or "-h" or "-?" or "help")
             {
+                // the overview, written by hand: every command with its synopsis (each command's --help is generated)
                 stdout.WriteLine(Usage);
-                return args.Length == 0 ? 2 : 0;
-            }
-            if (args[0] is "--version" or "-V")
-            {
-                stdout.WriteLine($"sam3 {typeof(Sam3Exception).Assembly.GetName().Version?.ToString(3)}");
                 return 0;
             }
-            var rest = args.Skip(1).ToArray();
-            return args[0] switch
+            var result = root.Parse(args);
+            if (result.Errors.Count > 0) throw new UsageException(CliSpec.Describe(result));
+            return result.Invoke(new System.CommandLine.InvocationConfiguration
             {
-                "inspect" => Commands.Inspect(rest, stdout, stderr),
-                "convert" => Commands.Convert(rest, stdout, stderr),
-                "segment" => Commands.Segment(rest, stdout, stderr),
-                "parity" => Commands.Parity(rest, stdout, stderr),
-                "label" => Commands.Label(rest, stdout, stderr),
-                "track" => Commands.Track(rest, stdout, stderr),
-                "serve" => Serve.ServeCommand.Run(rest, stdout, stderr),
-                "video" => VideoCommand.RunWithConsoleCancel(rest, stdout, stderr),
-                _ => throw new UsageException($"unknown command '{args[0]}' (see sam3 --help)"),
-            };
+                Output = stdout,
+                Error = stderr,
+                EnableDefaultExceptionHandler = false,
+            });
         }
         catch (UsageException e)
         {

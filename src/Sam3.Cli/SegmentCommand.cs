@@ -38,16 +38,12 @@ internal static class SegmentCommand
         Writes DIR/<image>.png (overlay) and DIR/<image>.json (COCO RLE results).
         """;
 
-    private static readonly string[] ValueOptions = ["checkpoint", "config", "vocab", "image", "text", "box", "box-xyxy", "point", "threshold", "out"];
-    private static readonly string[] FlagOptions = ["masks", "force", "help", "multimask"];
 
     /// <summary>One output object: its mask, score (detection score or predicted IoU) and xyxy pixel box.</summary>
     internal sealed record SegmentObject(Visualization.BinaryMask Mask, float Score, float[] Box, int? Prompt = null, int? Candidate = null);
 
-    public static int Run(string[] args, TextWriter stdout, TextWriter stderr)
+    public static int Run(CliArgs a, TextWriter stdout, TextWriter stderr)
     {
-        var a = CliArgs.Parse(args, ValueOptions, FlagOptions);
-        if (a.Flag("help")) { stdout.WriteLine(Usage); return 0; }
         if (a.Positional.Count > 0) throw new UsageException($"segment: unexpected argument '{a.Positional[0]}'");
         string checkpoint = a.Required("checkpoint");
         var images = a.Values("image");

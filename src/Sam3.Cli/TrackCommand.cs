@@ -34,20 +34,16 @@ internal static class TrackCommand
         Writes DIR/tracks.jsonl (one line per frame) and DIR/overlay.mp4. Ctrl-C stops cleanly.
         """;
 
-    private static readonly string[] ValueOptions = ["checkpoint", "config", "video", "point", "box", "obj", "start", "max-frames", "fps", "out"];
-    private static readonly string[] FlagOptions = ["reverse", "no-video", "force", "help"];
 
     internal sealed record PromptSpec(int Frame, int ObjectId, List<VideoPoint> Points, float[]? Box);
 
-    public static int Run(string[] args, TextWriter stdout, TextWriter stderr, CancellationToken cancel = default)
+    public static int Run(CliArgs a, TextWriter stdout, TextWriter stderr, CancellationToken cancel = default)
     {
-        var a = CliArgs.Parse(args, ValueOptions, FlagOptions);
-        if (a.Flag("help")) { stdout.WriteLine(Usage); return 0; }
         if (a.Positional.Count > 0) throw new UsageException($"track: unexpected argument '{a.Positional[0]}'");
         string checkpoint = a.Required("checkpoint");
         string video = a.Required("video");
         string outDir = a.Required("out");
-        var prompts = ParsePrompts(args);
+        var prompts = ParsePrompts(a.Ordered);
         if (prompts.Count == 0) throw new UsageException("track: give at least one --point or --box");
         int? start = a.Value("start") is null ? null : Int(a, "start", 0);
         int? maxFrames = a.Value("max-frames") is null ? null : Int(a, "max-frames", 0);
@@ -100,7 +96,8 @@ internal static class TrackCommand
                 throw new Sam3ImageException($"{mp4}: OpenCV cannot write mp4 video here (no encoder); use --no-video");
             }
         }
-        bool terminal = Commands.IsConsoleTerminal(stderr);
+        // frames left in the video bound the run (--max-frames or a prompt frame can end it sooner)
+        var bar = CliProgress.Start(stderr, Commands.IsConsoleTerminal(stderr), "track", session.FrameCount, "frames");
         int done = 0;
         bool stopped = false;
         sw.Restart();
@@ -116,8 +113,7 @@ internal static class TrackCommand
                     writer.Write(mat);
                 }
                 done++;
-                if (terminal)
-                    stderr.Write(string.Format(CultureInfo.InvariantCulture, "\rframe {0} ({1} done) {2:F2} frames/s   ", frame.FrameIndex, done, done / sw.Elapsed.TotalSeconds));
+                bar.Report(done, $"frame {frame.FrameIndex}");
                 if (cancel.IsCancellationRequested) { stopped = true; break; }
             }
         }
@@ -125,7 +121,7 @@ internal static class TrackCommand
         {
             writer?.Release();
             writer?.Dispose();
-            if (terminal) stderr.WriteLine();
+            bar.Dispose();
         }
         stdout.WriteLine(string.Format(CultureInfo.InvariantCulture, "{0}{1} frame(s), {2} object(s) in {3:F1} s ({4:F2} frames/s) -> {5}{6}",
             stopped ? "stopped after " : "", done, ids.Count, sw.Elapsed.TotalSeconds, done / Math.Max(sw.Elapsed.TotalSeconds, 1e-9), jsonl,
@@ -134,7 +130,7 @@ internal static class TrackCommand
     }
 
     /// <summary>Entry from the command table: Ctrl-C cancels (after the frame in progress).</summary>
-    public static int RunWithConsoleCancel(string[] args, TextWriter stdout, TextWriter stderr)
+    public static int RunWithConsoleCancel(CliArgs args, TextWriter stdout, TextWriter stderr)
     {
         using var cts = new CancellationTokenSource();
         ConsoleCancelEventHandler handler = (_, e) => { e.Cancel = true; cts.Cancel(); };

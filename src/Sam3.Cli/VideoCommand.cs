@@ -32,13 +32,9 @@ internal static class VideoCommand
         Writes DIR/frames.jsonl, DIR/results.json (YouTube-VIS results) and DIR/overlay.mp4. Ctrl-C stops cleanly.
         """;
 
-    private static readonly string[] ValueOptions = ["checkpoint", "config", "vocab", "video", "text", "frame", "point", "obj", "direction", "fps", "out"];
-    private static readonly string[] FlagOptions = ["no-video", "force", "help"];
 
-    public static int Run(string[] args, TextWriter stdout, TextWriter stderr, CancellationToken cancel = default)
+    public static int Run(CliArgs a, TextWriter stdout, TextWriter stderr, CancellationToken cancel = default)
     {
-        var a = CliArgs.Parse(args, ValueOptions, FlagOptions);
-        if (a.Flag("help")) { stdout.WriteLine(Usage); return 0; }
         if (a.Positional.Count > 0) throw new UsageException($"video: unexpected argument '{a.Positional[0]}'");
         string checkpoint = a.Required("checkpoint"), videoPath = a.Required("video"), outDir = a.Required("out"), text = a.Required("text");
         int textFrame = 0;
@@ -51,7 +47,7 @@ internal static class VideoCommand
             "both" => PropagationDirection.Both,
             var d => throw new UsageException($"--direction expects forward, backward or both, got '{d}'"),
         };
-        var clicks = TrackCommand.ParsePrompts(args);
+        var clicks = TrackCommand.ParsePrompts(a.Ordered);
         if (clicks.Any(c => c.Box is not null)) throw new UsageException("video: boxes are not supported here; use --text and --point");
         bool writeVideo = !a.Flag("no-video");
         string jsonl = Path.Combine(outDir, "frames.jsonl"), results = Path.Combine(outDir, "results.json"), mp4 = Path.Combine(outDir, "overlay.mp4");
@@ -96,7 +92,7 @@ internal static class VideoCommand
         // YouTube-VIS results: one entry per object, a segmentation (or null) per frame, the mean probability as score
         var perObject = new SortedDictionary<int, (JsonNode?[] Segs, double ScoreSum, int Count)>();
         var frames = new SortedDictionary<int, VideoFrameResult>();
-        bool terminal = Commands.IsConsoleTerminal(stderr);
+        var bar = CliProgress.Start(stderr, Commands.IsConsoleTerminal(stderr), "video", session.FrameCount, "frames");
         bool stopped = false;
         int done = 0;
         sw.Restart();
@@ -129,9 +125,7 @@ internal static class VideoCommand
                         writer.Write(mat);
                     }
                     done++;
-                    if (terminal)
-                        stderr.Write(string.Format(CultureInfo.InvariantCulture, "\rframe {0} ({1} done) {2:F2} frames/s, {3} object(s)   ",
-                            frame.FrameIndex, done, done / sw.Elapsed.TotalSeconds, frame.Objects.Count));
+                    bar.Report(done, $"frame {frame.FrameIndex}, {frame.Objects.Count} object(s)");
                 }
             }
             catch (OperationCanceledException)
@@ -142,7 +136,7 @@ internal static class VideoCommand
             {
                 writer?.Release();
                 writer?.Dispose();
-                if (terminal) stderr.WriteLine();
+                bar.Dispose();
             }
         }
         var vis = new JsonArray();
@@ -180,7 +174,7 @@ internal static class VideoCommand
     }
 
     /// <summary>Entry from the command table: Ctrl-C cancels the propagation.</summary>
-    public static int RunWithConsoleCancel(string[] args, TextWriter stdout, TextWriter stderr)
+    public static int RunWithConsoleCancel(CliArgs args, TextWriter stdout, TextWriter stderr)
     {
         using var cts = new CancellationTokenSource();
         ConsoleCancelEventHandler handler = (_, e) => { e.Cancel = true; cts.Cancel(); };

@@ -23,13 +23,9 @@ internal static class ServeCommand
         Open http://HOST:PORT/ for the page; the API is under /api, its OpenAPI document at /openapi/v1.json.
         """;
 
-    private static readonly string[] ValueOptions = ["checkpoint", "config", "vocab", "device", "host", "port", "threshold", "max-images", "max-upload-mb", "max-side"];
-    private static readonly string[] FlagOptions = ["help"];
 
-    public static int Run(string[] args, TextWriter stdout, TextWriter stderr)
+    public static int Run(CliArgs a, TextWriter stdout, TextWriter stderr)
     {
-        var a = CliArgs.Parse(args, ValueOptions, FlagOptions);
-        if (a.Flag("help")) { stdout.WriteLine(Usage); return 0; }
         if (a.Positional.Count > 0) throw new UsageException($"serve: unexpected argument '{a.Positional[0]}'");
         var defaults = new ServeOptions();
         var options = defaults with

@@ -290,7 +290,7 @@ public class ServeApiTests
         var stdout = new StringWriter();
         var stderr = new StringWriter();
         Assert.That(Program.Run(["serve", "--help"], stdout, stderr), Is.EqualTo(0));
-        Assert.That(stdout.ToString(), Does.Contain("--checkpoint PATH"));
+        Assert.That(stdout.ToString(), Does.Contain("--checkpoint <PATH>"));
         Assert.That(Program.Run(["serve"], stdout, stderr), Is.EqualTo(2));
         Assert.That(stderr.ToString(), Does.Contain("--checkpoint"));
         stderr.GetStringBuilder().Clear();
