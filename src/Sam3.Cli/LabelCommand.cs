@@ -82,23 +82,26 @@ internal static class LabelCommand
         var plan = prompts is not null ? PlanFromPrompts(images!, prompts) : PlanFromQueries(queries!);
         var shard = plan.Images.Where((_, p) => p % shardCount == shardIndex).ToList();
         ValidateShard(plan, shard);
-        string categoriesPath = CategoriesPath(outPath);
         string work = outPath + ".work";
         if (!File.Exists(checkpoint)) throw new Sam3CheckpointException($"checkpoint not found: {checkpoint}");
         string configName = a.Value("config") ?? "full";
         var config = SegmentCommand.ResolveConfig(configName);
         string fingerprint = Fingerprint(plan, shard, checkpoint, configName, threshold, maxDets, shardIndex, shardCount);
 
-        // output / work folder state
+        // output / work folder state; one run per output (Safety/RunLock), never onto the checkpoint
+        InputValidation.OutputFile(outPath, "--out");
+        InputValidation.NotAnInput(outPath, [checkpoint], "choose another --out");
+        Directory.CreateDirectory(Path.GetDirectoryName(Path.GetFullPath(outPath))!);
+        using var runLock = RunLock.ForFile(outPath);
         if (a.Flag("force"))
         {
+            // the old results stay until the new ones, complete, replace them (atomic rename at the end)
             if (Directory.Exists(work)) Directory.Delete(work, recursive: true);
-            foreach (var p in new[] { outPath, categoriesPath }) if (File.Exists(p)) File.Delete(p);
         }
         var journal = new LabelWorkFolder(work);
         if (!Directory.Exists(work))
         {
-            if (File.Exists(outPath)) throw new UsageException($"output {outPath} exists (use --force to label again)");
+            if (File.Exists(outPath) && !a.Flag("force")) throw new UsageException($"output {outPath} exists (use --force to label again)");
             Directory.CreateDirectory(Path.GetDirectoryName(outPath)!);
             journal.Create(fingerprint, shardIndex, shardCount, plan.Images.Count);
         }

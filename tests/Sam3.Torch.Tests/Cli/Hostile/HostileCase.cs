@@ -78,8 +78,14 @@ public sealed class HostileSandbox
     }
 
     /// <summary>sam3 segment with the tiny model and the given image(s); more options after.</summary>
-    public string[] Segment(string image, params string[] more) =>
-        ["segment", "--checkpoint", Model, "--config", "tiny", "--vocab", Vocab, "--image", image, "--out", Out, .. more];
+    public string[] Segment(string image, params string[] more)
+    {
+        // --checkpoint, --config and --vocab given in more replace the defaults (each may appear once)
+        var defaults = new List<string>();
+        foreach (var (option, value) in new[] { ("--checkpoint", Model), ("--config", "tiny"), ("--vocab", Vocab) })
+            if (!more.Contains(option)) defaults.AddRange([option, value]);
+        return ["segment", .. defaults, "--image", image, "--out", Out, .. more];
+    }
 
     public string[] SegmentText(params string[] more) => Segment(Png, ["--text", "cat", .. more]);
 

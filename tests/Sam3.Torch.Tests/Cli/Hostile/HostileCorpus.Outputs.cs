@@ -88,6 +88,15 @@ public static partial class HostileCorpus
         yield return Case(K, "ConvertInDevZero", s => ["convert", "/dev/zero", s.P("y.safetensors")], 1, "not a regular file");
         yield return Case(K, "ConvertInEmptyPath", s => ["convert", "", s.P("y.safetensors")], 2, "IN is empty");
         yield return Case(K, "ConvertNoArguments", _ => ["convert"], 2, "missing IN and OUT");
+
+        // label
+        string[] Label(HostileSandbox s, string outPath, params string[] more) =>
+            ["label", "--checkpoint", s.Model, "--config", "tiny", "--images", Path.GetDirectoryName(s.Write("imgs/a.png", PngBytes(16, 16)))!,
+             "--prompts", "cat", "--out", outPath, .. more];
+        yield return Case(K, "LabelOutEmpty", s => Label(s, ""), 2, "--out is empty");
+        yield return Case(K, "LabelOutIsAFolder", s => Label(s, s.Dir("results.json")), 1, "is a folder");
+        yield return Case(K, "LabelOutIsTheCheckpoint", s => Label(s, s.Model, "--force"), 2, "would overwrite an input");
+        yield return Case(K, "LabelOutUnderAFile", s => { s.Write("plain", "x"); return Label(s, s.P("plain", "r.json")); }, 1, "not a folder");
     }
 
     // ================================================================ video and frame folders (track / video)
