@@ -66,7 +66,9 @@ internal static class LabelCommand
     {
         if (a.Positional.Count > 0) throw new UsageException($"label: unexpected argument '{a.Positional[0]}'");
         string checkpoint = a.Required("checkpoint");
-        string outPath = Path.GetFullPath(a.Required("out"));
+        string outPath = a.Required("out");
+        if (string.IsNullOrWhiteSpace(outPath)) throw new UsageException("--out is empty; give an output file name (RESULTS.json)");
+        outPath = Path.GetFullPath(outPath);
         double threshold = a.Double("threshold", 0.5);
         if (threshold < 0 || threshold >= 1) throw new UsageException($"--threshold must be in [0,1), got {threshold}");
         int maxDets = Int(a, "max-dets", 100, 1);
@@ -416,7 +418,9 @@ internal static class LabelCommand
 
     internal static int Merge(CliArgs a, TextWriter stdout)
     {
-        string outPath = Path.GetFullPath(a.Required("out"));
+        string outPath = a.Required("out");
+        if (string.IsNullOrWhiteSpace(outPath)) throw new UsageException("--out is empty; give an output file name (RESULTS.json)");
+        outPath = Path.GetFullPath(outPath);
         if (a.Positional.Count == 0) throw new UsageException("label merge: give the shard result files to join");
         var inputs = a.Positional.Select(Path.GetFullPath).ToList();
         if (inputs.Contains(outPath)) throw new UsageException($"label merge: the output {outPath} is also an input");
