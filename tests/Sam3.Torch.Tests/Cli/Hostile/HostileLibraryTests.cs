@@ -58,7 +58,7 @@ public class HostileLibraryTests
     [Test]
     public void ManyBoxesRunTheDetectorOnceWithTheResultOfAddingThemOneByOne()
     {
-        var boxes = Enumerable.Range(0, 40).Select(i => BoxPrompt.Xyxy(5 + i * 3, 10 + i, 60 + i * 3, 80 + i, positive: i % 5 != 4)).ToList();
+        var boxes = Enumerable.Range(0, 12).Select(i => BoxPrompt.Xyxy(5 + i * 9, 10 + i * 3, 60 + i * 9, 80 + i * 3, positive: i % 5 != 4)).ToList();
         using var predictor = _model.CreateImagePredictor(new ImagePredictorOptions { ConfidenceThreshold = 0 });
         using var one = predictor.SetImage(_image);
         float[] oneByOne = [];
@@ -73,9 +73,9 @@ public class HostileLibraryTests
             together = predictor.SetPrompts(all, "cat", boxes)[0].Scores();
             runs = recorder.Names.Count;
         }
-        Assert.That(runs, Is.EqualTo(1), "one detector run for 40 boxes");
+        Assert.That(runs, Is.EqualTo(1), "one detector run for 12 boxes");
         Assert.That(together, Is.EqualTo(oneByOne).Within(1e-5f));
-        Assert.That(all.Boxes, Has.Count.EqualTo(40));
+        Assert.That(all.Boxes, Has.Count.EqualTo(12));
     }
 
     [Test]
