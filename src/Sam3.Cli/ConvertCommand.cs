@@ -36,6 +36,10 @@ internal static class ConvertCommand
             throw new UsageException($"convert: missing {(a.Positional.Count == 0 ? "IN and OUT" : "OUT")} (usage: {Synopsis})");
         if (a.Positional.Count > 2) throw new UsageException($"convert: unexpected argument '{a.Positional[2]}' (usage: {Synopsis})");
         string input = a.Positional[0], output = a.Positional[1];
+        // before anything is read: the input is a regular file, OUT a writable file name that is not the input
+        if (string.IsNullOrWhiteSpace(output)) throw new UsageException("convert: OUT is empty; give an output .safetensors file name");
+        InputValidation.RequireFile(input, "IN", "checkpoint");
+        InputValidation.OutputFile(output, "OUT");
         if (!output.EndsWith(".safetensors", StringComparison.OrdinalIgnoreCase))
             throw new UsageException($"convert: OUT must be a .safetensors file name, got '{output}'");
         if (SameFile(input, output))
@@ -43,6 +47,8 @@ internal static class ConvertCommand
         if (Directory.Exists(output)) throw new Sam3Exception($"convert: {output} is a folder");
         if (File.Exists(output) && !a.Flag("force"))
             throw new Sam3Exception($"convert: {output} already exists (use --force to replace it)");
+        if (Path.GetDirectoryName(Path.GetFullPath(output)) is { } outFolder) Directory.CreateDirectory(outFolder);
+        using var runLock = RunLock.ForFile(output); // a second convert onto the same OUT fails instead of racing
 
         if (a.Value("layout") is { } layout)
         {
@@ -77,8 +83,14 @@ internal static class ConvertCommand
         return 0;
     }
 
-    /// <summary>Same full path, after resolving symbolic links of existing files.</summary>
-    public static bool SameFile(string a, string b)
+    /// <summary>
+    /// The same file: same device and inode when both exist (symbolic links to the file or to a folder on its path,
+    /// <c>..</c>, hard links, bind mounts), else the same path with every link resolved.
+    /// </summary>
+    public static bool SameFile(string a, string b) => PathIdentity.SameFile(a, b);
+
+    /// <summary>Previous check (the file's own link only), kept for reference.</summary>
+    internal static bool SameFileByLinkTarget(string a, string b)
     {
         static string Resolve(string p)
         {

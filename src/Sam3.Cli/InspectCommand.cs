@@ -35,6 +35,7 @@ internal static class InspectCommand
         if (a.Positional.Count == 0) throw new UsageException($"inspect: missing CHECKPOINT (usage: {Synopsis})");
         if (a.Positional.Count > 1) throw new UsageException($"inspect: unexpected argument '{a.Positional[1]}' (usage: {Synopsis})");
         string path = a.Positional[0];
+        InputValidation.RequireFile(path, "CHECKPOINT", "checkpoint"); // empty, folder, device: one clear line
         string configName = a.Value("config") ?? DefaultConfig;
         var cfg = ResolveConfig(configName);
 

@@ -66,7 +66,9 @@ internal static class LabelCommand
     {
         if (a.Positional.Count > 0) throw new UsageException($"label: unexpected argument '{a.Positional[0]}'");
         string checkpoint = a.Required("checkpoint");
-        string outPath = Path.GetFullPath(a.Required("out"));
+        string outPath = a.Required("out");
+        if (string.IsNullOrWhiteSpace(outPath)) throw new UsageException("--out is empty; give an output file name (RESULTS.json)");
+        outPath = Path.GetFullPath(outPath);
         double threshold = a.Double("threshold", 0.5);
         if (threshold < 0 || threshold >= 1) throw new UsageException($"--threshold must be in [0,1), got {threshold}");
         int maxDets = Int(a, "max-dets", 100, 1);
@@ -82,23 +84,26 @@ internal static class LabelCommand
         var plan = prompts is not null ? PlanFromPrompts(images!, prompts) : PlanFromQueries(queries!);
         var shard = plan.Images.Where((_, p) => p % shardCount == shardIndex).ToList();
         ValidateShard(plan, shard);
-        string categoriesPath = CategoriesPath(outPath);
         string work = outPath + ".work";
         if (!File.Exists(checkpoint)) throw new Sam3CheckpointException($"checkpoint not found: {checkpoint}");
         string configName = a.Value("config") ?? "full";
         var config = SegmentCommand.ResolveConfig(configName);
         string fingerprint = Fingerprint(plan, shard, checkpoint, configName, threshold, maxDets, shardIndex, shardCount);
 
-        // output / work folder state
+        // output / work folder state; one run per output (Safety/RunLock), never onto the checkpoint
+        InputValidation.OutputFile(outPath, "--out");
+        InputValidation.NotAnInput(outPath, [checkpoint], "choose another --out");
+        Directory.CreateDirectory(Path.GetDirectoryName(Path.GetFullPath(outPath))!);
+        using var runLock = RunLock.ForFile(outPath);
         if (a.Flag("force"))
         {
+            // the old results stay until the new ones, complete, replace them (atomic rename at the end)
             if (Directory.Exists(work)) Directory.Delete(work, recursive: true);
-            foreach (var p in new[] { outPath, categoriesPath }) if (File.Exists(p)) File.Delete(p);
         }
         var journal = new LabelWorkFolder(work);
         if (!Directory.Exists(work))
         {
-            if (File.Exists(outPath)) throw new UsageException($"output {outPath} exists (use --force to label again)");
+            if (File.Exists(outPath) && !a.Flag("force")) throw new UsageException($"output {outPath} exists (use --force to label again)");
             Directory.CreateDirectory(Path.GetDirectoryName(outPath)!);
             journal.Create(fingerprint, shardIndex, shardCount, plan.Images.Count);
         }
@@ -413,7 +418,9 @@ internal static class LabelCommand
 
     internal static int Merge(CliArgs a, TextWriter stdout)
     {
-        string outPath = Path.GetFullPath(a.Required("out"));
+        string outPath = a.Required("out");
+        if (string.IsNullOrWhiteSpace(outPath)) throw new UsageException("--out is empty; give an output file name (RESULTS.json)");
+        outPath = Path.GetFullPath(outPath);
         if (a.Positional.Count == 0) throw new UsageException("label merge: give the shard result files to join");
         var inputs = a.Positional.Select(Path.GetFullPath).ToList();
         if (inputs.Contains(outPath)) throw new UsageException($"label merge: the output {outPath} is also an input");

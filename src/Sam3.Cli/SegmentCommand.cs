@@ -71,9 +71,17 @@ internal static class SegmentCommand
         if (interactive && boxesXyxy.Any(b => !b.Positive)) throw new UsageException("segment: negative boxes need the detector (give --text)");
         if (interactive && points.Count > 0 && boxesXyxy.Count > 1) throw new UsageException("segment: points go with at most one --box-xyxy");
         if (!interactive && a.Flag("multimask")) throw new UsageException("segment: --multimask applies to the interactive mode only");
-        // Cheap checks first: output plan (overwrites), images, configuration fit; the model load comes last.
+        // Cheap checks first: inputs, image headers, prompts against the image sizes, output folder, output plan
+        // (overwrites), configuration fit; the model load comes last (Safety/InputValidation).
+        InputValidation.RequireFileOrFolder(checkpoint, "--checkpoint", "checkpoint");
+        if (a.Value("vocab") is { } vocabOption) InputValidation.RequireFile(vocabOption, "--vocab", "vocabulary");
+        if (a.Value("config") is { } cfgOption && cfgOption is not ("full" or "tiny")) InputValidation.NotSpecial(cfgOption, "--config", "configuration");
+        var sizes = InputValidation.ImageSizes(images);
+        InputValidation.PromptsFit(images, sizes, boxesXyxy.Select(b => b.Values), points.Select(p => (p.X, p.Y)));
+        InputValidation.OutputFolder(outDir, "--out", out bool createdOut);
+        using var outScope = new OutputFolderScope(outDir, createdOut);
+        using var runLock = RunLock.ForFolder(outDir);
         var outputs = PlanOutputs(images, outDir, a.Flag("force"), a.Flag("masks"));
-        foreach (var img in images) if (!File.Exists(img)) throw new Sam3ImageException($"image not found: {img}");
         var configOption = a.Value("config");
         var files = ModelFolder.Locate(checkpoint, new Sam3ModelOptions
         {
@@ -81,7 +89,6 @@ internal static class SegmentCommand
             TokenizerPath = a.Value("vocab"),
         });
         string configName = configOption ?? (files.Config.Name == Sam3Config.Tiny.Name ? "tiny" : files.ConfigSource);
-        var decoded = images.Select(p => (Path: p, Image: ImageLoader.Load(p))).ToList();
         CheckConfigurationFits(files.CheckpointPath, files.Config, configName);
 
         var sw = System.Diagnostics.Stopwatch.StartNew();
@@ -108,13 +115,18 @@ internal static class SegmentCommand
         using var _ = model;
         progress?.Finish();
         stderr.WriteLine(string.Format(CultureInfo.InvariantCulture, "loaded {0} in {1:F1} s", Path.GetFileName(files.CheckpointPath), sw.Elapsed.TotalSeconds));
+        if (NonFiniteScan.FirstNonFinite(model.Network) is { } bad)
+            stderr.WriteLine($"sam3: warning: the weight {bad} of {Path.GetFileName(files.CheckpointPath)} holds NaN or infinite values; results will be meaningless");
         using var processor = model.CreateImagePredictor(new ImagePredictorOptions { ConfidenceThreshold = threshold });
         var interactivePredictor = interactive ? model.CreateInteractivePredictor() : null;
-        Directory.CreateDirectory(outDir);
+        var allBoxes = boxes.Select(b => BoxPrompt.NormalizedCxcywh(b.Values[0], b.Values[1], b.Values[2], b.Values[3], b.Positive))
+            .Concat(boxesXyxy.Select(b => BoxPrompt.Xyxy(b.Values[0], b.Values[1], b.Values[2], b.Values[3], b.Positive))).ToList();
 
-        for (int i = 0; i < decoded.Count; i++)
+        for (int i = 0; i < images.Count; i++)
         {
-            var (path, image) = decoded[i];
+            // decoded one at a time (headers were checked up front): memory does not grow with the number of images
+            string path = images[i];
+            var image = ImageLoader.Load(path);
             var t0 = System.Diagnostics.Stopwatch.StartNew();
             using var state = processor.SetImage(image);
             List<SegmentObject> objects;
@@ -127,18 +139,18 @@ internal static class SegmentCommand
             else
             {
                 mode = "detector";
-                IReadOnlyList<ImageDetections>? results = null;
-                if (text is not null) results = processor.SetTextPrompt(state, text);
-                foreach (var (v, positive) in boxes) results = processor.AddBox(state, BoxPrompt.NormalizedCxcywh(v[0], v[1], v[2], v[3], positive));
-                foreach (var (v, positive) in boxesXyxy) results = processor.AddBox(state, BoxPrompt.Xyxy(v[0], v[1], v[2], v[3], positive));
-                objects = results![0]
+                // text and every box in one detector run (one run per box was quadratic in the number of boxes)
+                var results = processor.SetPrompts(state, text, allBoxes);
+                objects = results[0]
                     .Select(d => d.Box.ToXyxy() is var (x0, y0, x1, y1) ? new SegmentObject(d.Mask, d.Score, [x0, y0, x1, y1]) : null!).ToList();
             }
-            WriteOutputs(outputs[i], path, image, objects, mode, text, threshold, a.Flag("masks"));
+            WriteOutputs(outputs[i], path, image, objects, mode, text, threshold, a.Flag("masks"), a.Flag("force"));
+            outScope.Complete();
             stdout.WriteLine(string.Format(CultureInfo.InvariantCulture, "{0}: {1} {2}{3} in {4:F2} s -> {5}",
                 path, objects.Count, mode == "detector" ? "detection(s)" : "mask(s)",
                 objects.Count > 0 ? $" (best {(mode == "detector" ? "score" : "IoU")} {objects.Max(o => o.Score):F3})" : "", t0.Elapsed.TotalSeconds, outputs[i].Json));
         }
+        outScope.Complete();
         return 0;
     }
 
@@ -178,6 +190,8 @@ internal static class SegmentCommand
             var paths = new OutputPaths(Path.Combine(dir, candidate + ".png"), Path.Combine(dir, candidate + ".json"), Path.Combine(dir, candidate + "_mask"));
             foreach (var p in new[] { paths.Overlay, paths.Json })
             {
+                InputValidation.NotAnInput(p, inputs, "choose another --out"); // by device and inode: links, hard links, bind mounts
+                if (Directory.Exists(p)) throw new UsageException($"output {p} is a folder; move it away or choose another --out");
                 if (inputSet.Contains(p)) throw new UsageException($"output {p} would overwrite an input image; choose another --out");
                 if (File.Exists(p) && !force) throw new UsageException($"output {p} exists (use --force to replace it)");
             }
@@ -275,12 +289,18 @@ internal static class SegmentCommand
         return objects;
     }
 
+    /// <summary>
+    /// The overlay, the mask PNGs and the JSON of one image, staged complete beside their destinations and renamed
+    /// together (JSON last): they appear together or not at all, and an old set (--force) is replaced only once the
+    /// new one is complete; old mask PNGs beyond the new count are removed after. Non-finite numbers are written as null.
+    /// </summary>
     private static void WriteOutputs(OutputPaths o, string imagePath, RgbImage image, List<SegmentObject> objects, string mode, string? text,
-        double threshold, bool masks)
+        double threshold, bool masks, bool force)
     {
+        using var files = new AtomicFileSet();
         var overlay = Plot.Results(image, objects.Select(x => x.Mask).ToList(), objects.SelectMany(x => x.Box).ToArray(),
-            objects.Select(x => x.Score).ToArray());
-        ImageWriter.Save(overlay, o.Overlay, overwrite: true); // --force was checked when planning; written atomically
+            objects.Select(x => float.IsFinite(x.Score) ? x.Score : 0f).ToArray());
+        files.Add(o.Overlay, ImageWriter.EncodePng(overlay));
         var list = new JsonArray();
         for (int k = 0; k < objects.Count; k++)
         {
@@ -289,8 +309,8 @@ internal static class SegmentCommand
             var entry = new JsonObject
             {
                 ["id"] = k,
-                ["score"] = obj.Score,
-                ["bbox_xyxy"] = new JsonArray(obj.Box.Select(v => (JsonNode)JsonValue.Create(v)!).ToArray()),
+                ["score"] = JsonNumber.Of(obj.Score),
+                ["bbox_xyxy"] = new JsonArray(obj.Box.Select(JsonNumber.Of).ToArray()),
                 ["area"] = rle.Area(),
                 ["segmentation"] = JsonNode.Parse(rle.ToJson()),
             };
@@ -302,7 +322,7 @@ internal static class SegmentCommand
                 string maskPath = $"{o.MaskPrefix}{k}.png";
                 var rgb = new byte[obj.Mask.Data.Length * 3];
                 for (int j = 0; j < obj.Mask.Data.Length; j++) rgb[3 * j] = rgb[3 * j + 1] = rgb[3 * j + 2] = (byte)(obj.Mask.Data[j] != 0 ? 255 : 0);
-                ImageWriter.Save(new RgbImage(obj.Mask.Width, obj.Mask.Height, rgb), maskPath, overwrite: true);
+                files.Add(maskPath, ImageWriter.EncodePng(new RgbImage(obj.Mask.Width, obj.Mask.Height, rgb)));
             }
         }
         var doc = new JsonObject
@@ -316,7 +336,22 @@ internal static class SegmentCommand
             ["score"] = mode == "detector" ? "sigmoid(logit)*sigmoid(presence)" : "predicted IoU",
             ["detections"] = list,
         };
-        AtomicFile.WriteAllText(o.Json, doc.ToJsonString(JsonOptions));
+        files.Add(o.Json, doc.ToJsonString(JsonOptions));
+        files.Commit(overwrite: force);
+        if (masks && force) RemoveStaleMasks(o, objects.Count);
+    }
+
+    /// <summary>Mask PNGs of an earlier run beyond this run's count (STEM_maskK.png, K ≥ count), which would not match the new JSON.</summary>
+    private static void RemoveStaleMasks(OutputPaths o, int count)
+    {
+        string dir = Path.GetDirectoryName(o.MaskPrefix)!;
+        string stem = Path.GetFileName(o.Json)[..^".json".Length];
+        foreach (var f in Directory.GetFiles(dir))
+        {
+            string name = Path.GetFileName(f);
+            if (IsMaskFileOf(name, stem) && int.TryParse(name[(stem.Length + "_mask".Length)..^".png".Length], out int k) && k >= count)
+                File.Delete(f);
+        }
     }
 
     /// <summary>Indented; RLE counts written as they are ('<', '>', '`' unescaped, as pycocotools' own json.dump writes them).</summary>

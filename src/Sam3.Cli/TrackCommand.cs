@@ -56,6 +56,7 @@ internal static class TrackCommand
         foreach (var f in writeVideo ? new[] { jsonl, mp4 } : [jsonl])
             if (File.Exists(f) && !a.Flag("force")) throw new UsageException($"output {f} exists (use --force to replace it)");
         if (!File.Exists(checkpoint)) throw new Sam3CheckpointException($"checkpoint not found: {checkpoint}");
+        VideoInputValidation.Check(video); // issue 17: empty, device, empty folder, unreadable video, before the load
         if (!File.Exists(video) && !Directory.Exists(video)) throw new Sam3ImageException($"video not found: {video}");
         string configName = a.Value("config") ?? "full";
         var config = SegmentCommand.ResolveConfig(configName);

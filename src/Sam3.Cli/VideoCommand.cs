@@ -54,6 +54,7 @@ internal static class VideoCommand
         foreach (var f in writeVideo ? new[] { jsonl, results, mp4 } : [jsonl, results])
             if (File.Exists(f) && !a.Flag("force")) throw new UsageException($"output {f} exists (use --force to replace it)");
         if (!File.Exists(checkpoint)) throw new Sam3CheckpointException($"checkpoint not found: {checkpoint}");
+        VideoInputValidation.Check(videoPath); // issue 17: empty, device, empty folder, unreadable video, before the load
         if (!File.Exists(videoPath) && !Directory.Exists(videoPath)) throw new Sam3ImageException($"video not found: {videoPath}");
         var configOption = a.Value("config");
 

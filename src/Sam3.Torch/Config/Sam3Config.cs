@@ -484,7 +484,9 @@ public sealed record Sam3Config
     {
         try
         {
-            return JsonSerializer.Deserialize<Sam3Config>(json, JsonOptions) ?? throw new Sam3ConfigException("configuration JSON is null");
+            var config = JsonSerializer.Deserialize<Sam3Config>(json, JsonOptions) ?? throw new Sam3ConfigException("configuration JSON is null");
+            ConfigValidation.Check(config); // a negative size fails here, naming the field, not in LibTorch
+            return config;
         }
         catch (JsonException e)
         {
@@ -496,7 +498,14 @@ public sealed record Sam3Config
     public static Sam3Config Load(string path)
     {
         if (!File.Exists(path)) throw new Sam3ConfigException($"configuration file not found: {path}");
-        return FromJson(File.ReadAllText(path));
+        try
+        {
+            return FromJson(File.ReadAllText(path));
+        }
+        catch (Sam3ConfigException e) when (!e.Message.StartsWith(path, StringComparison.Ordinal))
+        {
+            throw new Sam3ConfigException($"{path}: {e.Message}", e);
+        }
     }
 
     /// <summary>"full", "tiny", or the path of a config.json.</summary>

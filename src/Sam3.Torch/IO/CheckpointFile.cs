@@ -12,6 +12,11 @@ internal static class CheckpointFile
     /// <summary>Detects the format from the first bytes (the file name is not consulted).</summary>
     public static CheckpointFormat DetectFormat(string path)
     {
+        switch (PathIdentity.Stat(path).Kind)
+        {
+            case FileKind.Directory: throw new Sam3CheckpointException($"{path} is a folder, not a checkpoint file");
+            case FileKind.Other: throw new Sam3CheckpointException($"{path} is not a regular file (a device, pipe or socket), not a checkpoint");
+        }
         if (!File.Exists(path)) throw new Sam3CheckpointException($"checkpoint not found: {path}");
         try
         {

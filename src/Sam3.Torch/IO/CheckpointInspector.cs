@@ -89,6 +89,7 @@ internal static class CheckpointInspector
         if (Path.GetFullPath(sourcePath) == Path.GetFullPath(safetensorsPath))
             throw new Sam3CheckpointException($"cannot convert {sourcePath} onto itself");
         using var source = CheckpointFile.Open(sourcePath);
+        if (source.Names.Count == 0) throw new Sam3CheckpointException($"{sourcePath}: the checkpoint holds no tensors; nothing to convert");
         var metadata = new Dictionary<string, string>(StringComparer.Ordinal) { ["format"] = "pt" };
         if (StateDictMapper.DetectLayout(source.Names) == CheckpointLayout.Released)
             metadata["layout"] = "released sam3.pt checkpoint layout (detector.*, tracker.*)";

@@ -31,6 +31,8 @@ public static class ImageLoader
         if (string.IsNullOrWhiteSpace(path)) throw new Sam3ImageException("image path is empty");
         if (Directory.Exists(path)) throw new Sam3ImageException($"{path}: is a directory, not an image file");
         if (!File.Exists(path)) throw new Sam3ImageException($"image not found: {path}");
+        // a device or pipe (/dev/zero, /dev/stdin) would be read without end
+        if (PathIdentity.Stat(path).Kind == FileKind.Other) throw new Sam3ImageException($"{path} is not a regular file (a device, pipe or socket), not an image");
         byte[] data;
         try
         {

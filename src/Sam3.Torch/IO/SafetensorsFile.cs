@@ -146,7 +146,16 @@ internal sealed class SafetensorsFile : ICheckpoint
         {
             throw new Sam3CheckpointException($"{path}: corrupt safetensors header ({ex.Message})", ex);
         }
-        entries.Sort((a, b) => a.Begin.CompareTo(b.Begin));
+        entries.Sort((a, b) => a.Begin != b.Begin ? a.Begin.CompareTo(b.Begin) : a.End.CompareTo(b.End));
+        // Tensors may be stored in any order but never share bytes (upstream safetensors refuses overlaps and gaps;
+        // a gap is harmless for reading, an overlap means two tensors alias each other's data).
+        for (int i = 1; i < entries.Count; i++)
+        {
+            var (prev, cur) = (entries[i - 1], entries[i]);
+            if (cur.Begin < prev.End && cur.End > cur.Begin && prev.End > prev.Begin)
+                throw new Sam3CheckpointException(
+                    $"{path}: tensors '{prev.Name}' (bytes {prev.Begin}..{prev.End}) and '{cur.Name}' (bytes {cur.Begin}..{cur.End}) overlap (corrupt or crafted header)");
+        }
         return new SafetensorsFile(path, fileLength, dataStart, entries, metadata);
     }
 

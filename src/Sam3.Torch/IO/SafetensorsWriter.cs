@@ -71,8 +71,15 @@ internal static class SafetensorsWriter
                     WriteTensor(fs, it, stored.dtype, stored.shape);
                     progress?.Report((++done, layout.Count, it.Name));
                 }
+                fs.Flush(flushToDisk: true); // complete on disk before the rename makes it visible
             }
             File.Move(temp, path, overwrite: true);
+        }
+        catch (ArgumentOutOfRangeException e) when (e.ParamName == "value")
+        {
+            // .NET's report of EFBIG (a file-size limit, ulimit -f): an I/O failure like a full disk
+            try { File.Delete(temp); } catch (IOException) { }
+            throw new IOException($"cannot write {path}: the file exceeds the file-size limit or the file system's maximum", e);
         }
         catch
         {

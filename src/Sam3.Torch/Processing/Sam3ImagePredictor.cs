@@ -207,6 +207,25 @@ public sealed class Sam3ImagePredictor : IDisposable
     }
 
     /// <summary>
+    /// Sets the text (when given) and adds every box, then runs the detector once: the same result as
+    /// <see cref="SetTextPrompt"/> followed by one <see cref="AddBox"/> per box, without running the detector after
+    /// each (which made N boxes cost N runs of growing size: quadratic). All or nothing: on failure no box is kept.
+    /// </summary>
+    internal IReadOnlyList<ImageDetections> SetPrompts(Sam3ImageState state, string? text, IReadOnlyList<BoxPrompt> boxes, CancellationToken cancellationToken = default)
+    {
+        CheckState(state);
+        ArgumentNullException.ThrowIfNull(boxes);
+        if (text is not null && string.IsNullOrWhiteSpace(text)) throw new Sam3PromptException($"the text prompt is empty ('{text}')");
+        foreach (var box in boxes) NormalizedCxcywh(state, box); // validates every box before anything changes
+        string? previous = state.TextPrompt;
+        int added = 0;
+        return ToPublic(Transactional(state,
+            () => { if (text is not null) state.TextPrompt = text; foreach (var box in boxes) { state.AddBox(box); added++; } },
+            () => { for (; added > 0; added--) state.RemoveLastBox(); state.TextPrompt = previous; },
+            cancellationToken));
+    }
+
+    /// <summary>
     /// Adds a point (the geometry encoder's point path) and runs the detector. Points accumulate. If the call fails
     /// (or is cancelled) the point is not kept.
     /// </summary>
