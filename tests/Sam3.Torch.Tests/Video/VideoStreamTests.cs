@@ -40,13 +40,13 @@ public class VideoStreamTests
     [Test]
     public void PushedFramesGiveTheForwardPropagationWithTheHotstartDelay()
     {
-        // 20 frames (the parity video forward, backward, forward): at least max_obj_ptrs_in_encoder (16) frames, since on
+        // 17 frames (the parity video forward, backward, forward): at least max_obj_ptrs_in_encoder (16) frames, since on
         // shorter videos upstream's object-pointer encoding depends on the video length, which a stream does not have
         var frames = new List<RgbImage>();
         using (var src = _predictor!.StartSession(SharedData.Parity("inputs", "video_0001")))
         {
             int n = src.FrameCount;
-            for (int i = 0; i < 20; i++)
+            for (int i = 0; i < 17; i++)
             {
                 int k = i % (2 * n - 2);
                 frames.Add(src.ReadFrame(k < n ? k : 2 * n - 2 - k));
@@ -68,7 +68,7 @@ public class VideoStreamTests
                 session.AddText(0, "person");
                 expected = session.Propagate(PropagationDirection.Forward).Select(Describe).ToList();
             }
-            Assert.That(expected, Has.Count.EqualTo(20));
+            Assert.That(expected, Has.Count.EqualTo(17));
             Assert.That(expected.Count(e => e.Contains(' ')), Is.GreaterThan(0), "the reference run should show objects");
 
             using var stream = _predictor.StartStream("person");
@@ -126,12 +126,18 @@ public class VideoStreamTests
         return new RgbImage(width, height, data);
     }
 
-    [Test]
+    /// <summary>
+    /// 2,000 synthetic frames through a stream: frames are emitted in order, the stored tracker outputs and cached frames
+    /// stay within their bounds, live tensors and RSS stay flat. Explicit: the tiny model takes about 0.5 s a frame on
+    /// two idle cores (7 s on the loaded build machine), far beyond the suite's budget; <c>SAM3_STREAM_FRAMES</c> runs a
+    /// shorter stream.
+    /// </summary>
+    [Test, Explicit("2,000 frames of the tiny model: a soak far beyond the suite's time budget on CPU")]
     public void TwoThousandFramesKeepMemoryFlat()
     {
         const int total = 2000, width = 64, height = 48;
         int frames = int.TryParse(Environment.GetEnvironmentVariable("SAM3_STREAM_FRAMES"), out int n) ? n : total;
-        using var stream = _predictor!.StartStream("square", new Sam3VideoStreamOptions { MemoryFrames = 16 });
+        using var stream = _predictor!.StartStream("person", new Sam3VideoStreamOptions { MemoryFrames = 16 });
         int emitted = 0, maxObjects = 0, expectedNext = 0;
         var samples = new List<(int Frame, long Live, long Rss, int Stored)>();
         var sw = Stopwatch.StartNew();
