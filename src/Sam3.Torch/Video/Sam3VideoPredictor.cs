@@ -175,6 +175,9 @@ public sealed class Sam3VideoSession : IDisposable
         _state = state;
     }
 
+    /// <summary>The pipeline and state (tests: progress hooks, stored sizes).</summary>
+    internal (Sam3VideoEngine Engine, VideoInferenceState State) Internals => (_engine, _state);
+
     /// <summary>Number of frames.</summary>
     public int FrameCount => _state.NumFrames;
     /// <summary>Video width in pixels.</summary>
