@@ -19,7 +19,7 @@ internal static class TrackCommand
 {
     public const string Usage = """
         sam3 track --checkpoint PATH --video FILE|DIR --out DIR [prompts] [options]
-          --config full|tiny|PATH     model configuration (default: full)
+          --config full|tiny|PATH     model configuration (default: config.json beside the checkpoint, else full)
           --video FILE|DIR            a video file (mp4/mov/avi/mkv/webm) or a folder of <index>.jpg frames
           --point x,y[:neg]@FRAME     a click in video pixels on frame FRAME (repeatable)
           --box x0,y0,x1,y1@FRAME     a box in video pixels on frame FRAME (repeatable; one per object and frame)
@@ -55,15 +55,13 @@ internal static class TrackCommand
         string jsonl = Path.Combine(outDir, "tracks.jsonl"), mp4 = Path.Combine(outDir, "overlay.mp4");
         foreach (var f in writeVideo ? new[] { jsonl, mp4 } : [jsonl])
             if (File.Exists(f) && !a.Flag("force")) throw new UsageException($"output {f} exists (use --force to replace it)");
-        if (!File.Exists(checkpoint)) throw new Sam3CheckpointException($"checkpoint not found: {checkpoint}");
         VideoInputValidation.Check(video); // issue 17: empty, device, empty folder, unreadable video, before the load
+        var (_, modelFiles) = ModelArguments.Resolve(checkpoint, a.Value("config"), vocab: null, requireTokenizer: false);
         if (!File.Exists(video) && !Directory.Exists(video)) throw new Sam3ImageException($"video not found: {video}");
-        string configName = a.Value("config") ?? "full";
-        var config = SegmentCommand.ResolveConfig(configName);
 
         var sw = System.Diagnostics.Stopwatch.StartNew();
-        using var tracker = VideoTracker.Load(checkpoint, config);
-        stderr.WriteLine(string.Format(CultureInfo.InvariantCulture, "loaded {0} in {1:F1} s", Path.GetFileName(checkpoint), sw.Elapsed.TotalSeconds));
+        using var tracker = VideoTracker.Load(modelFiles.CheckpointPath, modelFiles.Config);
+        stderr.WriteLine(string.Format(CultureInfo.InvariantCulture, "loaded {0} in {1:F1} s", Path.GetFileName(modelFiles.CheckpointPath), sw.Elapsed.TotalSeconds));
         using var session = tracker.Open(video);
         foreach (var p in prompts)
         {

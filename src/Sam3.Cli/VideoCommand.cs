@@ -53,18 +53,13 @@ internal static class VideoCommand
         string jsonl = Path.Combine(outDir, "frames.jsonl"), results = Path.Combine(outDir, "results.json"), mp4 = Path.Combine(outDir, "overlay.mp4");
         foreach (var f in writeVideo ? new[] { jsonl, results, mp4 } : [jsonl, results])
             if (File.Exists(f) && !a.Flag("force")) throw new UsageException($"output {f} exists (use --force to replace it)");
-        if (!File.Exists(checkpoint)) throw new Sam3CheckpointException($"checkpoint not found: {checkpoint}");
         VideoInputValidation.Check(videoPath); // issue 17: empty, device, empty folder, unreadable video, before the load
+        var (modelOptions, modelFiles) = ModelArguments.Resolve(checkpoint, a.Value("config"), a.Value("vocab"), requireTokenizer: true);
         if (!File.Exists(videoPath) && !Directory.Exists(videoPath)) throw new Sam3ImageException($"video not found: {videoPath}");
-        var configOption = a.Value("config");
 
         var sw = System.Diagnostics.Stopwatch.StartNew();
-        using var predictor = Sam3VideoPredictor.Load(checkpoint, new Sam3ModelOptions
-        {
-            Config = configOption is null ? null : SegmentCommand.ResolveConfig(configOption),
-            TokenizerPath = a.Value("vocab"),
-        });
-        stderr.WriteLine(string.Format(CultureInfo.InvariantCulture, "loaded {0} in {1:F1} s", Path.GetFileName(checkpoint), sw.Elapsed.TotalSeconds));
+        using var predictor = Sam3VideoPredictor.Load(checkpoint, modelOptions);
+        stderr.WriteLine(string.Format(CultureInfo.InvariantCulture, "loaded {0} in {1:F1} s", Path.GetFileName(modelFiles.CheckpointPath), sw.Elapsed.TotalSeconds));
         using var session = predictor.StartSession(videoPath);
         if (textFrame >= session.FrameCount) throw new Sam3PromptException($"--frame {textFrame} outside [0, {session.FrameCount - 1}]");
         var first = session.AddText(textFrame, text);

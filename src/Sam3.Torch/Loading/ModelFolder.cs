@@ -20,7 +20,11 @@ internal static class ModelFolder
     public const string HfMergesName = "merges.txt";
     public const string ConfigName = "config.json";
 
-    public static ModelFiles Locate(string path, Sam3ModelOptions options)
+    /// <param name="path">A checkpoint file or a folder.</param>
+    /// <param name="options">Configuration and tokenizer overrides.</param>
+    /// <param name="requireTokenizer">False for point/box-only uses (the tracker): a folder without a tokenizer gives an
+    /// empty <see cref="ModelFiles.TokenizerPath"/> instead of an error.</param>
+    public static ModelFiles Locate(string path, Sam3ModelOptions options, bool requireTokenizer = true)
     {
         string full = Path.GetFullPath(path);
         string checkpoint, folder;
@@ -43,7 +47,8 @@ internal static class ModelFolder
         }
 
         var (config, source) = options.Config is { } c ? (c, "options") : FindConfig(folder, checkpoint, options, notes);
-        string tokenizer = options.TokenizerPath is { } t ? CheckTokenizerPath(t) : FindTokenizer(folder);
+        string tokenizer = options.TokenizerPath is { } t ? CheckTokenizerPath(t)
+            : requireTokenizer || File.Exists(Path.Combine(folder, BpeGzName)) || File.Exists(Path.Combine(folder, HfVocabName)) ? FindTokenizer(folder) : "";
         return new ModelFiles(checkpoint, config, tokenizer, source, notes);
     }
 

@@ -133,7 +133,7 @@ internal sealed partial class Sam3VideoEngine
         int prev = reverse ? frameIdx + 1 : frameIdx - 1;
         if (prev >= 0 && prev < s.NumFrames && s.DetBuffer.Remove(prev, out var old)) old.Dispose();
         int next = reverse ? frameIdx - 1 : frameIdx + 1;
-        if (next >= 0 && next < s.NumFrames && !s.DetBuffer.ContainsKey(next)) BuildDetectorFrame(s, next, text, prompt);
+        if (next >= 0 && next < s.NumFrames && s.IsFrameAvailable(next) && !s.DetBuffer.ContainsKey(next)) BuildDetectorFrame(s, next, text, prompt);
 
         var probs = d.PredLogits.sigmoid();
         if (!allowNewDetections) probs = probs - Settings.DisallowedDetProbOffset;

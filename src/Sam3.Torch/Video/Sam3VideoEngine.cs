@@ -124,9 +124,11 @@ internal sealed class VideoInferenceState : IDisposable
     public string TextSlot0 { get; set; } = Sam3VideoEngine.TextPlaceholder;
     /// <summary>find_inputs[t].text_ids (0 = text, 1 = visual).</summary>
     public int TextId { get; set; }
-    public bool[] HasOutputs { get; init; } = [];
-    public Prompt?[] PerFrameGeometricPrompt { get; init; } = [];
-    public bool[] HasVisualPrompt { get; init; } = [];
+    public FrameMap<bool> HasOutputs { get; } = new();
+    public FrameMap<Prompt?> PerFrameGeometricPrompt { get; } = new();
+    public FrameMap<bool> HasVisualPrompt { get; } = new();
+    /// <summary>Frames pushed one at a time (<see cref="PushFrameSource"/>): the detector looks ahead only at frames already pushed.</summary>
+    public bool IsFrameAvailable(int frame) => Frames.Source is not PushFrameSource push || push.IsAvailable(frame);
     public List<TrackerState> TrackerStates { get; } = new();
     public MaskletMetadata? Metadata { get; set; }
     // feature_cache
@@ -171,7 +173,7 @@ internal sealed class VideoInferenceState : IDisposable
         ClearTrackerStates();
         ClearFeatureCache();
         ClearCachedOutputs();
-        Array.Clear(PerFrameGeometricPrompt);
+        PerFrameGeometricPrompt.Clear();
         Frames.Dispose();
     }
 }
@@ -260,14 +262,10 @@ internal sealed partial class Sam3VideoEngine
     public VideoInferenceState InitState(IFrameSource source, bool isImageOnly = false, VideoFrameLoader? loader = null)
     {
         var frames = new VideoPredictorFrames(source, Config.ImageSize, Config.ImageMean, Config.ImageStd, loader: loader);
-        int n = frames.Count;
         return new VideoInferenceState
         {
             Frames = frames,
             IsImageOnly = isImageOnly,
-            HasOutputs = new bool[n],
-            PerFrameGeometricPrompt = new Prompt?[n],
-            HasVisualPrompt = new bool[n],
         };
     }
 
@@ -278,12 +276,9 @@ internal sealed partial class Sam3VideoEngine
         s.TextSlot0 = TextPlaceholder;
         s.TextPrompt = null;
         s.TextId = 0;
-        for (int t = 0; t < s.NumFrames; t++)
-        {
-            s.HasOutputs[t] = false;
-            s.PerFrameGeometricPrompt[t] = null;
-            s.HasVisualPrompt[t] = false;
-        }
+        s.HasOutputs.Clear();
+        s.PerFrameGeometricPrompt.Clear();
+        s.HasVisualPrompt.Clear();
         s.ClearTrackerStates();
         s.Metadata = null;
         s.ClearFeatureCache();
@@ -362,9 +357,9 @@ internal sealed partial class Sam3VideoEngine
     /// <summary>_get_processing_order of the video model.</summary>
     public (List<int> Order, int EndFrame) ProcessingOrder(VideoInferenceState s, int? startFrameIdx, int? maxFrameNumToTrack, bool reverse)
     {
-        if (s.HasOutputs.All(h => !h) && startFrameIdx is null)
+        if (s.HasOutputs.Count == 0 && startFrameIdx is null)
             throw new Sam3StateException("No prompts are received on any frames. Please add prompt on at least one frame before propagation.");
-        int start = startFrameIdx ?? Array.IndexOf(s.HasOutputs, true);
+        int start = startFrameIdx ?? s.HasOutputs.First();
         if (start < 0 || start >= s.NumFrames) throw new ArgumentOutOfRangeException(nameof(startFrameIdx), start, $"start frame outside [0, {s.NumFrames - 1}]");
         int max = maxFrameNumToTrack ?? s.NumFrames;
         var order = new List<int>();
@@ -393,59 +388,18 @@ internal sealed partial class Sam3VideoEngine
         CheckState(s);
         var (order, end) = ProcessingOrder(s, startFrameIdx, maxFrameNumToTrack, reverse);
         s.TrackingBounds = (maxFrameNumToTrack, startFrameIdx);
-        var buffer = new List<(int Frame, RawFrameOutput Out)>();
-        var hotstartRemoved = new HashSet<int>();
-        var unconfirmedPerFrame = new Dictionary<int, List<int>>();
-        int unconfirmedDelay = Settings.MaskletConfirmationConsecutiveDetThresh - 1;
-        try
+        using var buffer = new HotstartOutputBuffer(this, s, reverse);
+        foreach (int f in order)
         {
-            foreach (int f in order)
-            {
-                cancellationToken.ThrowIfCancellationRequested();
-                onFrameStart?.Invoke(f);
-                var raw = RunSingleFrameInference(s, f, reverse);
-                List<(int Frame, RawFrameOutput Out)> yieldList;
-                if (Settings.HotstartDelay > 0)
-                {
-                    buffer.Add((f, raw));
-                    hotstartRemoved.UnionWith(raw.RemovedObjIds);
-                    unconfirmedPerFrame[f] = raw.UnconfirmedObjIds;
-                    if (f == end)
-                    {
-                        yieldList = buffer.ToList();
-                        buffer.Clear();
-                    }
-                    else if (buffer.Count >= Settings.HotstartDelay)
-                    {
-                        yieldList = [buffer[0]];
-                        buffer.RemoveAt(0);
-                    }
-                    else yieldList = [];
-                }
-                else yieldList = [(f, raw)];
-
-                foreach (var (yf, yout) in yieldList)
-                {
-                    VideoFrameOutput post;
-                    using (yout)
-                    {
-                        int confFrame = Math.Clamp(reverse ? yf - unconfirmedDelay : yf + unconfirmedDelay, 0, s.NumFrames - 1);
-                        var unconfirmed = unconfirmedPerFrame.TryGetValue(confFrame, out var u) ? u : null;
-                        post = PostprocessOutput(s, yf, yout, hotstartRemoved, yout.SuppressedObjIds, unconfirmed);
-                        CacheFrameOutputs(s, yf, yout.ObjIdToMask, yout.SuppressedObjIds, hotstartRemoved, unconfirmed);
-                    }
-                    yield return post;
-                }
-            }
-        }
-        finally
-        {
-            foreach (var (_, o) in buffer) o.Dispose();
+            cancellationToken.ThrowIfCancellationRequested();
+            onFrameStart?.Invoke(f);
+            buffer.Add(f, RunSingleFrameInference(s, f, reverse), isEnd: f == end);
+            while (buffer.TryEmit(out var post)) yield return post;
         }
     }
 
     /// <summary>_cache_frame_outputs: the frame's masks minus suppressed/removed/unconfirmed objects (own handles).</summary>
-    private static void CacheFrameOutputs(VideoInferenceState s, int frame, SortedDictionary<int, Tensor> objIdToMask, IEnumerable<int>? suppressed = null,
+    internal static void CacheFrameOutputs(VideoInferenceState s, int frame, SortedDictionary<int, Tensor> objIdToMask, IEnumerable<int>? suppressed = null,
                                           IEnumerable<int>? removed = null, IEnumerable<int>? unconfirmed = null)
     {
         var exclude = new HashSet<int>();

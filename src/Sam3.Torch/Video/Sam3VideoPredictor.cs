@@ -132,6 +132,21 @@ public sealed class Sam3VideoPredictor : IDisposable
         return new Sam3VideoSession(engine, state);
     }
 
+    /// <summary>
+    /// Starts a streaming session: frames pushed one at a time (a camera), the text prompt applied to the first one,
+    /// each frame's objects returned <c>hotstart_delay − 1</c> frames later (14 by default), memory bounded over an
+    /// unbounded stream (see <see cref="Sam3VideoStream"/>).
+    /// </summary>
+    /// <param name="text">The text prompt ("person").</param>
+    /// <param name="options">Memory retention.</param>
+    public Sam3VideoStream StartStream(string text, Sam3VideoStreamOptions? options = null)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        if (string.IsNullOrWhiteSpace(text)) throw new ArgumentException("the text prompt is empty", nameof(text));
+        var engine = new Sam3VideoEngine(_model, _tokenizer, applyTemporalDisambiguation: _temporalDisambiguation);
+        return new Sam3VideoStream(engine, text, options ?? new Sam3VideoStreamOptions());
+    }
+
     private bool _disposed;
 
     /// <summary>Frees the model when this predictor loaded it. Sessions must be closed first.</summary>
@@ -159,6 +174,9 @@ public sealed class Sam3VideoSession : IDisposable
         _engine = engine;
         _state = state;
     }
+
+    /// <summary>The pipeline and state (tests: progress hooks, stored sizes).</summary>
+    internal (Sam3VideoEngine Engine, VideoInferenceState State) Internals => (_engine, _state);
 
     /// <summary>Number of frames.</summary>
     public int FrameCount => _state.NumFrames;
@@ -260,7 +278,7 @@ public sealed class Sam3VideoSession : IDisposable
         lock (_gate) _engine.ResetState(_state);
     }
 
-    private static VideoFrameResult Convert(VideoFrameOutput o)
+    internal static VideoFrameResult Convert(VideoFrameOutput o)
     {
         int n = o.ObjIds.Length;
         var objects = new List<VideoObject>(n);

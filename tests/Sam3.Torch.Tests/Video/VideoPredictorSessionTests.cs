@@ -71,7 +71,7 @@ public class VideoPredictorSessionTests
         List<string> sequential;
         using (var s = _predictor!.StartSession(video)) sequential = Run(s);
         Assert.That(sequential, Has.Count.GreaterThan(1));
-        var tasks = Enumerable.Range(0, 2).Select(_ => Task.Run(() =>
+        var tasks = Enumerable.Range(0, 3).Select(_ => Task.Run(() =>
         {
             using var s = _predictor.StartSession(video);
             return Run(s);
@@ -89,6 +89,46 @@ public class VideoPredictorSessionTests
         Assert.Throws<OperationCanceledException>(() => Run(session, cts.Token));
         var log = Run(session);
         Assert.That(log.Count(l => !l.StartsWith("prompt")), Is.EqualTo(3)); // frames 0..2, one object each
+    }
+
+    [Test]
+    public void PropagationCancelledMidwayLeavesTheSessionUsable()
+    {
+        string video = SharedData.Parity("inputs", "video_0001");
+        List<string> uncancelled;
+        using (var s = _predictor!.StartSession(video)) uncancelled = Run(s);
+        using var session = _predictor.StartSession(video);
+        var (engine, state) = session.Internals;
+        session.AddText(0, "person");
+        using var cts = new CancellationTokenSource();
+        var started = new List<int>();
+        // cancel while frame 1 is being processed: frame 2 never starts
+        Assert.Throws<OperationCanceledException>(() =>
+        {
+            foreach (var o in engine.Propagate(state, null, 2, reverse: false, onFrameStart: f => { started.Add(f); if (f == 1) cts.Cancel(); },
+                                               cancellationToken: cts.Token))
+                o.Dispose();
+        });
+        Assert.That(started, Is.EqualTo(new[] { 0, 1 }));
+        Assert.That(Run(session), Is.EqualTo(uncancelled));
+    }
+
+    [Test]
+    public void TwoHundredSessionsLeaveNativeMemoryFlat()
+    {
+        string video = SharedData.Parity("inputs", "video_0001");
+        void OneSession()
+        {
+            using var s = _predictor!.StartSession(video);
+            Assert.That(s.ReadFrame(0).Width, Is.EqualTo(s.Width));
+        }
+        for (int i = 0; i < 5; i++) OneSession();
+        var before = Measure();
+        for (int i = 0; i < 200; i++) OneSession();
+        var after = Measure();
+        TestContext.Out.WriteLine($"200 sessions: live tensors {before.Live} -> {after.Live}, RSS {before.Rss / 1048576.0:F1} -> {after.Rss / 1048576.0:F1} MiB");
+        Assert.That(after.Live, Is.LessThanOrEqualTo(before.Live), "tensors leaked by closed sessions");
+        Assert.That(after.Rss - before.Rss, Is.LessThan(48L << 20), "RSS grew by more than 48 MiB over 200 sessions");
     }
 
     private static (long Live, long Rss) Measure() => MemoryProbe.Measure();

@@ -1,0 +1,149 @@
+namespace Sam3.Torch.Video;
+
+/// <summary>Options of a <see cref="Sam3VideoStream"/>.</summary>
+public sealed record Sam3VideoStreamOptions
+{
+    /// <summary>
+    /// Tracker memories (non-conditioning frames) kept per group of tracked objects, the most recent ones (default 64).
+    /// Upstream keeps every frame; the tracker's attention uses at most <c>num_maskmem</c> memories and
+    /// <c>max_obj_ptrs_in_encoder</c> object pointers chosen among the retained frames, so results equal upstream's as long
+    /// as the frames its memory selection would choose lie within this window.
+    /// </summary>
+    public int MemoryFrames { get; init; } = 64;
+}
+
+/// <summary>
+/// Streaming mode of the video predictor: frames are pushed one at a time (a camera) and each frame's objects are
+/// returned as soon as the hot-start rules make them final. The pipeline is the one of
+/// <see cref="Sam3VideoSession.Propagate"/> forward from frame 0 (same outputs), with the hot-start heuristics kept:
+/// the output of frame t is returned by the push of frame t + <see cref="OutputDelay"/>, where the delay is
+/// <c>hotstart_delay − 1</c> frames (14 with the released configuration; 0 for a predictor loaded without temporal
+/// disambiguation), because an object first seen on frame f can still be removed by the hot-start rules while frame
+/// f + <c>hotstart_delay</c> − 1 is processed. <see cref="Complete"/> returns the frames still held back.
+/// Memory is bounded over an unbounded stream: only the last frames, the tracker memories of
+/// <see cref="Sam3VideoStreamOptions.MemoryFrames"/> frames and the most recent conditioning frames are kept.
+/// Calls are serialised; different streams run independently.
+/// </summary>
+public sealed class Sam3VideoStream : IDisposable
+{
+    private readonly Sam3VideoEngine _engine;
+    private readonly StreamRetention _retention;
+    private readonly object _gate = new();
+    private PushFrameSource? _source;
+    private VideoInferenceState? _state;
+    private HotstartOutputBuffer? _buffer;
+    private int _emittedThrough = -1;
+    private bool _completed, _disposed;
+
+    internal Sam3VideoStream(Sam3VideoEngine engine, string text, Sam3VideoStreamOptions options)
+    {
+        _engine = engine;
+        Text = text;
+        if (options.MemoryFrames < 1)
+            throw new ArgumentOutOfRangeException(nameof(options), options.MemoryFrames, "MemoryFrames must be at least 1");
+        _retention = new StreamRetention { NonCondFrames = options.MemoryFrames };
+    }
+
+    /// <summary>The text prompt ("person"), applied to the first frame as <see cref="Sam3VideoSession.AddText"/> does.</summary>
+    public string Text { get; }
+
+    /// <summary>Frames between a pushed frame and the return of its objects: <c>hotstart_delay − 1</c> (14 by default).</summary>
+    public int OutputDelay => _engine.OutputDelayFrames;
+
+    /// <summary>Frames pushed so far.</summary>
+    public int FramesPushed { get { lock (_gate) return _source?.Pushed ?? 0; } }
+
+    /// <summary>The session state (tests and diagnostics).</summary>
+    internal VideoInferenceState? State => _state;
+
+    /// <summary>
+    /// Processes the next frame (the same size as the first) and returns the frames that became final: none while the
+    /// first <see cref="OutputDelay"/> frames arrive, then one per push, in frame order. A cancelled push processes
+    /// nothing and leaves the stream usable.
+    /// </summary>
+    public IReadOnlyList<VideoFrameResult> Push(RgbImage frame, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(frame);
+        lock (_gate)
+        {
+            CheckOpen();
+            cancellationToken.ThrowIfCancellationRequested();
+            int f;
+            if (_state is null)
+            {
+                var source = new PushFrameSource(frame);
+                VideoInferenceState state;
+                try
+                {
+                    state = _engine.InitState(source, loader: VideoFrameLoader.ImageFolder);
+                }
+                catch
+                {
+                    source.Dispose();
+                    throw;
+                }
+                try
+                {
+                    using (_engine.AddPrompt(state, 0, text: Text)) { }
+                }
+                catch
+                {
+                    state.Dispose();
+                    throw;
+                }
+                _source = source;
+                _state = state;
+                _buffer = new HotstartOutputBuffer(_engine, state, reverse: false) { ForgetEmitted = true };
+                f = 0;
+            }
+            else f = _source!.Push(frame);
+            _buffer!.Add(f, _engine.RunSingleFrameInference(_state, f, reverse: false), isEnd: false);
+            var results = Drain();
+            _engine.ForgetStreamedFrames(_state, f, _emittedThrough, _retention);
+            return results;
+        }
+    }
+
+    /// <summary>End of the stream: returns the frames still held back (their objects are final now). No push may follow.</summary>
+    public IReadOnlyList<VideoFrameResult> Complete()
+    {
+        lock (_gate)
+        {
+            CheckOpen();
+            _completed = true;
+            if (_buffer is null) return [];
+            _buffer.Flush();
+            return Drain();
+        }
+    }
+
+    private List<VideoFrameResult> Drain()
+    {
+        var results = new List<VideoFrameResult>();
+        while (_buffer!.TryEmit(out var post))
+            using (post)
+            {
+                results.Add(Sam3VideoSession.Convert(post));
+                _emittedThrough = post.FrameIndex;
+            }
+        return results;
+    }
+
+    private void CheckOpen()
+    {
+        if (_disposed) throw new Sam3StateException("the video stream has been closed");
+        if (_completed) throw new Sam3StateException("the video stream has been completed; start a new stream");
+    }
+
+    /// <summary>Frees every tensor the stream holds.</summary>
+    public void Dispose()
+    {
+        lock (_gate)
+        {
+            if (_disposed) return;
+            _disposed = true;
+            _buffer?.Dispose();
+            _state?.Dispose();
+        }
+    }
+}
