@@ -83,11 +83,14 @@ internal static class TrackCommand
         double fps = fpsOption ?? VideoFps(video) ?? 10.0;
         var ids = session.ObjectIds;
         Directory.CreateDirectory(outDir);
-        using var lines = new StreamWriter(jsonl, append: false);
+        using var runLock = RunLock.ForFolder(outDir);
+        // streamed outputs under temporary names, renamed into place together when the run ends (issue 17)
+        using var outputs = new AtomicStreamSet();
+        using var lines = new StreamWriter(outputs.Stage(jsonl), append: false);
         VideoWriter? writer = null;
         if (writeVideo)
         {
-            writer = new VideoWriter(mp4, FourCC.FromString("mp4v"), fps, new OpenCvSharp.Size(session.Width, session.Height));
+            writer = new VideoWriter(outputs.Stage(mp4), FourCC.FromString("mp4v"), fps, new OpenCvSharp.Size(session.Width, session.Height));
             if (!writer.IsOpened())
             {
                 writer.Dispose();
@@ -121,6 +124,8 @@ internal static class TrackCommand
             writer?.Dispose();
             bar.Dispose();
         }
+        lines.Dispose();
+        outputs.Commit(overwrite: a.Flag("force"));
         stdout.WriteLine(string.Format(CultureInfo.InvariantCulture, "{0}{1} frame(s), {2} object(s) in {3:F1} s ({4:F2} frames/s) -> {5}{6}",
             stopped ? "stopped after " : "", done, ids.Count, sw.Elapsed.TotalSeconds, done / Math.Max(sw.Elapsed.TotalSeconds, 1e-9), jsonl,
             writeVideo ? ", " + mp4 : ""));
@@ -241,7 +246,7 @@ internal static class TrackCommand
             objects.Add(new JsonObject
             {
                 ["id"] = o.ObjectId,
-                ["score"] = o.Score,
+                ["score"] = JsonNumber.Of(o.Score),
                 ["score_logit"] = o.ScoreLogit,
                 ["bbox_xyxy"] = o.Box is null ? null : new JsonArray(o.Box.Select(v => (JsonNode)JsonValue.Create(v)!).ToArray()),
                 ["area"] = o.Area,

@@ -72,6 +72,9 @@ internal static class VideoCommand
         }
 
         Directory.CreateDirectory(outDir);
+        using var runLock = RunLock.ForFolder(outDir);
+        // streamed outputs under temporary names, renamed into place together when the run ends (issue 17)
+        using var outputs = new AtomicStreamSet();
         double fps = 10.0;
         if (!Directory.Exists(videoPath))
         {
@@ -81,7 +84,7 @@ internal static class VideoCommand
         VideoWriter? writer = null;
         if (writeVideo)
         {
-            writer = new VideoWriter(mp4, FourCC.FromString("mp4v"), fps, new OpenCvSharp.Size(session.Width, session.Height));
+            writer = new VideoWriter(outputs.Stage(mp4), FourCC.FromString("mp4v"), fps, new OpenCvSharp.Size(session.Width, session.Height));
             if (!writer.IsOpened()) { writer.Dispose(); throw new Sam3ImageException($"{mp4}: OpenCV cannot write mp4 video here; use --no-video"); }
         }
         // YouTube-VIS results: one entry per object, a segmentation (or null) per frame, the mean probability as score
@@ -91,7 +94,7 @@ internal static class VideoCommand
         bool stopped = false;
         int done = 0;
         sw.Restart();
-        using (var lines = new StreamWriter(jsonl, append: false))
+        using (var lines = new StreamWriter(outputs.Stage(jsonl), append: false))
         {
             try
             {
@@ -104,7 +107,7 @@ internal static class VideoCommand
                         var seg = JsonNode.Parse(rle.ToJson());
                         objs.Add(new JsonObject
                         {
-                            ["id"] = o.ObjectId, ["score"] = o.Probability,
+                            ["id"] = o.ObjectId, ["score"] = JsonNumber.Of(o.Probability),
                             ["bbox_xywh"] = new JsonArray(o.BoxXywh.Select(v => (JsonNode)JsonValue.Create(v)!).ToArray()),
                             ["area"] = o.Area, ["segmentation"] = seg,
                         });
@@ -139,10 +142,11 @@ internal static class VideoCommand
             vis.Add(new JsonObject
             {
                 ["video_id"] = 0, ["category_id"] = 1, ["object_id"] = id,
-                ["score"] = po.Count > 0 ? po.ScoreSum / po.Count : 0,
+                ["score"] = JsonNumber.Of(po.Count > 0 ? po.ScoreSum / po.Count : 0),
                 ["segmentations"] = new JsonArray(po.Segs.Select(x => x?.DeepClone()).ToArray()),
             });
-        File.WriteAllText(results, vis.ToJsonString());
+        File.WriteAllText(outputs.Stage(results), vis.ToJsonString());
+        outputs.Commit(overwrite: a.Flag("force"));
         stdout.WriteLine(string.Format(CultureInfo.InvariantCulture, "{0}{1} frame(s), {2} object(s) in {3:F1} s ({4:F2} frames/s) -> {5}, {6}{7}",
             stopped ? "stopped after " : "", done, perObject.Count, sw.Elapsed.TotalSeconds, done / Math.Max(sw.Elapsed.TotalSeconds, 1e-9), jsonl, results,
             writeVideo ? ", " + mp4 : ""));
