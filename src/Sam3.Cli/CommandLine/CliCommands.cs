@@ -141,6 +141,22 @@ internal static class CliCommands
                 Opt("out", "REPORT.json", "also write the numbers as JSON"),
             ],
             (a, c) => EvalCommand.Run(a, c.Stdout, c.Stderr)),
+        new("finetune",
+            "Fine-tune the detector on a COCO folder (Roboflow layout: DATA/train/_annotations.coco.json, categories as text " +
+            "queries); writes OUT/checkpoint/ every epoch and on Ctrl-C (rerun to resume exactly), OUT/losses.csv and OUT/model.safetensors.",
+            null,
+            [
+                Required(Checkpoint), Config, Vocab,
+                Required(Opt("data", "DIR", "the COCO folder")),
+                Required(Opt("out", "DIR", "output folder (resumes from OUT/checkpoint when present)")),
+                Opt("epochs", "N", "epochs (default 1)"),
+                Opt("lr", "0.1", "learning-rate scale: multiplies every part's base rate (default 0.1, the fine-tuning config's lr_scale)"),
+                Opt("freeze", "none|vision|text|backbones|heads-only", "parameters to freeze (default none)"),
+                Opt("batch", "N", "images per micro-batch (default 1)"),
+                Opt("accum", "N", "micro-batches per optimizer step (default 1)"),
+                Opt("seed", "N", "data order and augmentation seed (default 0)"),
+            ],
+            (a, c) => FinetuneCommand.RunWithConsoleCancel(a, c)),
         new("parity",
             "Run reference scenarios (PyTorch fixtures: DIR holds inputs/ and the model folder with config.json, " +
             "model.safetensors and <x>_<name>.json/.safetensors) through this library; prints 'parity: N passed, M failed' " +
