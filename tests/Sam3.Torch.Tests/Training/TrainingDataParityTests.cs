@@ -34,72 +34,9 @@ public class TrainingDataParityTests
         try { Directory.Delete(_tmp, recursive: true); } catch (IOException) { }
     }
 
-    /// <summary>Mask rule of shared/pyref/README-h.md (pixel centres u = col + 0.5, v = row + 0.5).</summary>
-    private static byte[] DrawMask(int h, int w, double[] bbox, string kind, double inset)
-    {
-        double x = bbox[0], y = bbox[1], bw = bbox[2], bh = bbox[3];
-        var m = new byte[h * w];
-        for (int r = 0; r < h; r++)
-            for (int c = 0; c < w; c++)
-            {
-                double u = c + 0.5, v = r + 0.5;
-                bool inside;
-                if (kind == "ellipse")
-                {
-                    double cx = x + bw / 2, cy = y + bh / 2, rx = (1 - inset) * bw / 2, ry = (1 - inset) * bh / 2;
-                    double a = (u - cx) / rx, b = (v - cy) / ry;
-                    inside = a * a + b * b <= 1.0;
-                }
-                else if (kind == "rect")
-                {
-                    double dx = inset * bw / 2, dy = inset * bh / 2;
-                    inside = u >= x + dx && u <= x + bw - dx && v >= y + dy && v <= y + bh - dy;
-                }
-                else throw new ArgumentException(kind);
-                m[r * w + c] = inside ? (byte)1 : (byte)0;
-            }
-        return m;
-    }
-
-    /// <summary>Writes case <paramref name="ci"/> as DIR/train/_annotations.coco.json + image (categories = the queries, ids 1..).</summary>
-    private string WriteCase(JsonElement c, int ci, string inputs)
-    {
-        string dir = Path.Combine(_tmp, $"case{ci}");
-        string train = Path.Combine(dir, "train");
-        Directory.CreateDirectory(train);
-        string imageName = c.GetProperty("image").GetString()!;
-        File.Copy(Path.Combine(inputs, imageName), Path.Combine(train, imageName));
-        var img = ImageLoader.Load(Path.Combine(train, imageName));
-        var cats = new JsonArray();
-        var anns = new JsonArray();
-        int qi = 0;
-        foreach (var q in c.GetProperty("queries").EnumerateArray())
-        {
-            qi++;
-            cats.Add(new JsonObject { ["id"] = qi, ["name"] = q.GetProperty("text").GetString() });
-            foreach (var o in q.GetProperty("objects").EnumerateArray())
-            {
-                var bbox = o.GetProperty("bbox").EnumerateArray().Select(v => v.GetDouble()).ToArray();
-                var mask = DrawMask(img.Height, img.Width, bbox, o.GetProperty("mask").GetString()!, o.GetProperty("inset").GetDouble());
-                var rle = CocoRle.Encode(mask, img.Height, img.Width);
-                anns.Add(new JsonObject
-                {
-                    ["id"] = anns.Count + 1, ["image_id"] = 1, ["category_id"] = qi,
-                    ["bbox"] = new JsonArray(bbox.Select(v => (JsonNode)JsonValue.Create(v)!).ToArray()),
-                    ["area"] = bbox[2] * bbox[3], ["iscrowd"] = 0,
-                    ["segmentation"] = new JsonObject { ["size"] = new JsonArray(img.Height, img.Width), ["counts"] = rle.Counts },
-                });
-            }
-        }
-        var coco = new JsonObject
-        {
-            ["images"] = new JsonArray(new JsonObject { ["id"] = 1, ["file_name"] = imageName, ["width"] = img.Width, ["height"] = img.Height }),
-            ["annotations"] = anns,
-            ["categories"] = cats,
-        };
-        File.WriteAllText(Path.Combine(train, CocoDataset.RoboflowAnnotationFile), coco.ToJsonString());
-        return dir;
-    }
+    /// <summary>Writes case <paramref name="ci"/> as a Roboflow COCO folder, as the parity runner does (README-h's mask rule).</summary>
+    private string WriteCase(JsonElement c, int ci, string inputs) =>
+        ParityRunner.WriteTrainingCase(c, Path.Combine(_tmp, $"case{ci}"), Path.GetDirectoryName(inputs)!);
 
     [Test]
     public void BatchOfScenarioHMatchesTheOfficialPipeline()
