@@ -94,7 +94,8 @@ public static partial class HostileCorpus
             ("EmptyZip", s => s.Write("ez.pt", [0x50, 0x4B, 0x05, 0x06, .. new byte[18]]), "ez.pt"),
             ("PtMissingStorage", s => { var b = new TorchPtBuilder().AddFloatStorage("0", 1f, 2f).AddTensor("w", "0", 0, [2]); b.OmitStorageMembers.Add("0"); b.Write(s.P("nostore.pt")); return s.P("nostore.pt"); }, "nostore.pt"),
             ("PtStorageTooShort", s => { new TorchPtBuilder().AddFloatStorage("0", 1f, 2f).AddTensor("w", "0", 0, [5]).Write(s.P("shortst.pt")); return s.P("shortst.pt"); }, "shortst.pt"),
-            ("PtHostileGlobal", s => { new TorchPtBuilder().AddTopLevel("x", p => { p.Global("os", "system"); p.Mark(); p.Unicode("echo pwned > /tmp/sam3-pwned"); p.TupleFromMark(); p.Reduce(); }).Write(s.P("evil.pt")); return s.P("evil.pt"); }, "evil.pt"),
+            // the payload would write into the sandbox, whose byte-identical check then fails
+            ("PtHostileGlobal", s => { new TorchPtBuilder().AddTopLevel("x", p => { p.Global("os", "system"); p.Mark(); p.Unicode("echo pwned > " + s.P("pwned")); p.TupleFromMark(); p.Reduce(); }).Write(s.P("evil.pt")); return s.P("evil.pt"); }, "evil.pt"),
             ("Directory", s => s.Dir("weights.safetensors"), "is a folder"),
             ("DevZero", _ => "/dev/zero", "not a regular file"),
             ("Fifo", s => MakeFifo(s.P("pipe.safetensors")), "not a regular file"),
