@@ -15,23 +15,11 @@ internal static class ConvertCommand
 {
     public const string Synopsis = "sam3 convert IN OUT.safetensors [--layout hf|original [--config C] [--sidecar F]] [--force]";
 
-    public const string Help = """
-        sam3 convert IN OUT.safetensors [--layout hf|original [--config C] [--sidecar F]] [--force]
-
-        Converts a checkpoint (PyTorch .pt zip format, or safetensors) into a safetensors file with the same keys
-        (complex RoPE tables stored as float32 [..., 2] marked complex64_as_real), which later loads memory-mapped.
-        Progress goes to stderr. An existing OUT is only replaced with --force; OUT's folder is created if missing.
-        """ + "\n" + ConvertLayout.Help;
 
     private static readonly CultureInfo Inv = CultureInfo.InvariantCulture;
 
     public static int Run(CliArgs a, TextWriter stdout, TextWriter stderr, bool stderrIsTerminal)
     {
-        if (a.Flag("help"))
-        {
-            stdout.WriteLine(Help);
-            return 0;
-        }
         if (a.Positional.Count < 2)
             throw new UsageException($"convert: missing {(a.Positional.Count == 0 ? "IN and OUT" : "OUT")} (usage: {Synopsis})");
         if (a.Positional.Count > 2) throw new UsageException($"convert: unexpected argument '{a.Positional[2]}' (usage: {Synopsis})");

@@ -15,15 +15,6 @@ namespace Sam3.Cli;
 /// </summary>
 internal static class ConvertLayout
 {
-    public const string Help = """
-          --layout hf|original   write the Hugging Face transformers layout (hub model.safetensors) or the original
-                                 released layout (detector.*, tracker.*); default: the input's own layout
-          --config C             HF -> original: configuration for the recomputed RoPE tables (full, tiny, or a
-                                 config.json of either schema); default: the config.json beside IN
-          --sidecar F            HF -> original: safetensors of the pieces the HF layout drops (detector point
-                                 projections, pos_embed class row), e.g. hf_dropped.safetensors; without it the
-                                 output lacks the detector point projections (detector point prompts unavailable)
-        """;
 
     private static readonly CultureInfo Inv = CultureInfo.InvariantCulture;
 

@@ -17,16 +17,6 @@ namespace Sam3.Cli;
 /// </summary>
 internal static class EvalCommand
 {
-    public const string Usage = """
-        sam3 eval --checkpoint PATH --data DIR [options]
-          --data DIR                  a Roboflow export (DIR/{train,valid,test}/_annotations.coco.json) or a COCO json
-          --split valid               which split (default: valid, else test, else train)
-          --config full|tiny|PATH     model configuration (default: full)
-          --vocab PATH                tokenizer vocabulary (default: looked up next to the checkpoint)
-          --device cpu|cuda           where the model runs (default cpu)
-          --max-images N              evaluate only the first N images (by id)
-          --out REPORT.json           also write the numbers as JSON
-        """;
 
 
     public static int Run(CliArgs a, TextWriter stdout, TextWriter stderr)

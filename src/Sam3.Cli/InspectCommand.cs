@@ -17,16 +17,6 @@ internal static class InspectCommand
     public const int MaxListedPerKind = 20;
     public const string DefaultConfig = "full";
 
-    public const string Help = """
-        sam3 inspect CHECKPOINT [--config full|tiny|PATH]
-        (PATH: a config.json of this library's schema, or the transformers config.json of a hub snapshot)
-
-        Prints the checkpoint's format (pt / safetensors), key layout (released: detector.*, tracker.*; the image
-        model's own keys; or the Hugging Face transformers layout of the hub model.safetensors, whose key list is
-        also checked against the one predicted for the configuration), key count, parameter count (buffers excluded), data size and dtype histogram, then checks
-        that its keys and shapes fit the image model (with the interactive heads) of the configuration: the built-in
-        'full' (default) or 'tiny' configuration, or a config.json. Exit code 0 when it fits, 1 when it does not.
-        """;
 
     private static readonly CultureInfo Inv = CultureInfo.InvariantCulture;
 

@@ -22,29 +22,6 @@ namespace Sam3.Cli;
 /// </summary>
 internal static class LabelCommand
 {
-    public const string Usage = """
-        sam3 label --checkpoint PATH (--images DIR|LIST --prompts "cat,dog" | --queries FILE.jsonl) --out RESULTS.json [options]
-          --config full|tiny|PATH     model configuration (default: full)
-          --vocab PATH                tokenizer vocabulary (default: looked up next to the checkpoint)
-          --images DIR|LIST           a folder (its .jpg/.jpeg/.png/.bmp/.webp files, sorted by name) or a text file
-                                      with one image path per line (relative to the list's folder)
-          --prompts "cat,dog"         one text query per category on every image (category ids 1, 2, ... in this order)
-          --queries FILE.jsonl        one query per line: {"image": PATH, "text": "cat", "boxes": [[x0,y0,x1,y1], ...],
-                                      "box_labels": [true, false], "category_id": 3, "id": 17}; text and/or boxes (pixel
-                                      xyxy); category ids default to one per distinct text; id defaults to the line number
-          --threshold 0.5             keep detections with score above this
-          --max-dets 100              keep at most this many detections per image (top scores)
-          --batch-images 1            images per forward (all their queries run together); above 1 is faster on a GPU
-                                      but results then depend in their last digits on which images share a batch
-          --shard i/N                 label only image positions p with p mod N = i (0 <= i < N); merge the shards with
-                                      sam3 label merge
-          --device cpu|cuda           where the model runs (default cpu)
-          --force                     start over: discard an existing output and its unfinished work folder
-        sam3 label merge --out RESULTS.json SHARD0.json SHARD1.json ...
-          joins the shards of one run (every shard 0..N-1 exactly once) into the file one unsharded run writes
-        Writes RESULTS.json (COCO results), RESULTS.categories.json (COCO images + categories) and, while running,
-        RESULTS.json.work/ (journal + one file per labelled image; removed when the run completes).
-        """;
 
 
     /// <summary>Environment variable of the fault-injection test hook: after this many images of this process are written

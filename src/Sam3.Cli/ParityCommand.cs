@@ -7,12 +7,6 @@ namespace Sam3.Cli;
 /// <summary><c>sam3 parity</c>: runs reference scenarios through the library (the same runner as the test suite).</summary>
 internal static class ParityCommand
 {
-    public const string Usage = """
-        sam3 parity --reference DIR [--scenario a,b,c ...] [--model tiny] [--checkpoint F] [--atol 1e-4] [--rtol 1e-4] [--all-tensors]
-          DIR holds inputs/ and the model folder (config.json, model.safetensors, <x>_<name>.json/.safetensors).
-          Scenarios match by prefix (a = a_image_text); default: all. Exit 0 only if every scenario passes.
-          --checkpoint: run with this checkpoint file or folder (e.g. DIR/tiny_hf, the Hugging Face layout) instead of MODEL/model.safetensors.
-        """;
 
     public static int Run(CliArgs a, TextWriter stdout, TextWriter stderr)
     {

@@ -19,24 +19,6 @@ namespace Sam3.Cli;
 /// </summary>
 internal static class SegmentCommand
 {
-    public const string Usage = """
-        sam3 segment --checkpoint PATH --image IMG [--image IMG ...] --out DIR [options]
-          --checkpoint PATH           a checkpoint file, or a folder holding one (sam3.pt, model.safetensors, ...)
-                                      with its config.json and tokenizer, as downloaded
-          --config full|tiny|PATH     model configuration (default: config.json beside the checkpoint, else full)
-          --vocab PATH                bpe_simple_vocab_16e6.txt.gz, or vocab.json (with merges.txt beside it);
-                                      default: looked up beside the checkpoint
-          --text "red car"            text prompt (finds every instance)
-          --box cx,cy,w,h[:neg]       box prompt, normalised [0,1] center/size (repeatable; :neg = negative)
-          --box-xyxy x0,y0,x1,y1[:neg]  box prompt in pixels (repeatable)
-          --point x,y[:neg]           point in pixels (repeatable); without --text, points and --box-xyxy use the
-                                      interactive (SAM1-style) heads: one object per call, or one per box
-          --multimask                 interactive mode: write all 3 candidate masks with their predicted IoU
-          --threshold 0.5             confidence threshold
-          --masks                     also write one PNG per mask
-          --force                     replace output files that already exist
-        Writes DIR/<image>.png (overlay) and DIR/<image>.json (COCO RLE results).
-        """;
 
 
     /// <summary>One output object: its mask, score (detection score or predicted IoU) and xyxy pixel box.</summary>

@@ -17,22 +17,6 @@ namespace Sam3.Cli;
 /// </summary>
 internal static class TrackCommand
 {
-    public const string Usage = """
-        sam3 track --checkpoint PATH --video FILE|DIR --out DIR [prompts] [options]
-          --config full|tiny|PATH     model configuration (default: config.json beside the checkpoint, else full)
-          --video FILE|DIR            a video file (mp4/mov/avi/mkv/webm) or a folder of <index>.jpg frames
-          --point x,y[:neg]@FRAME     a click in video pixels on frame FRAME (repeatable)
-          --box x0,y0,x1,y1@FRAME     a box in video pixels on frame FRAME (repeatable; one per object and frame)
-          --obj ID                    the object id of the prompts given before it (since the previous --obj);
-                                      without any --obj every prompt belongs to object 1
-          --start FRAME               first frame to track (default: the first prompted frame)
-          --max-frames N              track at most N frames after the start frame
-          --reverse                   track backwards in time
-          --fps F                     frame rate of the overlay video (default: the input's, or 10 for a folder)
-          --no-video                  do not write the overlay video
-          --force                     replace output files that already exist
-        Writes DIR/tracks.jsonl (one line per frame) and DIR/overlay.mp4. Ctrl-C stops cleanly.
-        """;
 
 
     internal sealed record PromptSpec(int Frame, int ObjectId, List<VideoPoint> Points, float[]? Box);

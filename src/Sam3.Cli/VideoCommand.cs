@@ -17,20 +17,6 @@ namespace Sam3.Cli;
 /// </summary>
 internal static class VideoCommand
 {
-    public const string Usage = """
-        sam3 video --checkpoint PATH --video FILE|DIR --text "person" --out DIR [options]
-          --config full|tiny|PATH     model configuration (default: full)
-          --vocab PATH                bpe_simple_vocab_16e6.txt.gz (default: next to the checkpoint)
-          --video FILE|DIR            a video file or a folder of <index>.jpg frames
-          --text T                    what to find and track
-          --frame N                   frame of the text prompt (default 0)
-          --point x,y[:neg]@FRAME     a click in video pixels (repeatable), for the object of the next --obj
-          --obj ID                    object id of the clicks before it (refines a detected object or adds one)
-          --direction forward|backward|both   propagation direction (default both)
-          --no-video                  do not write the overlay video
-          --force                     replace output files that already exist
-        Writes DIR/frames.jsonl, DIR/results.json (YouTube-VIS results) and DIR/overlay.mp4. Ctrl-C stops cleanly.
-        """;
 
 
     public static int Run(CliArgs a, TextWriter stdout, TextWriter stderr, CancellationToken cancel = default)

@@ -8,20 +8,6 @@ namespace Sam3.Cli.Serve;
 /// <summary><c>sam3 serve</c>: loads a checkpoint once and serves the page and the JSON API until Ctrl+C.</summary>
 internal static class ServeCommand
 {
-    public const string Usage = """
-        sam3 serve --checkpoint PATH [--port 8080] [--host 127.0.0.1] [options]
-          --checkpoint PATH       a checkpoint file, or a folder holding one with its config.json and tokenizer
-          --config full|tiny|PATH model configuration (default: config.json beside the checkpoint, else full)
-          --vocab PATH            tokenizer (default: looked up beside the checkpoint)
-          --device cpu|cuda       where the model runs (default cpu)
-          --host ADDRESS          interface to listen on (default 127.0.0.1, loopback only; 0.0.0.0 exposes it)
-          --port N                TCP port (default 8080; 0 picks a free one)
-          --threshold 0.5         default detector confidence threshold
-          --max-images N          images whose features stay cached (default 8, least recently used dropped)
-          --max-upload-mb N       largest upload (default 20)
-          --max-side N            largest image side after decoding (default 4096)
-        Open http://HOST:PORT/ for the page; the API is under /api, its OpenAPI document at /openapi/v1.json.
-        """;
 
 
     public static int Run(CliArgs a, TextWriter stdout, TextWriter stderr)
