@@ -25,6 +25,12 @@ public sealed record VideoObject(int ObjectId, float Probability, float[] BoxXyw
 {
     /// <summary>Mask area in pixels.</summary>
     public long Area => Mask.LongCount(b => b != 0);
+
+    /// <summary>The box as the image API's <see cref="Torch.Box"/> (normalised xywh; <c>ToPixels(Width, Height)</c> for pixels).</summary>
+    public Box Box => Box.FromXywh(BoxXywh[0], BoxXywh[1], BoxXywh[2], BoxXywh[3], CoordinateSpace.Normalized);
+
+    /// <summary>The mask as the image API's <see cref="Visualization.BinaryMask"/> (a copy of <see cref="Mask"/>).</summary>
+    public Visualization.BinaryMask BinaryMask => Visualization.BinaryMask.FromBytes(Mask, Width, Height);
 }
 
 /// <summary>All objects on one frame.</summary>
@@ -38,6 +44,12 @@ public sealed record Sam3VideoSessionOptions
     /// (it forgets the division, so the model sees inputs in [−1, 509]).
     /// </summary>
     public bool CorrectVideoFileScale { get; init; }
+
+    /// <summary>
+    /// Device of the session ("cpu", "cuda", "cuda:N"); null = the predictor's. The predictor keeps one model per device:
+    /// the first session on another device loads the checkpoint there once, later ones share it.
+    /// </summary>
+    public string? Device { get; init; }
 }
 
 /// <summary>
@@ -52,6 +64,70 @@ public sealed class Sam3VideoPredictor : IDisposable
     private readonly bool _ownsModel;
     private readonly ClipBpeTokenizer _tokenizer;
     private readonly bool _temporalDisambiguation;
+    private readonly VideoPipelineSettings? _settings;
+
+    /// <summary>Loads the video model on another device (null for a predictor over a given model).</summary>
+    private Func<Device, Sam3ImageModel>? _loadOnDevice;
+    /// <summary>Models loaded for other devices than the first model's (owned), by canonical device name.</summary>
+    private readonly Dictionary<string, Sam3ImageModel> _deviceModels = new(StringComparer.Ordinal);
+    private readonly object _deviceGate = new();
+
+    /// <summary>Called with the pipeline of every new session or stream (tests and the parity runner: probes, settings).</summary>
+    internal Action<Sam3VideoEngine>? EngineCreated { get; set; }
+
+    /// <summary>Device of the predictor's own model ("cpu", "cuda:0").</summary>
+    internal string ModelDeviceName => DeviceName(_model.parameters().First().device);
+
+    /// <summary>Number of models held, one per device used (the predictor's own included).</summary>
+    internal int ModelCount { get { lock (_deviceGate) return 1 + _deviceModels.Count; } }
+
+    private static string DeviceName(Device d) =>
+        d.type == DeviceType.CPU ? "cpu" : $"{d.type.ToString().ToLowerInvariant()}:{Math.Max(d.index, 0)}";
+
+    /// <summary>
+    /// The model for <paramref name="device"/> (null: the predictor's own): the same instance for every session on one
+    /// device, loaded on first use for a new device.
+    /// </summary>
+    /// <exception cref="ArgumentException">Not a device name.</exception>
+    /// <exception cref="Sam3ConfigException">The device is not available here, or the predictor cannot load another copy.</exception>
+    internal Sam3ImageModel ModelFor(string? device)
+    {
+        if (device is null) return _model;
+        Device d;
+        try
+        {
+            d = torch.device(device);
+        }
+        catch (Exception e) when (e is not OutOfMemoryException)
+        {
+            throw new ArgumentException($"unknown device '{device}' (expected cpu, cuda or cuda:N)", nameof(device), e);
+        }
+        if (d.type == DeviceType.CUDA)
+        {
+            int count = torch.cuda.is_available() ? torch.cuda.device_count() : 0;
+            if (Math.Max(d.index, 0) >= count)
+                throw new Sam3ConfigException($"device '{device}' is not available ({(count == 0 ? "no CUDA device is visible to LibTorch" : $"{count} CUDA device(s): cuda:0..cuda:{count - 1}")})");
+        }
+        else if (d.type != DeviceType.CPU)
+            throw new Sam3ConfigException($"device '{device}' is not supported by the video predictor (cpu or cuda:N)");
+        string name = DeviceName(d);
+        if (name == ModelDeviceName) return _model;
+        lock (_deviceGate)
+        {
+            ObjectDisposedException.ThrowIf(_disposed, this);
+            if (_deviceModels.TryGetValue(name, out var m)) return m;
+            var load = _loadOnDevice ?? throw new Sam3ConfigException(
+                $"device '{device}': this predictor wraps a model on {ModelDeviceName} and cannot load another copy (use Sam3VideoPredictor.Load)");
+            m = load(d);
+            _deviceModels[name] = m;
+            return m;
+        }
+    }
+
+    /// <summary>A predictor over an already loaded video model (not owned), with explicit pipeline settings (default: the model configuration's).</summary>
+    internal static Sam3VideoPredictor FromModel(Sam3ImageModel model, ClipBpeTokenizer tokenizer, bool applyTemporalDisambiguation = true,
+                                                 VideoPipelineSettings? settings = null) =>
+        new(model, tokenizer, ownsModel: false, applyTemporalDisambiguation, settings);
 
     /// <summary>
     /// Loads a checkpoint (released layout or image-model layout) as the video model.
@@ -94,13 +170,15 @@ public sealed class Sam3VideoPredictor : IDisposable
     {
         ArgumentNullException.ThrowIfNull(config);
         ArgumentNullException.ThrowIfNull(tokenizer);
-        var model = Sam3ModelLoader.LoadImageModel(checkpointPath, config,
-            new Sam3LoadOptions { EnableInstInteractivity = true, Device = device, Grounding = GroundingOptions.VideoDetector });
-        return new Sam3VideoPredictor(model, tokenizer, ownsModel: true, applyTemporalDisambiguation);
+        Sam3ImageModel LoadOn(Device? d) => Sam3ModelLoader.LoadImageModel(checkpointPath, config,
+            new Sam3LoadOptions { EnableInstInteractivity = true, Device = d, Grounding = GroundingOptions.VideoDetector });
+        return new Sam3VideoPredictor(LoadOn(device), tokenizer, ownsModel: true, applyTemporalDisambiguation) { _loadOnDevice = d => LoadOn(d) };
     }
 
-    private Sam3VideoPredictor(Sam3ImageModel model, ClipBpeTokenizer tokenizer, bool ownsModel, bool applyTemporalDisambiguation)
+    private Sam3VideoPredictor(Sam3ImageModel model, ClipBpeTokenizer tokenizer, bool ownsModel, bool applyTemporalDisambiguation,
+                               VideoPipelineSettings? settings = null)
     {
+        _settings = settings;
         _model = model;
         _tokenizer = tokenizer;
         _ownsModel = ownsModel;
@@ -118,7 +196,7 @@ public sealed class Sam3VideoPredictor : IDisposable
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
         options ??= new Sam3VideoSessionOptions();
-        var engine = new Sam3VideoEngine(_model, _tokenizer, applyTemporalDisambiguation: _temporalDisambiguation);
+        var engine = NewEngine(options.Device);
         VideoInferenceState state;
         try
         {
@@ -143,18 +221,30 @@ public sealed class Sam3VideoPredictor : IDisposable
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
         if (string.IsNullOrWhiteSpace(text)) throw new ArgumentException("the text prompt is empty", nameof(text));
-        var engine = new Sam3VideoEngine(_model, _tokenizer, applyTemporalDisambiguation: _temporalDisambiguation);
+        var engine = NewEngine();
         return new Sam3VideoStream(engine, text, options ?? new Sam3VideoStreamOptions());
+    }
+
+    private Sam3VideoEngine NewEngine(string? device = null)
+    {
+        var engine = new Sam3VideoEngine(ModelFor(device), _tokenizer, _settings, applyTemporalDisambiguation: _temporalDisambiguation);
+        EngineCreated?.Invoke(engine);
+        return engine;
     }
 
     private bool _disposed;
 
-    /// <summary>Frees the model when this predictor loaded it. Sessions must be closed first.</summary>
+    /// <summary>Frees the model when this predictor loaded it, and the models it loaded for other devices. Sessions must be closed first.</summary>
     public void Dispose()
     {
         if (_disposed) return;
         _disposed = true;
         if (_ownsModel) _model.Dispose();
+        lock (_deviceGate)
+        {
+            foreach (var m in _deviceModels.Values) m.Dispose();
+            _deviceModels.Clear();
+        }
     }
 }
 
@@ -218,6 +308,24 @@ public sealed class Sam3VideoSession : IDisposable
     internal VideoFrameResult AddBox(int frameIndex, float x, float y, float width, float height, bool positive = true)
     {
         lock (_gate) using (var o = _engine.AddPrompt(_state, frameIndex, boxesXywh: [(x, y, width, height)], boxLabels: [positive])) return Convert(o);
+    }
+
+    /// <summary>add_prompt with text and/or normalised xywh boxes (the request form: several boxes, labels as upstream).</summary>
+    internal VideoFrameResult AddPrompt(int frameIndex, string? text, IReadOnlyList<(float X, float Y, float W, float H)>? boxesXywh, IReadOnlyList<bool>? boxLabels)
+    {
+        lock (_gate) using (var o = _engine.AddPrompt(_state, frameIndex, text, boxesXywh, boxLabels)) return Convert(o);
+    }
+
+    /// <summary>add_tracker_new_points with upstream's integer labels (the request form).</summary>
+    internal VideoFrameResult AddPoints(int frameIndex, int objectId, IReadOnlyList<(float X, float Y)> points, IReadOnlyList<int> labels)
+    {
+        lock (_gate) using (var o = _engine.AddTrackerNewPoints(_state, frameIndex, objectId, points, labels)) return Convert(o);
+    }
+
+    /// <summary>remove_object with upstream's <c>is_user_action</c> flag.</summary>
+    internal void RemoveObject(int objectId, bool isUserAction)
+    {
+        lock (_gate) _engine.RemoveObject(_state, objectId, isUserAction);
     }
 
     internal VideoFrameResult AddPoints(int frameIndex, int objectId, IReadOnlyList<VideoPoint> points)

@@ -117,6 +117,39 @@ public sealed class Sam3VideoStream : IDisposable
         }
     }
 
+    /// <summary>
+    /// Not possible on a live stream, by upstream's semantics: a box prompt is a semantic prompt (upstream
+    /// <c>add_prompt</c> with boxes calls <c>reset_state</c> and starts detection over on the prompted frame), which would
+    /// discard every tracked object, its ids and the frames still held back by the hot-start delay. Start a new stream
+    /// (or use a <see cref="Sam3VideoSession"/>) instead. The stream is left unchanged.
+    /// </summary>
+    /// <exception cref="Sam3StateException">Always, saying why.</exception>
+    public VideoFrameResult AddBox(int frameIndex, BoxPrompt box)
+    {
+        lock (_gate) CheckOpen();
+        throw new Sam3StateException(
+            $"a box prompt ({box}) on frame {frameIndex} cannot be added to a live stream: upstream's add_prompt with boxes is a semantic prompt that " +
+            "resets the session (reset_state) and starts detection over on that frame, discarding every tracked object and the frames held back " +
+            "by the hot-start delay; start a new stream, or prompt a Sam3VideoSession");
+    }
+
+    /// <summary>
+    /// Not possible on a live stream, by upstream's semantics: clicks go through <c>add_tracker_new_points</c> on an
+    /// already computed frame, and the touched objects are then re-propagated over the computed frames
+    /// (<c>propagation_partial</c> of the action history) — frames a stream has already returned and, beyond its
+    /// memory window, forgotten. Use a <see cref="Sam3VideoSession"/> on the recorded frames instead. The stream is left unchanged.
+    /// </summary>
+    /// <exception cref="Sam3StateException">Always, saying why.</exception>
+    public VideoFrameResult AddPoints(int frameIndex, int objectId, IReadOnlyList<PointPrompt> points)
+    {
+        ArgumentNullException.ThrowIfNull(points);
+        lock (_gate) CheckOpen();
+        throw new Sam3StateException(
+            $"points for object {objectId} on frame {frameIndex} cannot be added to a live stream: upstream applies clicks with add_tracker_new_points " +
+            "and re-propagates the touched objects over the frames already computed (propagation_partial), which a stream has already returned " +
+            "and forgotten beyond its memory window; prompt a Sam3VideoSession on the recorded frames instead");
+    }
+
     private List<VideoFrameResult> Drain()
     {
         var results = new List<VideoFrameResult>();

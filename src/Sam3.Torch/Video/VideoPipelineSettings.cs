@@ -4,37 +4,38 @@ namespace Sam3.Torch.Video;
 
 /// <summary>
 /// Heuristics of the SAM3 video pipeline (upstream <c>Sam3VideoBase.__init__</c> arguments). The builder's values come
-/// from the configuration's <c>video</c> section (<see cref="VideoConfig"/>); the remaining ones are the class defaults
-/// the builder does not override. <see cref="WithoutTemporalDisambiguation"/> is the builder's ablation variant
+/// from the configuration's <c>video</c> section (<see cref="VideoConfig"/>, which alone holds their defaults; a settings
+/// object can only be made from one); the remaining ones are the class defaults the builder does not override (not in
+/// config.json). <see cref="WithoutTemporalDisambiguation"/> is the builder's ablation variant
 /// (<c>apply_temporal_disambiguation=False</c>).
 /// </summary>
 internal sealed record VideoPipelineSettings
 {
-    public double ScoreThresholdDetection { get; init; } = 0.5;
-    public double DetNmsThresh { get; init; } = 0.1;
-    public double AssocIouThresh { get; init; } = 0.1;
+    public double ScoreThresholdDetection { get; init; }
+    public double DetNmsThresh { get; init; }
+    public double AssocIouThresh { get; init; }
     /// <summary>Class default (not a builder argument): a masklet counts as matched above this IoU.</summary>
     public double TrkAssocIouThresh { get; init; } = 0.5;
-    public double NewDetThresh { get; init; } = 0.7;
-    public int HotstartDelay { get; init; } = 15;
-    public int HotstartUnmatchThresh { get; init; } = 8;
-    public int HotstartDupThresh { get; init; } = 8;
-    public bool SuppressUnmatchedOnlyWithinHotstart { get; init; } = true;
-    public int InitTrkKeepAlive { get; init; } = 30;
-    public int MaxTrkKeepAlive { get; init; } = 30;
-    public int MinTrkKeepAlive { get; init; } = -1;
-    public double SuppressOverlappingBasedOnRecentOcclusionThreshold { get; init; } = 0.7;
-    public bool DecreaseTrkKeepAliveForEmptyMasklets { get; init; } = false;
+    public double NewDetThresh { get; init; }
+    public int HotstartDelay { get; init; }
+    public int HotstartUnmatchThresh { get; init; }
+    public int HotstartDupThresh { get; init; }
+    public bool SuppressUnmatchedOnlyWithinHotstart { get; init; }
+    public int InitTrkKeepAlive { get; init; }
+    public int MaxTrkKeepAlive { get; init; }
+    public int MinTrkKeepAlive { get; init; }
+    public double SuppressOverlappingBasedOnRecentOcclusionThreshold { get; init; }
+    public bool DecreaseTrkKeepAliveForEmptyMasklets { get; init; }
     /// <summary>Class default: Hungarian one-to-one matching of masklets (needs an assignment solver; false upstream).</summary>
     public bool O2oMatchingMaskletsEnable { get; init; } = false;
-    public bool SuppressDetCloseToBoundary { get; init; } = false;
+    public bool SuppressDetCloseToBoundary { get; init; }
     /// <summary>Margin (fraction of the image) of <c>_suppress_detections_close_to_boundary</c>.</summary>
     public double DetBoundaryMargin { get; init; } = 0.025;
-    public int FillHoleArea { get; init; } = 16;
+    public int FillHoleArea { get; init; }
     /// <summary>Maximum number of tracked objects (≤ 0: no limit, upstream 10000).</summary>
     public int MaxNumObjects { get; init; } = -1;
-    public int ReconditionEveryNthFrame { get; init; } = 16;
-    public bool MaskletConfirmationEnable { get; init; } = false;
+    public int ReconditionEveryNthFrame { get; init; }
+    public bool MaskletConfirmationEnable { get; init; }
     public int MaskletConfirmationConsecutiveDetThresh { get; init; } = 3;
     /// <summary>Class default 0 (off): recondition when the detection/tracker box IoU is below this.</summary>
     public double ReconstructionBboxIouThresh { get; init; } = 0.0;
@@ -59,26 +60,30 @@ internal sealed record VideoPipelineSettings
     /// <summary>Score recorded for objects removed by the hot-start heuristics.</summary>
     public double RemovedObjectScore { get; init; } = -1e4;
 
-    public static VideoPipelineSettings FromConfig(VideoConfig v) => new()
+    /// <summary>The builder's values: every field of the configuration's <c>video</c> section (the only place their defaults live).</summary>
+    public VideoPipelineSettings(VideoConfig v)
     {
-        ScoreThresholdDetection = v.ScoreThresholdDetection,
-        AssocIouThresh = v.AssocIouThresh,
-        DetNmsThresh = v.DetNmsThresh,
-        NewDetThresh = v.NewDetThresh,
-        HotstartDelay = v.HotstartDelay,
-        HotstartUnmatchThresh = v.HotstartUnmatchThresh,
-        HotstartDupThresh = v.HotstartDupThresh,
-        SuppressUnmatchedOnlyWithinHotstart = v.SuppressUnmatchedOnlyWithinHotstart,
-        MinTrkKeepAlive = v.MinTrkKeepAlive,
-        MaxTrkKeepAlive = v.MaxTrkKeepAlive,
-        InitTrkKeepAlive = v.InitTrkKeepAlive,
-        SuppressOverlappingBasedOnRecentOcclusionThreshold = v.SuppressOverlappingBasedOnRecentOcclusionThreshold,
-        SuppressDetCloseToBoundary = v.SuppressDetCloseToBoundary,
-        FillHoleArea = v.FillHoleArea,
-        ReconditionEveryNthFrame = v.ReconditionEveryNthFrame,
-        MaskletConfirmationEnable = v.MaskletConfirmationEnable,
-        DecreaseTrkKeepAliveForEmptyMasklets = v.DecreaseTrkKeepAliveForEmptyMasklets,
-    };
+        ArgumentNullException.ThrowIfNull(v);
+        ScoreThresholdDetection = v.ScoreThresholdDetection;
+        AssocIouThresh = v.AssocIouThresh;
+        DetNmsThresh = v.DetNmsThresh;
+        NewDetThresh = v.NewDetThresh;
+        HotstartDelay = v.HotstartDelay;
+        HotstartUnmatchThresh = v.HotstartUnmatchThresh;
+        HotstartDupThresh = v.HotstartDupThresh;
+        SuppressUnmatchedOnlyWithinHotstart = v.SuppressUnmatchedOnlyWithinHotstart;
+        MinTrkKeepAlive = v.MinTrkKeepAlive;
+        MaxTrkKeepAlive = v.MaxTrkKeepAlive;
+        InitTrkKeepAlive = v.InitTrkKeepAlive;
+        SuppressOverlappingBasedOnRecentOcclusionThreshold = v.SuppressOverlappingBasedOnRecentOcclusionThreshold;
+        SuppressDetCloseToBoundary = v.SuppressDetCloseToBoundary;
+        FillHoleArea = v.FillHoleArea;
+        ReconditionEveryNthFrame = v.ReconditionEveryNthFrame;
+        MaskletConfirmationEnable = v.MaskletConfirmationEnable;
+        DecreaseTrkKeepAliveForEmptyMasklets = v.DecreaseTrkKeepAliveForEmptyMasklets;
+    }
+
+    public static VideoPipelineSettings FromConfig(VideoConfig v) => new(v);
 
     /// <summary>The builder's <c>apply_temporal_disambiguation=False</c> variant: no hot-start, no reconditioning.</summary>
     public VideoPipelineSettings WithoutTemporalDisambiguation() => this with
