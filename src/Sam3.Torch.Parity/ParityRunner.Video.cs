@@ -110,6 +110,7 @@ internal sealed partial class ParityRunner
     private void RunVideoPredictor(Context ctx, string kind)
     {
         if (kind == "video_predictor_text") RunVideoPredictorText(ctx);
+        else if (VideoRequestForm) RunVideoPredictorRequests(ctx);
         else RunVideoPredictorInteractive(ctx);
     }
 

@@ -93,23 +93,19 @@ public sealed class Sam3VideoPredictor : IDisposable
     internal Sam3ImageModel ModelFor(string? device)
     {
         if (device is null) return _model;
-        Device d;
-        try
-        {
-            d = torch.device(device);
-        }
-        catch (Exception e) when (e is not OutOfMemoryException)
-        {
-            throw new ArgumentException($"unknown device '{device}' (expected cpu, cuda or cuda:N)", nameof(device), e);
-        }
-        if (d.type == DeviceType.CUDA)
+        // parsed here: torch.device("cuda:N") throws from LibTorch on a machine without CUDA
+        var match = System.Text.RegularExpressions.Regex.Match(device.Trim(), "^(cpu|cuda)(?::([0-9]{1,4}))?$", System.Text.RegularExpressions.RegexOptions.IgnoreCase);
+        if (!match.Success) throw new ArgumentException($"unknown device '{device}' (expected cpu, cuda or cuda:N)", nameof(device));
+        bool cuda = match.Groups[1].Value.Equals("cuda", StringComparison.OrdinalIgnoreCase);
+        int index = match.Groups[2].Success ? int.Parse(match.Groups[2].Value, System.Globalization.CultureInfo.InvariantCulture) : 0;
+        if (!cuda && index != 0) throw new ArgumentException($"unknown device '{device}' (expected cpu, cuda or cuda:N)", nameof(device));
+        if (cuda)
         {
             int count = torch.cuda.is_available() ? torch.cuda.device_count() : 0;
-            if (Math.Max(d.index, 0) >= count)
+            if (index >= count)
                 throw new Sam3ConfigException($"device '{device}' is not available ({(count == 0 ? "no CUDA device is visible to LibTorch" : $"{count} CUDA device(s): cuda:0..cuda:{count - 1}")})");
         }
-        else if (d.type != DeviceType.CPU)
-            throw new Sam3ConfigException($"device '{device}' is not supported by the video predictor (cpu or cuda:N)");
+        var d = cuda ? torch.device(DeviceType.CUDA, index) : torch.CPU;
         string name = DeviceName(d);
         if (name == ModelDeviceName) return _model;
         lock (_deviceGate)
