@@ -217,8 +217,27 @@ public sealed class Sam3VideoPredictor : IDisposable
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
         if (string.IsNullOrWhiteSpace(text)) throw new ArgumentException("the text prompt is empty", nameof(text));
-        var engine = NewEngine();
-        return new Sam3VideoStream(engine, text, options ?? new Sam3VideoStreamOptions());
+        options ??= new Sam3VideoStreamOptions();
+        var engine = NewEngine(options.Device);
+        return new Sam3VideoStream(engine, text, options);
+    }
+
+    /// <summary>
+    /// Starts a streaming session prompted by a box on the first frame (a visual exemplar, optionally with a text
+    /// prompt): upstream's <c>add_prompt(frame 0, bounding_boxes, text)</c> followed by a forward propagation, frame by
+    /// frame, with the delay and memory bounds of <see cref="StartStream(string, Sam3VideoStreamOptions?)"/>.
+    /// </summary>
+    /// <param name="box">The box on the first frame (pixels or normalised; converted with the first frame's size).</param>
+    /// <param name="text">An optional text prompt applied with the box.</param>
+    /// <param name="options">Memory retention and device.</param>
+    public Sam3VideoStream StartStream(BoxPrompt box, string? text = null, Sam3VideoStreamOptions? options = null)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        if (!box.Box.IsFinite) throw new Sam3PromptException($"box {box} has a non-finite coordinate");
+        if (text is not null && string.IsNullOrWhiteSpace(text)) throw new ArgumentException("the text prompt is empty", nameof(text));
+        options ??= new Sam3VideoStreamOptions();
+        var engine = NewEngine(options.Device);
+        return new Sam3VideoStream(engine, text, options, box);
     }
 
     private Sam3VideoEngine NewEngine(string? device = null)

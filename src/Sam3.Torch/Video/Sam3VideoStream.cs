@@ -10,6 +10,9 @@ public sealed record Sam3VideoStreamOptions
     /// as the frames its memory selection would choose lie within this window.
     /// </summary>
     public int MemoryFrames { get; init; } = 64;
+
+    /// <summary>Device of the stream ("cpu", "cuda:N"); null = the predictor's (see <see cref="Sam3VideoSessionOptions.Device"/>).</summary>
+    public string? Device { get; init; }
 }
 
 /// <summary>
@@ -35,17 +38,21 @@ public sealed class Sam3VideoStream : IDisposable
     private int _emittedThrough = -1;
     private bool _completed, _disposed;
 
-    internal Sam3VideoStream(Sam3VideoEngine engine, string text, Sam3VideoStreamOptions options)
+    internal Sam3VideoStream(Sam3VideoEngine engine, string? text, Sam3VideoStreamOptions options, BoxPrompt? box = null)
     {
         _engine = engine;
         Text = text;
+        Box = box;
         if (options.MemoryFrames < 1)
             throw new ArgumentOutOfRangeException(nameof(options), options.MemoryFrames, "MemoryFrames must be at least 1");
         _retention = new StreamRetention { NonCondFrames = options.MemoryFrames };
     }
 
-    /// <summary>The text prompt ("person"), applied to the first frame as <see cref="Sam3VideoSession.AddText"/> does.</summary>
-    public string Text { get; }
+    /// <summary>The text prompt ("person"), applied to the first frame as <see cref="Sam3VideoSession.AddText"/> does; null for a stream prompted by a box only.</summary>
+    public string? Text { get; }
+
+    /// <summary>The box prompt (visual exemplar) applied to the first frame as <see cref="Sam3VideoSession.AddBox"/> does, or null.</summary>
+    public BoxPrompt? Box { get; }
 
     /// <summary>Frames between a pushed frame and the return of its objects: <c>hotstart_delay − 1</c> (14 by default).</summary>
     public int OutputDelay => _engine.OutputDelayFrames;
@@ -84,7 +91,13 @@ public sealed class Sam3VideoStream : IDisposable
                 }
                 try
                 {
-                    using (_engine.AddPrompt(state, 0, text: Text)) { }
+                    if (Box is { } b)
+                    {
+                        // upstream add_prompt(frame 0, text and/or boxes): the box in normalised xywh of the first frame
+                        var (x, y, w, h) = b.Box.ToNormalized(frame.Width, frame.Height).ToXywh();
+                        using (_engine.AddPrompt(state, 0, text: Text, boxesXywh: [(x, y, w, h)], boxLabels: [b.Positive])) { }
+                    }
+                    else using (_engine.AddPrompt(state, 0, text: Text)) { }
                 }
                 catch
                 {

@@ -149,4 +149,31 @@ public class VideoRequestHandlerTests
             Assert.That(stream.Push(session.ReadFrame(0)), Is.Empty, "the first frame is held back by the hot-start delay");
         Assert.That(stream.FramesPushed, Is.EqualTo(1));
     }
+
+    [Test]
+    public void BoxPromptedStreamFollowsTheSessionBoxPrompt()
+    {
+        // upstream add_prompt(frame 0, bounding_boxes) then forward propagation; 2 frames: frame 0 must match exactly,
+        // frame 1 keeps the ids (shorter than 16 frames, the object-pointer encoding differs by design, see docs)
+        var box = new BoxPrompt(Box.FromXywh(0.35f, 0.25f, 0.30f, 0.50f, CoordinateSpace.Normalized));
+        List<VideoFrameResult> expected;
+        var frames = new List<RgbImage>();
+        using (var session = _predictor!.StartSession(_frames))
+        {
+            for (int i = 0; i < 2; i++) frames.Add(session.ReadFrame(i));
+            session.AddBox(0, box);
+            expected = session.Propagate(PropagationDirection.Forward, maxFrames: 1).ToList();
+        }
+        Assert.That(expected.Select(f => f.FrameIndex), Is.EqualTo(new[] { 0, 1 }));
+        Assert.That(expected[0].Objects, Is.Not.Empty, "the box finds an object on frame 0");
+
+        using var stream = _predictor.StartStream(box, options: new Sam3VideoStreamOptions { Device = "cpu" });
+        Assert.That((stream.Text, stream.Box), Is.EqualTo(((string?)null, (BoxPrompt?)box)));
+        var got = new List<VideoFrameResult>();
+        foreach (var f in frames) got.AddRange(stream.Push(f));
+        got.AddRange(stream.Complete());
+        Assert.That(got.Select(f => f.FrameIndex), Is.EqualTo(new[] { 0, 1 }));
+        Assert.That(VideoStreamTests.Describe(got[0]), Is.EqualTo(VideoStreamTests.Describe(expected[0])));
+        Assert.That(got[1].Objects.Select(o => o.ObjectId), Is.EqualTo(expected[1].Objects.Select(o => o.ObjectId)), "frame 1");
+    }
 }
