@@ -11,7 +11,9 @@ namespace Sam3.Torch.Tests.Parity;
 /// boxes, masks within 0.1% of pixels), plus the number of tracked objects per frame from <c>frame_stats</c>; and
 /// f2_video_predictor_interactive (the recorded session-API request sequence: text detection, point refinement, a new
 /// object by points, partial propagation both ways, removal, fetch, reset, box prompt; non-overlap compared on the
-/// recorded inputs as README-video-extra.md prescribes). f2 takes about 2 minutes on 2 cores.
+/// recorded inputs as README-video-extra.md prescribes). f2 replays the recorded request JSONs through the request form
+/// (Sam3VideoRequest.FromJson + Sam3VideoRequestHandler, upstream's handle_request / handle_stream_request) and compares
+/// the responses. f2 takes about 2 minutes on 2 cores.
 /// </summary>
 [TestFixture, Category("Parity"), Category("Slow")]
 public class VideoPredictorParityTests
