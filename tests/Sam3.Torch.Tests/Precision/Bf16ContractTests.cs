@@ -193,13 +193,31 @@ public class Bf16ContractTests
     /// </summary>
     private void CheckContract(string what, ScenarioFixture fx, string prefix, DetectionTensors ours, double meanIouBar = TinyDetectorMeanIouFloor)
     {
+        var (n, mean, iouMin, boxMax, scoreMax) = Measure(what, fx, prefix, ours);
+        if (n == 0) return;
+        string figures = $"bf16 contract {what}: {n} kept; mask IoU mean {mean:F4} min {iouMin:F4}; box max |d| {boxMax:F3} px; score max |d| {scoreMax:F5}"
+                         + (mean < MeanIou ? $" (contract mean IoU {MeanIou} NOT met; held at the measured floor {meanIouBar})" : "");
+        _figures.Add(figures);
+        TestContext.Out.WriteLine(figures);
+        Assert.Multiple(() =>
+        {
+            Assert.That(mean, Is.GreaterThanOrEqualTo(meanIouBar), $"{what}: mean mask IoU");
+            Assert.That(iouMin, Is.GreaterThanOrEqualTo(MinIou), $"{what}: min mask IoU");
+            Assert.That(boxMax, Is.LessThanOrEqualTo(BoxPixels), $"{what}: box coordinates (px)");
+            Assert.That(scoreMax, Is.LessThanOrEqualTo(ScoreDelta), $"{what}: scores");
+        });
+    }
+
+    /// <summary>The contract's figures for one image: kept count (asserted equal to the reference's), mean/min mask IoU, box and score max abs differences.</summary>
+    internal static (int Kept, double MeanIou, double MinIou, double BoxMax, double ScoreMax) Measure(string what, ScenarioFixture fx, string prefix, DetectionTensors ours)
+    {
         using var scope = NewDisposeScope();
         var refScores = fx.Get(prefix + "output.scores").to(ScalarType.Float32).data<float>().ToArray();
         var refBoxes = fx.Get(prefix + "output.boxes").to(ScalarType.Float32);
         var refMasks = fx.Get(prefix + "output.masks").to(ScalarType.Bool).flatten(1);
         int n = refScores.Length;
-        Assert.That(ours.Count, Is.EqualTo(n), $"{what}: kept detections (reference {n}, bf16 {ours.Count})");
-        if (n == 0) return;
+        Assert.That(ours.Count, Is.EqualTo(n), $"{what}: kept detections (reference {n}, ours {ours.Count})");
+        if (n == 0) return (0, 1, 1, 0, 0);
         var ourBoxes = ours.Boxes.to(ScalarType.Float32);
         var ourScores = ours.ScoreArray();
         var ourMasks = ours.Masks.to(ScalarType.Bool).flatten(1);
@@ -223,18 +241,7 @@ public class Bf16ContractTests
             boxMax = Math.Max(boxMax, (refBoxes[i] - ourBoxes[j]).abs().max().item<float>());
             scoreMax = Math.Max(scoreMax, Math.Abs(refScores[i] - ourScores[j]));
         }
-        double mean = iouSum / n;
-        string figures = $"bf16 contract {what}: {n} kept; mask IoU mean {mean:F4} min {iouMin:F4}; box max |d| {boxMax:F3} px; score max |d| {scoreMax:F5}"
-                         + (mean < MeanIou ? $" (contract mean IoU {MeanIou} NOT met; held at the measured floor {meanIouBar})" : "");
-        _figures.Add(figures);
-        TestContext.Out.WriteLine(figures);
-        Assert.Multiple(() =>
-        {
-            Assert.That(mean, Is.GreaterThanOrEqualTo(meanIouBar), $"{what}: mean mask IoU");
-            Assert.That(iouMin, Is.GreaterThanOrEqualTo(MinIou), $"{what}: min mask IoU");
-            Assert.That(boxMax, Is.LessThanOrEqualTo(BoxPixels), $"{what}: box coordinates (px)");
-            Assert.That(scoreMax, Is.LessThanOrEqualTo(ScoreDelta), $"{what}: scores");
-        });
+        return (n, iouSum / n, iouMin, boxMax, scoreMax);
     }
 
     /// <summary>Pairwise IoU of xyxy boxes [N,4] × [M,4] (plain arithmetic, for matching only).</summary>
