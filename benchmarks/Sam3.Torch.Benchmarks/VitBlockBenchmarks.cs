@@ -24,6 +24,7 @@ public class VitBlockBenchmarks
     private Block _global = null!;
     private Block _windowedBf16 = null!;
     private Block _globalBf16 = null!;
+    private Block _globalPolicy = null!;
     private Tensor _x = null!;
     private Tensor _xBf16 = null!;
     private string _current = "";
@@ -44,6 +45,10 @@ public class VitBlockBenchmarks
         _globalBf16 = BuildBlock(cfg, GlobalIndex);
         _globalBf16.load_state_dict(_global.state_dict());
         _globalBf16.to(ScalarType.BFloat16);
+        // the bf16 policy (Precision/PrecisionPolicy): bf16 GEMM weights, fp32 LayerNorms and residual stream
+        _globalPolicy = BuildBlock(cfg, GlobalIndex);
+        _globalPolicy.load_state_dict(_global.state_dict());
+        Sam3.Torch.Precision.PrecisionPolicy.Apply(_globalPolicy);
         int n = cfg.Vit.TokensPerSide;
         _x = torch.randn(1, n, n, cfg.Vit.EmbedDim);
         _xBf16 = _x.to(ScalarType.BFloat16);
@@ -90,6 +95,13 @@ public class VitBlockBenchmarks
         return Run(_globalBf16, _xBf16);
     }
 
+    [Benchmark(Description = "Global block 7 bf16 policy")]
+    public long GlobalBlockBf16Policy()
+    {
+        using var cpu = Begin(nameof(GlobalBlockBf16Policy));
+        return Run(_globalPolicy, _x);
+    }
+
     private BenchEnvironment.CpuTimer Begin(string method)
     {
         _current = method;
@@ -112,6 +124,7 @@ public class VitBlockBenchmarks
         _global?.Dispose();
         _windowedBf16?.Dispose();
         _globalBf16?.Dispose();
+        _globalPolicy?.Dispose();
         _x?.Dispose();
         _xBf16?.Dispose();
     }

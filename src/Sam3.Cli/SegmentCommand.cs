@@ -58,6 +58,12 @@ internal static class SegmentCommand
         InputValidation.RequireFileOrFolder(checkpoint, "--checkpoint", "checkpoint");
         if (a.Value("vocab") is { } vocabOption) InputValidation.RequireFile(vocabOption, "--vocab", "vocabulary");
         if (a.Value("config") is { } cfgOption && cfgOption is not ("full" or "tiny")) InputValidation.NotSpecial(cfgOption, "--config", "configuration");
+        var precision = a.Value("precision") switch
+        {
+            null or "fp32" => Sam3Precision.Float32,
+            "bf16" => Sam3Precision.BFloat16,
+            var other => throw new UsageException($"--precision must be fp32 or bf16, got '{other}'"),
+        };
         var sizes = InputValidation.ImageSizes(images);
         InputValidation.PromptsFit(images, sizes, boxesXyxy.Select(b => b.Values), points.Select(p => (p.X, p.Y)));
         InputValidation.OutputFolder(outDir, "--out", out bool createdOut);
@@ -80,7 +86,7 @@ internal static class SegmentCommand
         Sam3Model model;
         try
         {
-            model = Sam3Model.LoadAsync(files.CheckpointPath, new Sam3ModelOptions { Config = files.Config, TokenizerPath = files.TokenizerPath },
+            model = Sam3Model.LoadAsync(files.CheckpointPath, new Sam3ModelOptions { Config = files.Config, TokenizerPath = files.TokenizerPath, Precision = precision },
                 progress is null ? null : new LoadProgressAdapter(progress)).GetAwaiter().GetResult();
         }
         catch (Sam3Exception e) when (e.Message.Contains('\n'))
@@ -97,6 +103,8 @@ internal static class SegmentCommand
         using var _ = model;
         progress?.Finish();
         stderr.WriteLine(string.Format(CultureInfo.InvariantCulture, "loaded {0} in {1:F1} s", Path.GetFileName(files.CheckpointPath), sw.Elapsed.TotalSeconds));
+        foreach (var note in model.LoadNotes.Where(n => n.StartsWith(Sam3.Torch.Precision.CpuBf16Support.SlowNotePrefix, StringComparison.Ordinal)))
+            stderr.WriteLine("note: " + note);
         if (NonFiniteScan.FirstNonFinite(model.Network) is { } bad)
             stderr.WriteLine($"sam3: warning: the weight {bad} of {Path.GetFileName(files.CheckpointPath)} holds NaN or infinite values; results will be meaningless");
         using var processor = model.CreateImagePredictor(new ImagePredictorOptions { ConfidenceThreshold = threshold });

@@ -49,6 +49,7 @@ internal static class CliCommands
                 Many("point", "x,y[:neg]", "point in pixels; without --text, points and --box-xyxy use the interactive heads: one object per call, or one per box"),
                 Flag("multimask", "interactive mode: write all 3 candidate masks with their predicted IoU"),
                 Opt("threshold", "0.5", "confidence threshold"),
+                Opt("precision", "fp32|bf16", "numeric precision: fp32 (default) or the bf16 policy (for CUDA or CPUs with avx512_bf16/amx_bf16; several times slower on other CPUs)"),
                 Flag("masks", "also write one PNG per mask"),
                 Required(Opt("out", "DIR", "output folder")),
                 Force,

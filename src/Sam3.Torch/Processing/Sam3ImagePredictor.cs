@@ -145,8 +145,8 @@ public sealed class Sam3ImagePredictor : IDisposable
             // Sam3Processor.set_image: the SAM2 neck's two high-resolution levels are stored already projected by the
             // mask decoder's conv_s0 / conv_s1 (the interactive heads consume them in that form).
             var fpn = backbone.Sam2.BackboneFpn;
-            var s0 = tracker.sam_mask_decoder.conv_s0!.forward(fpn[0]);
-            var s1 = tracker.sam_mask_decoder.conv_s1!.forward(fpn[1]);
+            var s0 = tracker.sam_mask_decoder.conv_s0!.forward(Precision.PrecisionPolicy.ToWeightDtype(fpn[0], tracker.sam_mask_decoder.conv_s0!.weight!));
+            var s1 = tracker.sam_mask_decoder.conv_s1!.forward(Precision.PrecisionPolicy.ToWeightDtype(fpn[1], tracker.sam_mask_decoder.conv_s1!.weight!));
             fpn[0].Dispose(); fpn[1].Dispose();
             fpn[0] = s0.DetachFromDisposeScope();
             fpn[1] = s1.DetachFromDisposeScope();

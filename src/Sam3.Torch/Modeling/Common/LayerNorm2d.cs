@@ -22,11 +22,14 @@ internal sealed class LayerNorm2d : nn.Module<Tensor, Tensor>
     public override Tensor forward(Tensor x)
     {
         using var scope = NewDisposeScope();
+        // bf16 policy: normalised in the (fp32) weight's dtype as autocast does, returned in the input's dtype
+        var inputDtype = x.dtype;
+        x = Precision.PrecisionPolicy.ToWeightDtype(x, weight);
         var u = x.mean([1], keepdim: true);
         var d = x - u;
         var s = d.pow(2).mean([1], keepdim: true);
         var y = d / torch.sqrt(s + eps);
         y = weight[.., TensorIndex.None, TensorIndex.None] * y + bias[.., TensorIndex.None, TensorIndex.None];
-        return y.MoveToOuterDisposeScope();
+        return y.to(inputDtype).MoveToOuterDisposeScope();
     }
 }

@@ -45,7 +45,7 @@ internal sealed class Mlp : nn.Module<Tensor, Tensor>
         var orig = x;
         for (int i = 0; i < num_layers; i++)
         {
-            x = layers[i].forward(x);
+            x = layers[i].forward(Precision.PrecisionPolicy.ToWeightDtype(x, layers[i].weight!));
             if (i < num_layers - 1)
             {
                 x = nn.functional.relu(x);

@@ -47,6 +47,10 @@ internal sealed class MultiheadAttention : nn.Module
             key = key.transpose(0, 1);
             value = value.transpose(0, 1);
         }
+        // bf16 policy: the in-projections take their inputs in the weight's dtype (no-op in fp32)
+        query = Precision.PrecisionPolicy.ToWeightDtype(query, in_proj_weight);
+        key = Precision.PrecisionPolicy.ToWeightDtype(key, in_proj_weight);
+        value = Precision.PrecisionPolicy.ToWeightDtype(value, in_proj_weight);
         long b = query.shape[0], l = query.shape[1], s = key.shape[1];
         int h = num_heads, e = embed_dim, hd = e / h;
         var w = in_proj_weight.chunk(3, 0);

@@ -30,6 +30,10 @@ internal static class RoiAlign
         if (rois.dim() != 2 || rois.shape[1] != 5) throw new Sam3Exception($"roi_align: rois must be [K,5], got [{string.Join(",", rois.shape)}]");
         if (outH <= 0 || outW <= 0) throw new Sam3Exception("roi_align: output size must be positive");
         using var scope = NewDisposeScope();
+        // bf16 policy: torchvision's roi_align runs in fp32 under autocast (its autocast wrapper casts the input up and
+        // the output back), so box coordinates are never rounded to bf16
+        if (input.dtype is ScalarType.BFloat16 or ScalarType.Float16)
+            return Forward(input.to(ScalarType.Float32), rois, outH, outW, spatialScale, samplingRatio, aligned).to(input.dtype).MoveToOuterDisposeScope();
         long k = rois.shape[0], c = input.shape[1], h = input.shape[2], w = input.shape[3];
         if (k == 0 || h == 0 || w == 0)
             return torch.zeros(k, c, outH, outW, dtype: input.dtype, device: input.device).MoveToOuterDisposeScope();

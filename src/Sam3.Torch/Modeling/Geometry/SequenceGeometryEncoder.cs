@@ -153,7 +153,7 @@ internal sealed class SequenceGeometryEncoder : nn.Module
             (embeds, mask) = Prompt.ConcatPaddedSequences(embeds, mask, cls, clsMask);
         }
 
-        if (final_proj is not null) embeds = norm!.forward(final_proj.forward(embeds));
+        if (final_proj is not null) embeds = norm!.forward(final_proj.forward(Precision.PrecisionPolicy.ToWeightDtype(embeds, final_proj.weight!)));
 
         if (encode is not null)
         {
@@ -170,7 +170,7 @@ internal sealed class SequenceGeometryEncoder : nn.Module
         long n = points.shape[0], bs = points.shape[1];
         if (n > 0 && PointProjectionsUnavailable is { } why) throw new Sam3PromptException($"detector point prompt: {why}");
         Tensor? emb = null;
-        if (points_direct_project is not null) emb = points_direct_project.forward(points);
+        if (points_direct_project is not null) emb = points_direct_project.forward(Precision.PrecisionPolicy.ToWeightDtype(points, points_direct_project.weight!));
         if (points_pool_project is not null)
         {
             Tensor sampled;
@@ -186,7 +186,7 @@ internal sealed class SequenceGeometryEncoder : nn.Module
                                                   GridSamplePaddingMode.Zeros, align_corners: false);   // [B,C,Np,1]
                 sampled = s.squeeze(-1).permute(2, 0, 1);                                                // [Np,B,C]
             }
-            var proj = points_pool_project.forward(sampled);
+            var proj = points_pool_project.forward(Precision.PrecisionPolicy.ToWeightDtype(sampled, points_pool_project.weight!));
             emb = emb is null ? proj : emb + proj;
         }
         if (points_pos_enc_project is not null)
@@ -195,7 +195,7 @@ internal sealed class SequenceGeometryEncoder : nn.Module
             var (encX, encY) = pos_enc.EncodeXy(xy[0].flatten(), xy[1].flatten());
             // points: x encoding first (boxes put y first)
             var enc = torch.cat([encX.view(n, bs, encX.shape[^1]), encY.view(n, bs, encY.shape[^1])], -1);
-            var proj = points_pos_enc_project.forward(enc);
+            var proj = points_pos_enc_project.forward(Precision.PrecisionPolicy.ToWeightDtype(enc, points_pos_enc_project.weight!));
             emb = emb is null ? proj : emb + proj;
         }
         var typeEmbed = label_embed.forward(labels.to(ScalarType.Int64));
@@ -216,7 +216,7 @@ internal sealed class SequenceGeometryEncoder : nn.Module
     {
         long n = boxes.shape[0], bs = boxes.shape[1];
         Tensor? emb = null;
-        if (boxes_direct_project is not null) emb = boxes_direct_project.forward(boxes);
+        if (boxes_direct_project is not null) emb = boxes_direct_project.forward(Precision.PrecisionPolicy.ToWeightDtype(boxes, boxes_direct_project.weight!));
         if (boxes_pool_project is not null)
         {
             long hh = imgNchw!.shape[2], ww = imgNchw.shape[3];
@@ -228,15 +228,15 @@ internal sealed class SequenceGeometryEncoder : nn.Module
             var sampled = RoiAlign.Forward(imgNchw, rois, roi_size, roi_size, spatialScale: 1.0, samplingRatio: -1, aligned: false);
             var proj = n == 0
                 ? TieToGraph(torch.zeros(new long[] { 0, bs, d_model }, dtype: imgNchw.dtype, device: imgNchw.device),
-                             boxes_pool_project.forward(TieToGraph(sampled, imgNchw)))
-                : boxes_pool_project.forward(sampled).view(bs, n, d_model).transpose(0, 1);
+                             boxes_pool_project.forward(Precision.PrecisionPolicy.ToWeightDtype(TieToGraph(sampled, imgNchw), boxes_pool_project.weight!)))
+                : boxes_pool_project.forward(Precision.PrecisionPolicy.ToWeightDtype(sampled, boxes_pool_project.weight!)).view(bs, n, d_model).transpose(0, 1);
             emb = emb is null ? proj : emb + proj;
         }
         if (boxes_pos_enc_project is not null)
         {
             var u = boxes.unbind(-1);
             var enc = pos_enc.EncodeBoxes(u[0].flatten(), u[1].flatten(), u[2].flatten(), u[3].flatten());
-            var proj = boxes_pos_enc_project.forward(enc.view(n, bs, enc.shape[^1]));
+            var proj = boxes_pos_enc_project.forward(Precision.PrecisionPolicy.ToWeightDtype(enc.view(n, bs, enc.shape[^1]), boxes_pos_enc_project.weight!));
             emb = emb is null ? proj : emb + proj;
         }
         var typeEmbed = label_embed.forward(labels.to(ScalarType.Int64));

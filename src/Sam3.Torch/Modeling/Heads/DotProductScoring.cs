@@ -69,8 +69,8 @@ internal sealed class DotProductScoring : nn.Module<Tensor, Tensor, Tensor, Tens
         using var scope = NewDisposeScope();
         if (prompt_mlp is not null) prompt = prompt_mlp.forward(prompt);
         var pooled = MeanPoolText(prompt, promptMask);
-        var projPrompt = prompt_proj.forward(pooled); // B,d_proj
-        var projHs = hs_proj.forward(hs); // L,B,Q,d_proj
+        var projPrompt = prompt_proj.forward(Precision.PrecisionPolicy.ToWeightDtype(pooled, prompt_proj.weight!)); // B,d_proj
+        var projHs = hs_proj.forward(Precision.PrecisionPolicy.ToWeightDtype(hs, hs_proj.weight!)); // L,B,Q,d_proj
         var scores = matmul(projHs, projPrompt.unsqueeze(-1)) * scale;
         if (clamp_max_val is double m) scores = scores.clamp(-m, m);
         return scores.MoveToOuterDisposeScope();

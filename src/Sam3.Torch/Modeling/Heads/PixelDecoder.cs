@@ -67,7 +67,7 @@ internal sealed class PixelDecoder : nn.Module<IList<Tensor>, Tensor>
                 ? nn.functional.interpolate(prev, size: [cur.shape[^2], cur.shape[^1]], mode: mode)
                 : nn.functional.interpolate(prev, size: [cur.shape[^2], cur.shape[^1]], mode: mode, align_corners: false);
             prev = cur + up;
-            prev = conv_layers[i].forward(prev);
+            prev = conv_layers[i].forward(Precision.PrecisionPolicy.ToWeightDtype(prev, conv_layers[i].weight!));
             prev = nn.functional.relu(norms[i].forward(prev));
         }
         if (stages == 0) prev = prev.alias();

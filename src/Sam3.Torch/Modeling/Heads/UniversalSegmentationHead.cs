@@ -128,10 +128,10 @@ internal sealed class UniversalSegmentationHead : nn.Module
 
         var pixelEmbed = EmbedPixels(backboneFeats, imageIds, ehs);
         probe?.Invoke("pixel_decoder", pixelEmbed);
-        var instanceEmbeds = instance_seg_head.forward(pixelEmbed);
+        var instanceEmbeds = instance_seg_head.forward(Precision.PrecisionPolicy.ToWeightDtype(pixelEmbed, instance_seg_head.weight!));
         probe?.Invoke("instance_embeds", instanceEmbeds);
         var masks = mask_predictor.forward(aux_masks ? objQueries : objQueries[-1], instanceEmbeds);
-        var semantic = semantic_seg_head.forward(pixelEmbed);
+        var semantic = semantic_seg_head.forward(Precision.PrecisionPolicy.ToWeightDtype(pixelEmbed, semantic_seg_head.weight!));
         return new SegmentationHeadOutput(masks.MoveToOuterDisposeScope(), semantic.MoveToOuterDisposeScope(),
             presenceLogit?.MoveToOuterDisposeScope());
     }

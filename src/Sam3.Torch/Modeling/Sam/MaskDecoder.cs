@@ -169,14 +169,17 @@ internal sealed class MaskDecoder : nn.Module
         Tensor up;
         if (!use_high_res_features)
         {
-            up = output_upscaling.forward(src);
+            up = Up(4, Up(3, Up(2, Up(1, Up(0, src))))); // = output_upscaling.forward(src), with the bf16 policy's casts
         }
         else
         {
             var (featS0, featS1) = highResFeatures!.Value;
-            up = _upscaling[2].forward(_upscaling[1].forward(_upscaling[0].forward(src) + featS1));
-            up = _upscaling[4].forward(_upscaling[3].forward(up) + featS0);
+            up = Up(2, Up(1, Up(0, src) + featS1));
+            up = Up(4, Up(3, up) + featS0);
         }
+
+        // the convolutions take their input in the weight's dtype (bf16 policy; a no-op in fp32)
+        Tensor Up(int i, Tensor x) => _upscaling[i].forward(i is 0 or 3 ? Precision.PrecisionPolicy.ToModuleDtype(x, _upscaling[i]) : x);
 
         var hyper = new List<Tensor>();
         for (int i = 0; i < num_mask_tokens; i++)

@@ -25,6 +25,6 @@ internal sealed class MlpBlock : nn.Module<Tensor, Tensor>
     public override Tensor forward(Tensor x)
     {
         using var scope = NewDisposeScope();
-        return lin2.forward(act(lin1.forward(x))).MoveToOuterDisposeScope();
+        return lin2.forward(act(lin1.forward(Precision.PrecisionPolicy.ToWeightDtype(x, lin1.weight!)))).MoveToOuterDisposeScope();
     }
 }

@@ -59,13 +59,14 @@ internal class SamAttention : nn.Module<Tensor, Tensor, Tensor, Tensor>
 
     /// <summary>Projections and head split: q, k, v as [B, heads, N, head_dim].</summary>
     protected (Tensor q, Tensor k, Tensor v) Project(Tensor q, Tensor k, Tensor v)
-        => (SeparateHeads(q_proj.forward(q), num_heads), SeparateHeads(k_proj.forward(k), num_heads), SeparateHeads(v_proj.forward(v), num_heads));
+        => (SeparateHeads(q_proj.forward(Precision.PrecisionPolicy.ToWeightDtype(q, q_proj.weight!)), num_heads), SeparateHeads(k_proj.forward(Precision.PrecisionPolicy.ToWeightDtype(k, k_proj.weight!)), num_heads),
+            SeparateHeads(v_proj.forward(Precision.PrecisionPolicy.ToWeightDtype(v, v_proj.weight!)), num_heads));
 
     /// <summary>Attention of projected heads, recombination and output projection.</summary>
     protected Tensor Attend(Tensor q, Tensor k, Tensor v)
     {
         var o = nn.functional.scaled_dot_product_attention(q, k, v, p: training ? dropout_p : 0.0);
-        return out_proj.forward(RecombineHeads(o));
+        return out_proj.forward(Precision.PrecisionPolicy.ToWeightDtype(RecombineHeads(o), out_proj.weight!));
     }
 
     public override Tensor forward(Tensor q, Tensor k, Tensor v)

@@ -38,7 +38,7 @@ internal sealed class ResidualAttentionBlock : nn.Module<Tensor, Tensor?, Tensor
         if (attnMask is not null && attnMask.dtype != ScalarType.Bool) attnMask = attnMask.to(x.dtype);
         var h = ln_1.forward(x);
         x = x + attn.forward(h, h, h, key_padding_mask: null, attn_mask: attnMask);
-        x = x + mlp.forward(ln_2.forward(x));
+        x = x + mlp.forward(Precision.PrecisionPolicy.ToModuleDtype(ln_2.forward(x), mlp));
         return x.MoveToOuterDisposeScope();
     }
 }

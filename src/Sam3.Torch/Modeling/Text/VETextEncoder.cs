@@ -60,7 +60,7 @@ internal sealed class VETextEncoder : nn.Module
         var mask = paddingMask ?? ids.eq(0);
         var embeds = encoder.token_embedding.forward(ids);        // [B,L,W]
         var memory = encoder.forward(ids);                        // [B,L,W]
-        var features = resizer.forward(memory.transpose(0, 1));   // [L,B,d]
+        var features = resizer.forward(Precision.PrecisionPolicy.ToWeightDtype(memory.transpose(0, 1), resizer.weight!));   // [L,B,d]
         return new TextEncoderOutput(mask.alias().MoveToOuterDisposeScope(), features.MoveToOuterDisposeScope(),
                                      embeds.transpose(0, 1).MoveToOuterDisposeScope());
     }

@@ -21,6 +21,6 @@ internal sealed class PatchEmbed : nn.Module<Tensor, Tensor>
     {
         if (x.dim() != 4) throw new Sam3Exception($"PatchEmbed expects images [B,C,H,W], got [{string.Join(",", x.shape)}]");
         using var scope = NewDisposeScope();
-        return proj.forward(x).permute(0, 2, 3, 1).MoveToOuterDisposeScope();
+        return proj.forward(Precision.PrecisionPolicy.ToWeightDtype(x, proj.weight!)).permute(0, 2, 3, 1).MoveToOuterDisposeScope();
     }
 }

@@ -101,11 +101,11 @@ internal sealed class Sam3DualViTDetNeck : nn.Module<Tensor, NeckOutput>
         var sam2Pos = sam2_convs is null ? null : new Tensor[n];
         for (int i = 0; i < n; i++)
         {
-            sam3Out[i] = convs[i].forward(x);
+            sam3Out[i] = convs[i].forward(Precision.PrecisionPolicy.ToModuleDtype(x, convs[i]));
             sam3Pos[i] = position_encoding.forward(sam3Out[i]).to(sam3Out[i].dtype);
             if (sam2_convs is not null)
             {
-                sam2Out![i] = sam2_convs[i].forward(x);
+                sam2Out![i] = sam2_convs[i].forward(Precision.PrecisionPolicy.ToModuleDtype(x, sam2_convs[i]));
                 sam2Pos![i] = position_encoding.forward(sam2Out[i]).to(sam2Out[i].dtype);
             }
         }

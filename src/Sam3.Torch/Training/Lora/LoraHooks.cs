@@ -19,7 +19,7 @@ internal static class LoraHooks
     /// <summary><c>layer.forward(x)</c> plus its adapter's update.</summary>
     public static Tensor Linear(Linear layer, Tensor x)
     {
-        var y = layer.forward(x);
+        var y = layer.forward(Precision.PrecisionPolicy.ToWeightDtype(x, layer.weight!));
         if (Volatile.Read(ref _attached) == 0 || !Linears.TryGetValue(layer, out var a)) return y;
         return a.AddTo(y, x);
     }
