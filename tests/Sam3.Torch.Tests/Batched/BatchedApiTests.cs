@@ -140,6 +140,24 @@ public class BatchedApiTests
     }
 
     [Test]
+    public void TopKMasksEqualTheUnprunedRunsMasksOfTheSameQueries()
+    {
+        // Only the top-k detections are upsampled to the original size: their masks must be the unpruned run's masks
+        // of the same queries (selected here by score order).
+        var dp = new Datapoint(_groceries, [new FindQuery("visual", Meta(3, _groceries), [QB(508, 139, 584, 342), QB(336, 85, 480, 160)])]);
+        using var all = _predictor.PredictTensors([dp], new PostProcessImage { DetectionThreshold = -1, MaxDetsPerImg = -1 });
+        using var top = _predictor.PredictTensors([dp], new PostProcessImage { MaxDetsPerImg = 5 });
+        var allScores = all[3].ScoreArray();
+        var order = Enumerable.Range(0, allScores.Length).OrderByDescending(i => allScores[i]).Take(5).ToArray();
+        Assert.That(top[3].Masks!.shape, Is.EqualTo(new long[] { 5, 1, _groceries.Height, _groceries.Width }));
+        for (int k = 0; k < 5; k++)
+        {
+            using var same = top[3].Masks![k].eq(all[3].Masks![order[k]]).all();
+            Assert.That(same.item<bool>(), Is.True, $"top-k mask {k} = unpruned mask of query {order[k]}");
+        }
+    }
+
+    [Test]
     public void RleMasksDecodeToTheBoolMasks()
     {
         var dp = new Datapoint(_groceries, [new FindQuery(null, Meta(3, _groceries), [QB(508, 139, 584, 342), QB(336, 85, 480, 160)])]);
