@@ -173,7 +173,7 @@ internal static class ComputeProfile
                 return x1.MoveToOuterDisposeScope();
             }
             using (var check = NewDisposeScope())
-                Console.WriteLine($"# block {index}: module forward equals the previous forward bit for bit: {block.forward(x).equal(Previous(x))}");
+                Console.WriteLine($"# block {index}: module forward equals the previous forward bit for bit: {block.forward(x).eq(Previous(x)).all().item<bool>()}");
             (double Wall, double Cpu, double Sys, long Faults) prev = default, moduleTime = default;
             for (int r = 0; r < 2; r++)
             {
@@ -320,11 +320,14 @@ internal static class ComputeProfile
                 rows.Add(($"{label} level {lvl} position encoding", pr.Wall, pr.Cpu, 0));
             }
         }
-        // whole backbone through the model's own entry (for the stage total)
-        BackboneOutput features = null!;
-        var bb = Time(1, () => features = model.backbone.ForwardImage(image));
-        Console.WriteLine($"# backbone.ForwardImage (whole, second pass): {bb.Wall:F1} s wall, {bb.Cpu:F1} s CPU; loadavg {Uptime()}");
-        using var _f = features;
+        // the backbone output as SAM3VLBackbone.ForwardImage assembles it (necks again, no second ViT pass)
+        NeckOutput necks = null!;
+        var nk = Time(1, () => necks = neck.ForwardNecks(trunkOut));
+        Console.WriteLine($"# necks + position encodings (ForwardNecks, whole): {nk.Wall:F2} s wall, {nk.Cpu:F2} s CPU; loadavg {Uptime()}");
+        int keep = necks.Sam3Out.Length - cfg.Neck.Scalp;
+        BackboneOutput? sam2 = necks.Sam2Out is null ? null
+            : new BackboneOutput(necks.Sam2Out.Take(keep).ToArray(), necks.Sam2Pos!.Take(keep).ToArray());
+        var features = new BackboneOutput(necks.Sam3Out.Take(keep).ToArray(), necks.Sam3Pos.Take(keep).ToArray(), sam2);
         // text
         var tokenizer = ClipBpeTokenizer.FromBpeGz(BenchEnvironment.BpeVocabulary());
         Modeling.Text.TextEncoderOutput text = null!;

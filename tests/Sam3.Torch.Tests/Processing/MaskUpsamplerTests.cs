@@ -56,8 +56,8 @@ public class MaskUpsamplerTests
             var prob = MaskUpsampler.Probabilities(low, h, w, chunkElements);
             Assert.That(masks.dtype, Is.EqualTo(ScalarType.Bool));
             Assert.That(masks.shape, Is.EqualTo(new long[] { keep.shape[0], h, w }));
-            Assert.That(masks.equal(oldMasks), Is.True, "bool masks equal the all-queries path bit for bit");
-            Assert.That(prob.equal(oldProb), Is.True, "probabilities equal the all-queries path bit for bit");
+            Assert.That(masks.eq(oldMasks).all().item<bool>(), Is.True, "bool masks equal the all-queries path bit for bit");
+            Assert.That(prob.eq(oldProb).all().item<bool>(), Is.True, "probabilities equal the all-queries path bit for bit");
 
             // and the reference within the parity bar
             var cmp = Tolerance.Default.Compare(prefix + "output.masks", masks, refMasks.to(ScalarType.Bool));
