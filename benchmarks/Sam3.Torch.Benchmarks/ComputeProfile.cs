@@ -391,8 +391,8 @@ internal static class ComputeProfile
             }
             case ConvTranspose2d dconv:
             {
-                var wt = dconv.weight!; // [in, out, k, k], stride k: every output pixel gets in·1 MACs
-                return 2.0 * outPixels * wt.shape[0];
+                var wt = dconv.weight!; // [in, out, k, k], stride k: every output value gets `in` MACs
+                return 2.0 * outPixels * wt.shape[1] * wt.shape[0];
             }
             default:
                 return 0;
