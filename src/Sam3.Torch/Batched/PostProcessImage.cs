@@ -66,7 +66,9 @@ public sealed class PostProcessImage
         var predBoxes = output.PredBoxes ?? throw new Sam3StateException("the model output has no pred_boxes");
         int nq = metadata.Count;
         if (logits.shape[0] != nq) throw new Sam3StateException($"{logits.shape[0]} query outputs for {nq} metadata entries");
-        var perQuery = new List<(long Id, Tensor Scores, Tensor Labels, Tensor Boxes, Tensor? Masks, List<CocoRle>? Rle)>();
+        // Masks stay at the model's resolution (kept queries only) until the top-k is known: only the detections that
+        // are returned are upsampled to the original size (MaskUpsampler: chunked, straight to bool).
+        var perQuery = new List<(long Id, Tensor Scores, Tensor Labels, Tensor Boxes, Tensor? LowRes, (int H, int W) Size)>();
         var results = new BatchedResultTensors();
         try
         {
@@ -105,21 +107,15 @@ public sealed class PostProcessImage
                         labels = labels.index_select(0, keepIdx);
                         b = b.index_select(0, keepIdx);
                     }
-                    Tensor? masks = null;
-                    List<CocoRle>? rle = null;
+                    Tensor? lowRes = null;
                     if (masksAll is not null)
                     {
                         var m = masksAll[i];
-                        if (keepIdx is not null) m = m.index_select(0, keepIdx.to(m.device));
-                        int h = (int)maskHw[2 * i], w = (int)maskHw[2 * i + 1];
-                        var up = nn.functional.interpolate(m.to(ScalarType.Float32).unsqueeze(1), [h, w], mode: InterpolationMode.Bilinear, align_corners: false)
-                            .sigmoid().gt(MaskProbabilityThreshold).cpu();
-                        if (ConvertMaskToRle) rle = up.shape[0] == 0 ? [] : CocoRle.EncodeMany(up.squeeze(1)).ToList();
-                        else masks = up.contiguous().DetachFromDisposeScope();
+                        lowRes = (keepIdx is not null ? m.index_select(0, keepIdx.to(m.device)) : m.alias()).DetachFromDisposeScope();
                     }
                     long id = UseOriginalIds ? metadata[i].OriginalImageId : metadata[i].CocoImageId;
                     perQuery.Add((id, s.contiguous().DetachFromDisposeScope(), labels.contiguous().DetachFromDisposeScope(),
-                        b.contiguous().DetachFromDisposeScope(), masks, rle));
+                        b.contiguous().DetachFromDisposeScope(), lowRes, ((int)maskHw[2 * i], (int)maskHw[2 * i + 1])));
                 }
             }
             // merge by id (first-appearance order), then top-k
@@ -127,22 +123,29 @@ public sealed class PostProcessImage
             {
                 using var scope = NewDisposeScope();
                 var items = group.ToList();
-                if (items[0].Masks is not null && items.Any(x => !x.Masks!.shape.Skip(1).SequenceEqual(items[0].Masks!.shape.Skip(1))))
+                if (items[0].LowRes is not null && items.Any(x => x.Size != items[0].Size))
                     throw new Sam3QueryException(group.Key, $"the queries sharing id {group.Key} have masks of different original sizes: they cannot be merged (use distinct ids or IouType.Bbox)");
                 var scores = items.Count == 1 ? items[0].Scores.alias() : torch.cat(items.Select(x => x.Scores).ToArray(), 0);
                 var labels = items.Count == 1 ? items[0].Labels.alias() : torch.cat(items.Select(x => x.Labels).ToArray(), 0);
                 var boxes = items.Count == 1 ? items[0].Boxes.alias() : torch.cat(items.Select(x => x.Boxes).ToArray(), 0);
-                Tensor? masks = items[0].Masks is null ? null
-                    : items.Count == 1 ? items[0].Masks!.alias() : torch.cat(items.Select(x => x.Masks!).ToArray(), 0);
-                List<CocoRle>? rle = items[0].Rle is null ? null : items.SelectMany(x => x.Rle!).ToList();
+                Tensor? lowRes = items[0].LowRes is null ? null
+                    : items.Count == 1 ? items[0].LowRes!.alias() : torch.cat(items.Select(x => x.LowRes!).ToArray(), 0);
                 if (MaxDetsPerImg > 0 && scores.shape[0] > MaxDetsPerImg)
                 {
                     var top = scores.topk(MaxDetsPerImg, dim: 0).indexes;
                     scores = scores.index_select(0, top);
                     labels = labels.index_select(0, top);
                     boxes = boxes.index_select(0, top);
-                    masks = masks?.index_select(0, top);
-                    if (rle is not null) rle = top.data<long>().ToArray().Select(k => rle[(int)k]).ToList();
+                    lowRes = lowRes?.index_select(0, top.to(lowRes.device));
+                }
+                Tensor? masks = null;
+                List<CocoRle>? rle = null;
+                if (lowRes is not null)
+                {
+                    var (h, w) = items[0].Size;
+                    var up = MaskUpsampler.Masks(lowRes, h, w, MaskProbabilityThreshold).unsqueeze(1); // bool [K,1,H,W]
+                    if (ConvertMaskToRle) rle = up.shape[0] == 0 ? [] : CocoRle.EncodeMany(up.squeeze(1)).ToList();
+                    else masks = up;
                 }
                 results.Add(new QueryResultTensors(group.Key, scores.DetachFromDisposeScope(), labels.DetachFromDisposeScope(),
                     boxes.DetachFromDisposeScope(), masks?.DetachFromDisposeScope(), rle) { BoxesInPixels = UseOriginalSizesBox });
@@ -155,7 +158,7 @@ public sealed class PostProcessImage
         }
         finally
         {
-            foreach (var p in perQuery) { p.Scores.Dispose(); p.Labels.Dispose(); p.Boxes.Dispose(); p.Masks?.Dispose(); }
+            foreach (var p in perQuery) { p.Scores.Dispose(); p.Labels.Dispose(); p.Boxes.Dispose(); p.LowRes?.Dispose(); }
         }
         return results;
     }

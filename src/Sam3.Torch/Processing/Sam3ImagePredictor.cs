@@ -464,10 +464,11 @@ public sealed class Sam3ImagePredictor : IDisposable
         long[] idx = keep.data<long>().ToArray();
         var scores = probs.index_select(0, keep);
         var boxes = BoxOps.Denormalize(BoxOps.CxcywhToXyxy(boxesAll[i].index_select(0, keep)), w, h);
-        var low = masksAll[i].index_select(0, keep.to(masksAll.device)).to(ScalarType.Float32).unsqueeze(1);
-        var prob = nn.functional.interpolate(low, [h, w], mode: InterpolationMode.Bilinear, align_corners: false).sigmoid().squeeze(1).cpu();
-        var masks = prob.gt(MaskProbabilityThreshold);
-        return new DetectionTensors(i, h, w, masks, prob, boxes, scores, idx);
+        // Only the kept queries are upsampled, chunk by chunk, straight into bool masks; the float probabilities are
+        // computed on demand from the kept low-res logits (DetectionTensors.MaskProbabilities).
+        var low = masksAll[i].index_select(0, keep.to(masksAll.device));
+        var masks = MaskUpsampler.Masks(low, h, w, MaskProbabilityThreshold);
+        return new DetectionTensors(i, h, w, masks, low, boxes, scores, idx);
     }
 
     /// <summary>Frees the text-feature cache. The model stays loaded.</summary>
@@ -491,8 +492,24 @@ internal sealed class DetectionTensors : IDisposable
     public int Width { get; }
     /// <summary>bool [K,H,W]: probability &gt; 0.5.</summary>
     public Tensor Masks { get; }
-    /// <summary>float [K,H,W]: sigmoid of the bilinearly upsampled mask logits (upstream's "masks_logits").</summary>
-    public Tensor MaskProbabilities { get; }
+    /// <summary>
+    /// float [K,H,W]: sigmoid of the bilinearly upsampled mask logits (upstream's "masks_logits"). Computed on first
+    /// access from the kept low-resolution logits (4 bytes a pixel per detection; the public results never need it).
+    /// </summary>
+    public Tensor MaskProbabilities
+    {
+        get
+        {
+            if (_probabilities is null)
+            {
+                using var scope = NewDisposeScope();
+                _probabilities = MaskUpsampler.Probabilities(_lowResLogits, Height, Width).DetachFromDisposeScope();
+            }
+            return _probabilities;
+        }
+    }
+    private readonly Tensor _lowResLogits;
+    private Tensor? _probabilities;
     /// <summary>float [K,4]: xyxy in original pixels.</summary>
     public Tensor Boxes { get; }
     /// <summary>float [K].</summary>
@@ -500,11 +517,12 @@ internal sealed class DetectionTensors : IDisposable
     public long[] QueryIndices { get; }
     public int Count => (int)Scores.shape[0];
 
-    internal DetectionTensors(int imageIndex, int height, int width, Tensor masks, Tensor probabilities, Tensor boxes, Tensor scores, long[] queryIndices)
+    // lowResLogits: [K,h,w] mask logits of the kept queries at the model's resolution (for MaskProbabilities).
+    internal DetectionTensors(int imageIndex, int height, int width, Tensor masks, Tensor lowResLogits, Tensor boxes, Tensor scores, long[] queryIndices)
     {
         ImageIndex = imageIndex; Height = height; Width = width;
         Masks = masks.DetachFromDisposeScope();
-        MaskProbabilities = probabilities.DetachFromDisposeScope();
+        _lowResLogits = lowResLogits.DetachFromDisposeScope();
         Boxes = boxes.DetachFromDisposeScope();
         Scores = scores.DetachFromDisposeScope();
         QueryIndices = queryIndices;
@@ -538,17 +556,24 @@ internal sealed class DetectionTensors : IDisposable
         var scores = ScoreArray();
         var boxes = BoxArray();
         var items = new Detection[Count];
+        // bool → byte conversion for a chunk of masks at a time (a span is limited to 2 GiB), then one copy per mask
+        var masks = new List<BinaryMask>(Count);
+        long perChunk = Math.Max(1, (1L << 28) / Math.Max(1L, (long)Height * Width));
+        for (long start = 0; start < Count; start += perChunk)
+        {
+            using var scope = NewDisposeScope();
+            masks.AddRange(BinaryMask.FromTensorBatch(Masks.slice(0, start, Math.Min(Count, start + perChunk), 1)));
+        }
         for (int k = 0; k < Count; k++)
         {
             var b = boxes[k];
-            items[k] = new Detection(k, (int)QueryIndices[k], scores[k], Box.FromXyxy(b[0], b[1], b[2], b[3]),
-                BinaryMask.FromBytes(MaskBytes(k), Width, Height));
+            items[k] = new Detection(k, (int)QueryIndices[k], scores[k], Box.FromXyxy(b[0], b[1], b[2], b[3]), masks[k]);
         }
         return new ImageDetections(ImageIndex, Width, Height, items);
     }
 
     public void Dispose()
     {
-        Masks.Dispose(); MaskProbabilities.Dispose(); Boxes.Dispose(); Scores.Dispose();
+        Masks.Dispose(); _lowResLogits.Dispose(); _probabilities?.Dispose(); Boxes.Dispose(); Scores.Dispose();
     }
 }

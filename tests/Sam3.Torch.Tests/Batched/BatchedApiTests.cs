@@ -140,6 +140,33 @@ public class BatchedApiTests
     }
 
     [Test]
+    public void TopKMasksEqualTheUnprunedRunsMasksOfTheSameQueries()
+    {
+        // Only the top-k detections are upsampled to the original size: their masks must be the unpruned run's masks
+        // of the same queries (selected here by score order).
+        var dp = new Datapoint(_groceries, [new FindQuery("visual", Meta(3, _groceries), [QB(508, 139, 584, 342), QB(336, 85, 480, 160)])]);
+        using var all = _predictor.PredictTensors([dp], new PostProcessImage { DetectionThreshold = -1, MaxDetsPerImg = -1 });
+        using var top = _predictor.PredictTensors([dp], new PostProcessImage { MaxDetsPerImg = 5 });
+        var allScores = all[3].ScoreArray();
+        var topScores = top[3].ScoreArray();
+        Assert.That(top[3].Masks!.shape, Is.EqualTo(new long[] { 5, 1, _groceries.Height, _groceries.Width }));
+        for (int k = 0; k < 5; k++)
+        {
+            // the query (or, on a score tie, one of the queries) with the k-th best score; the two runs are separate
+            // forwards, so scores are matched within 1e-6 and masks within the parity bar's 0.1 % of pixels
+            var candidates = Enumerable.Range(0, allScores.Length).Where(i => Math.Abs(allScores[i] - topScores[k]) <= 1e-6).ToArray();
+            Assert.That(candidates, Is.Not.Empty, $"top-k score {k} is one of the unpruned scores");
+            long pixels = (long)_groceries.Height * _groceries.Width;
+            bool any = candidates.Any(i =>
+            {
+                using var differ = top[3].Masks![k].ne(all[3].Masks![i]).sum();
+                return differ.item<long>() <= pixels / 1000;
+            });
+            Assert.That(any, Is.True, $"top-k mask {k} = the unpruned mask of query {string.Join(" or ", candidates)}");
+        }
+    }
+
+    [Test]
     public void RleMasksDecodeToTheBoolMasks()
     {
         var dp = new Datapoint(_groceries, [new FindQuery(null, Meta(3, _groceries), [QB(508, 139, 584, 342), QB(336, 85, 480, 160)])]);

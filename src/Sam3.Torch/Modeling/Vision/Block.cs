@@ -63,8 +63,18 @@ internal sealed class Block : nn.Module<Tensor, Tensor>
         {
             y = attn.forward(y);
         }
-        x = shortcut + drop_path.forward(y);
-        x = x + drop_path.forward(mlp.forward(norm2.forward(x)));
+        if (torch.is_grad_enabled())
+        {
+            x = shortcut + drop_path.forward(y);
+            x = x + drop_path.forward(mlp.forward(norm2.forward(x)));
+        }
+        else
+        {
+            // Inference: the residuals are added in place into the branch outputs (fresh tensors of this forward, never
+            // the caller's input), saving two [B,H,W,C] allocations per block; a + b = b + a, so the values are identical.
+            x = drop_path.forward(y).add_(shortcut);
+            x = drop_path.forward(mlp.forward(norm2.forward(x))).add_(x);
+        }
         return x.MoveToOuterDisposeScope();
     }
 }

@@ -27,7 +27,9 @@ internal sealed class VitMlp : nn.Module<Tensor, Tensor>
     public override Tensor forward(Tensor x)
     {
         using var scope = NewDisposeScope();
-        var h = nn.functional.gelu(LoraHooks.Linear(fc1, x));
+        var h = LoraHooks.Linear(fc1, x);
+        // Inference: GELU in place on fc1's fresh output (the same kernel, one [.., hidden] allocation less).
+        h = torch.is_grad_enabled() ? nn.functional.gelu(h) : h.gelu_();
         if (drop > 0 && training) h = nn.functional.dropout(h, drop, training);
         return LoraHooks.Linear(fc2, h).MoveToOuterDisposeScope();
     }
