@@ -34,16 +34,18 @@ public class FinetuneResumeAfterKillTests
     [Test]
     public void ResumeAfterSigkillEqualsAnUninterruptedRun()
     {
-        string data = SyntheticShapes.Write(Path.Combine(_dir, "data"));
+        string data = SyntheticShapes.Write(Path.Combine(_dir, "data"), SyntheticShapes.Default.Take(2).ToList());
         string reference = Path.Combine(_dir, "reference"), killed = Path.Combine(_dir, "killed");
-        const int steps = 12; // 4 images, batch 1, 3 epochs
+        const int steps = 6; // 2 images, batch 1, 3 epochs
 
         var r = FinetuneWorkflowTests.Run(Args(data, reference));
         Assert.That(r.Code, Is.EqualTo(0), r.Err);
 
         // the child: killed once the first checkpoint exists and at least one later step is logged
         string ckpt = Path.Combine(killed, "checkpoint"), csv = Path.Combine(killed, "losses.csv");
-        using (var child = StartCli(Args(data, killed)))
+        var childErr = new System.Text.StringBuilder();
+        using (var child = StartCli(Args(data, killed), childErr))
+        try
         {
             var sw = Stopwatch.StartNew();
             bool ready = false;
@@ -53,14 +55,22 @@ public class FinetuneResumeAfterKillTests
                     && File.ReadAllLines(csv).Length - 1 > CheckpointStep(ckpt)) { ready = true; break; }
                 Thread.Sleep(20);
             }
-            Assert.That(child.HasExited, Is.False, $"the child ended before it could be killed: {child.StandardError.ReadToEnd()}");
+            if (child.HasExited)
+            {
+                child.WaitForExit();
+                Assert.Fail($"the child ended (exit code {child.ExitCode}) before it could be killed: {childErr}");
+            }
             Assert.That(ready, "first checkpoint and a later step within 5 minutes");
             child.Kill(); // SIGKILL on Unix
             child.WaitForExit();
         }
+        finally
+        {
+            if (!child.HasExited) { child.Kill(); child.WaitForExit(); } // never leave the child running
+        }
         int atKill = CheckpointStep(ckpt);
         int logged = File.ReadAllLines(csv).Length - 1;
-        Assert.That(atKill, Is.EqualTo(4).Or.EqualTo(8), "checkpoints are written at epoch ends");
+        Assert.That(atKill, Is.EqualTo(2).Or.EqualTo(4), "checkpoints are written at epoch ends");
         Assert.That(logged, Is.GreaterThan(atKill), "the killed run logged steps the checkpoint does not hold");
         Assert.That(Directory.GetFiles(ckpt).Select(Path.GetFileName),
             Is.SupersetOf(new[] { TrainerCheckpoint.ModelFile, TrainerCheckpoint.OptimizerFile, TrainerCheckpoint.StateFile }));
@@ -112,7 +122,7 @@ public class FinetuneResumeAfterKillTests
     }
 
     /// <summary><c>dotnet sam3.dll ARGS</c> (the CLI next to the tests, else in its project's output folder).</summary>
-    private static Process StartCli(string[] args)
+    private static Process StartCli(string[] args, System.Text.StringBuilder stderr)
     {
         string dll = Path.Combine(AppContext.BaseDirectory, "sam3.dll");
         if (!File.Exists(dll) && Directory.Exists(Path.Combine(SharedData.RepoRoot, "src", "Sam3.Cli", "bin")))
@@ -124,6 +134,9 @@ public class FinetuneResumeAfterKillTests
         var psi = new ProcessStartInfo(host) { RedirectStandardOutput = false, RedirectStandardError = true, UseShellExecute = false };
         psi.ArgumentList.Add(dll);
         foreach (var a in args) psi.ArgumentList.Add(a);
-        return Process.Start(psi)!;
+        var process = Process.Start(psi)!;
+        process.ErrorDataReceived += (_, e) => { if (e.Data is not null) lock (stderr) stderr.AppendLine(e.Data); };
+        process.BeginErrorReadLine(); // drained continuously: a full pipe would stall the child
+        return process;
     }
 }

@@ -151,7 +151,8 @@ internal static class TrainerCheckpoint
 
     /// <summary>
     /// The model's weights in the released layout: every image-model key behind <c>detector.</c>, plus, with
-    /// <paramref name="sourceCheckpoint"/>, every tensor of that file outside <c>detector.*</c> (the tracker) copied unchanged.
+    /// <paramref name="sourceCheckpoint"/>, every other tensor of that file copied unchanged: the tracker (<c>tracker.*</c>)
+    /// and the detector parts the training model does not build (the SAM2 neck <c>sam2_convs</c> of the interactive heads).
     /// </summary>
     public static void WriteModel(Sam3ImageModel model, string path, string? sourceCheckpoint = null)
     {
@@ -173,8 +174,7 @@ internal static class TrainerCheckpoint
             var written = items.Select(i => i.Name).ToHashSet(StringComparer.Ordinal);
             foreach (var name in source.Names)
             {
-                if (name.StartsWith(prefix, StringComparison.Ordinal)) continue;
-                if (written.Contains(name)) throw new Sam3CheckpointException($"{sourceCheckpoint}: '{name}' is also a detector key");
+                if (written.Contains(name)) continue;
                 var info = source.Info(name);
                 string n = name;
                 items.Add(info.ComplexAsReal

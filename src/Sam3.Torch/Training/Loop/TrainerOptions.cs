@@ -54,7 +54,7 @@ internal sealed record TrainerOptions
     public string? TensorBoardDirectory { get; init; }
 
     /// <summary>
-    /// The checkpoint the model was loaded from: every tensor of it outside <c>detector.*</c> (the tracker) is copied
+    /// The checkpoint the model was loaded from: every tensor of it the model does not hold (tracker.*, the SAM2 neck) is copied
     /// unchanged into each written model file, so the result keeps the released layout and loads with the tracker and
     /// in the official code. Null = the written files hold the detector alone.
     /// </summary>
