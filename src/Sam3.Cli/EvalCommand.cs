@@ -34,8 +34,6 @@ internal static class EvalCommand
         if (!File.Exists(checkpoint)) throw new Sam3CheckpointException($"checkpoint not found: {checkpoint}");
         var config = SegmentCommand.ResolveConfig(a.Value("config") ?? "full");
 
-        var annotations = dataset.Annotations;
-        var images = annotations.Images.Take(maxImages).ToList();
         var sw = Stopwatch.StartNew();
         using var model = Sam3Model.Load(checkpoint, new Sam3ModelOptions
         {
@@ -45,15 +43,23 @@ internal static class EvalCommand
             Device = device,
         });
         stderr.WriteLine(string.Format(CultureInfo.InvariantCulture, "loaded {0} in {1:F1} s", Path.GetFileName(model.CheckpointPath), sw.Elapsed.TotalSeconds));
-        var detections = Detect(model, annotations, images, stderr);
-
-        var full = CocoEvaluationSet.FromAnnotations(annotations);
-        var keep = images.Select(i => i.Id).ToHashSet();
-        var set = new CocoEvaluationSet(full.GroundTruths.Where(g => keep.Contains(g.ImageId)).ToList(), keep, full.CategoryIds);
-        var report = set.Evaluate(detections);
+        var report = Evaluate(model, dataset, maxImages, stderr);
+        var annotations = dataset.Annotations;
         stdout.Write(report.Format($"{annotations.JsonPath} ({split})"));
         if (a.Value("out") is { } outPath) AtomicWriteReport(outPath, report);
         return 0;
+    }
+
+    /// <summary>Detections of <paramref name="model"/> on the first <paramref name="maxImages"/> images of <paramref name="dataset"/>, evaluated.</summary>
+    internal static EvaluationReport Evaluate(Sam3Model model, CocoDataset dataset, int maxImages, TextWriter stderr)
+    {
+        var annotations = dataset.Annotations;
+        var images = annotations.Images.Take(maxImages).ToList();
+        var detections = Detect(model, annotations, images, stderr);
+        var full = CocoEvaluationSet.FromAnnotations(annotations);
+        var keep = images.Select(i => i.Id).ToHashSet();
+        var set = new CocoEvaluationSet(full.GroundTruths.Where(g => keep.Contains(g.ImageId)).ToList(), keep, full.CategoryIds);
+        return set.Evaluate(detections);
     }
 
     /// <summary>valid, else test, else train (what exists).</summary>
@@ -95,7 +101,10 @@ internal static class EvalCommand
         return detections;
     }
 
-    private static void AtomicWriteReport(string path, EvaluationReport r)
+    private static void AtomicWriteReport(string path, EvaluationReport r) => AtomicWriteJson(path, ReportJson(r));
+
+    /// <summary>The report as JSON: counts, the 12 COCO summary numbers per IoU type, every cgF1 statistic (non-finite → null).</summary>
+    internal static JsonObject ReportJson(EvaluationReport r)
     {
         static JsonObject Summary(CocoSummary s)
         {
@@ -116,9 +125,15 @@ internal static class EvalCommand
             ["bbox"] = Summary(r.Box), ["segm"] = r.Mask is { } m ? Summary(m) : null,
             ["cgF1_bbox"] = Cg(r.CgF1Box), ["cgF1_segm"] = r.CgF1Mask is { } cm ? Cg(cm) : null,
         };
+        return json;
+    }
+
+    /// <summary>Writes <paramref name="json"/> (indented) to a temporary file beside <paramref name="path"/>, then renames it.</summary>
+    internal static void AtomicWriteJson(string path, JsonNode json)
+    {
         string full = Path.GetFullPath(path);
         Directory.CreateDirectory(Path.GetDirectoryName(full)!);
-        string tmp = full + ".tmp";
+        string tmp = Path.Combine(Path.GetDirectoryName(full)!, "." + Path.GetFileName(full) + ".tmp");
         File.WriteAllText(tmp, json.ToJsonString(new System.Text.Json.JsonSerializerOptions { WriteIndented = true }));
         File.Move(tmp, full, overwrite: true);
     }

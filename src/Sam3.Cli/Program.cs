@@ -32,8 +32,9 @@ internal static class Program
           sam3 eval --checkpoint PATH --data DIR [--split valid] [--config full|tiny|PATH] [--out REPORT.json]
               COCO box/mask AP and cgF1 of the model on a COCO-format split (Roboflow layout or a COCO json).
           sam3 finetune --checkpoint PATH --data DIR --out DIR [--epochs N] [--lr 0.1] [--freeze none|vision|text|backbones|heads-only]
-                        [--batch N] [--accum N] [--seed N]
-              Fine-tune the detector on a COCO folder; checkpoints every epoch and on Ctrl-C (rerun resumes), losses.csv.
+                        [--batch N] [--accum N] [--seed N] [--lora attention:8:16,mlp:8:16] [--eval-split valid|test|none] [--tensorboard on|off]
+              Fine-tune the detector on a COCO folder; checkpoints every epoch and on Ctrl-C (rerun resumes), losses.csv,
+              tensorboard/, validation AP/cgF1 before and after (summary.json).
           sam3 parity --reference DIR [--scenario a,b,c] [--checkpoint F] [--atol X --rtol Y]
               Run reference scenarios (PyTorch fixtures) through this library; prints 'parity: N passed, M failed'.
           sam3 COMMAND --help

@@ -144,7 +144,8 @@ internal static class CliCommands
             (a, c) => EvalCommand.Run(a, c.Stdout, c.Stderr)),
         new("finetune",
             "Fine-tune the detector on a COCO folder (Roboflow layout: DATA/train/_annotations.coco.json, categories as text " +
-            "queries); writes OUT/checkpoint/ every epoch and on Ctrl-C (rerun to resume exactly), OUT/losses.csv and OUT/model.safetensors.",
+            "queries); writes OUT/checkpoint/ every epoch and on Ctrl-C (rerun to resume exactly), OUT/losses.csv, OUT/tensorboard and " +
+            "OUT/model.safetensors (released layout, tracker copied); reports validation AP/cgF1 before and after.",
             null,
             [
                 Required(Checkpoint), Config, Vocab,
@@ -156,6 +157,9 @@ internal static class CliCommands
                 Opt("batch", "N", "images per micro-batch (default 1)"),
                 Opt("accum", "N", "micro-batches per optimizer step (default 1)"),
                 Opt("seed", "N", "data order and augmentation seed (default 0)"),
+                Opt("lora", "attention:8:16,mlp:8:16", "train LoRA adapters (part[:rank[:alpha]]) instead of the weights; writes OUT/lora.safetensors and the merged OUT/model.safetensors"),
+                Opt("eval-split", "valid|test|none", "split evaluated before and after training (default: valid, else test, else none); table and OUT/summary.json"),
+                Opt("tensorboard", "on|off", "TensorBoard event files in OUT/tensorboard (default on)"),
             ],
             (a, c) => FinetuneCommand.RunWithConsoleCancel(a, c)),
         new("parity",

@@ -38,5 +38,38 @@ internal sealed class CsvLossLog(string path)
         File.AppendAllText(Path, sb.ToString());
     }
 
+    /// <summary>
+    /// Keeps the header and the rows of steps ≤ <paramref name="step"/> (a resumed run redoes the later ones); a last line
+    /// without its newline (a killed append) goes too. Rewritten atomically (temporary file, then rename).
+    /// </summary>
+    public static void TruncateAfter(string path, int step)
+    {
+        if (!File.Exists(path)) return;
+        string text = File.ReadAllText(path);
+        var lines = text.Split('\n');
+        var keep = new StringBuilder();
+        bool changed = false;
+        for (int i = 0; i < lines.Length; i++)
+        {
+            bool complete = i < lines.Length - 1; // the piece after the last '\n' is empty or a partial row
+            if (!complete) { changed |= lines[i].Length > 0; break; }
+            if (i > 0)
+            {
+                int comma = lines[i].IndexOf(',');
+                if (comma <= 0 || !int.TryParse(lines[i].AsSpan(0, comma), NumberStyles.Integer, CultureInfo.InvariantCulture, out int s) || s > step)
+                {
+                    changed = true;
+                    continue;
+                }
+            }
+            keep.Append(lines[i]).Append('\n');
+        }
+        if (!changed) return;
+        string full = System.IO.Path.GetFullPath(path);
+        string temp = System.IO.Path.Combine(System.IO.Path.GetDirectoryName(full)!, "." + System.IO.Path.GetFileName(full) + ".tmp");
+        File.WriteAllText(temp, keep.ToString());
+        File.Move(temp, full, overwrite: true);
+    }
+
     private static string F(double v) => v.ToString("R", CultureInfo.InvariantCulture);
 }

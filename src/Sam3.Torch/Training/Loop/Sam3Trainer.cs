@@ -2,6 +2,7 @@ using System.Diagnostics;
 using Sam3.Torch.Modeling.Detector;
 using Sam3.Torch.Text;
 using Sam3.Torch.Training.Data;
+using Sam3.Torch.Training.Lora;
 using Sam3.Torch.Training.Losses;
 using Sam3.Torch.Training.Optim;
 using TorchSharp;
@@ -26,6 +27,10 @@ internal sealed class Sam3Trainer
 {
     private readonly List<int[]>?[] _epochBatches;
     private CsvLossLog? _csv;
+    private TensorBoardLog? _tensorBoard;
+
+    /// <summary>LoRA adapters trained with (or instead of) the model's own parameters; null without LoRA.</summary>
+    public LoraModel? Lora { get; }
 
     public Sam3ImageModel Model { get; }
     public ClipBpeTokenizer Tokenizer { get; }
@@ -49,7 +54,10 @@ internal sealed class Sam3Trainer
     /// <summary>True once every step of the schedule is done.</summary>
     public bool Finished => Step >= TotalSteps;
 
-    public Sam3Trainer(Sam3ImageModel model, ClipBpeTokenizer tokenizer, TrainingDataset data, TrainingConfig config, TrainerOptions options)
+    /// <param name="lora">Adapters attached to <paramref name="model"/> (<see cref="LoraModel.Attach"/>): their parameters are
+    /// trained too, each in the optimizer group of the weight it adapts; checkpoints hold them (lora.safetensors).</param>
+    public Sam3Trainer(Sam3ImageModel model, ClipBpeTokenizer tokenizer, TrainingDataset data, TrainingConfig config, TrainerOptions options,
+        LoraModel? lora = null)
     {
         ArgumentNullException.ThrowIfNull(model);
         ArgumentNullException.ThrowIfNull(tokenizer);
@@ -67,7 +75,10 @@ internal sealed class Sam3Trainer
         if (options.Freeze is { } preset) ParameterFreezing.Apply(model, preset, options.ExtraFrozen);
         if (options.Trainable is { } trainable)
             foreach (var (name, p) in model.named_parameters()) p.requires_grad = trainable(name);
-        TrainedParameters = model.named_parameters().Where(x => x.parameter.requires_grad).Select(x => x.name).ToList();
+        Lora = lora;
+        var loraParams = lora is null ? [] : LoraTraining.OptimizerEntries(model, lora);
+        TrainedParameters = model.named_parameters().Where(x => x.parameter.requires_grad).Select(x => x.name)
+            .Concat(loraParams.Select(x => x.Name)).ToList();
         if (TrainedParameters.Count == 0) throw new ArgumentException("the freezing settings leave no parameter to train", nameof(options));
 
         MicroBatchesPerEpoch = data.EpochBatches(0, options.BatchSize, options.Shuffle, options.DropLast).Count;
@@ -81,7 +92,7 @@ internal sealed class Sam3Trainer
         Loss = new Sam3LossWrapper(config);
         // Groups over every parameter, as upstream builds them from the whole model: a frozen parameter never gets a
         // gradient, and AdamW / the clipper skip a parameter without one (no decay, no state), so it stays untouched.
-        Optimizer = new TrainingOptimizer(model, config);
+        Optimizer = new TrainingOptimizer(model, config, extra: loraParams);
         torch.random.manual_seed(options.TorchSeed);
     }
 
@@ -101,6 +112,7 @@ internal sealed class Sam3Trainer
             var report = RunStep(done + 1, clock);
             done++;
             _csv?.Append(report);
+            _tensorBoard?.Append(report, Optimizer.Groups);
             progress?.Report(report);
         }
         return done;
@@ -114,6 +126,7 @@ internal sealed class Sam3Trainer
         double scale = Options.ScaleAccumulatedLoss ? 1.0 / n : 1.0;
 
         Model.zero_grad(); // upstream: optim.zero_grad(set_to_none=True) at the start of every step
+        ZeroLoraGrad();
         var sums = new List<KeyValuePair<string, double>>();
         double coreSum = 0;
         for (int k = 0; k < n; k++)
@@ -151,6 +164,7 @@ internal sealed class Sam3Trainer
             if (clip is { } c) gradNorm = c.TotalNorm.item<float>();
         }
         Model.zero_grad(); // frees the gradients between steps (the next step starts from none anyway)
+        ZeroLoraGrad();
         Step++;
 
         double elapsed = clock.Elapsed.TotalSeconds;
@@ -166,7 +180,20 @@ internal sealed class Sam3Trainer
     /// Restores the weights, the AdamW state, the step and the torch generator state from a checkpoint written by
     /// <see cref="SaveCheckpoint"/> with the same data set size, batch settings and epochs.
     /// </summary>
-    public void Resume(string directory) => TrainerCheckpoint.Restore(this, directory);
+    /// <remarks>The CSV log (when set) loses the rows of steps after the checkpoint's (those of a killed run that the
+    /// resumed run does again) and any partly written last line.</remarks>
+    public void Resume(string directory)
+    {
+        TrainerCheckpoint.Restore(this, directory);
+        if (Options.CsvLogPath is { } csv) CsvLossLog.TruncateAfter(csv, Step);
+    }
+
+    private void ZeroLoraGrad()
+    {
+        if (Lora is null) return;
+        foreach (var (_, p) in Lora.Parameters())
+            if (p.grad is { } g) { p.grad = null; g.Dispose(); }
+    }
 
     internal void SetStep(int step)
     {
@@ -174,5 +201,9 @@ internal sealed class Sam3Trainer
         Step = step;
     }
 
-    private void AttachCsv() => _csv ??= Options.CsvLogPath is { } p ? new CsvLossLog(p) : null;
+    private void AttachCsv()
+    {
+        _csv ??= Options.CsvLogPath is { } p ? new CsvLossLog(p) : null;
+        _tensorBoard ??= Options.TensorBoardDirectory is { } d ? new TensorBoardLog(d) : null;
+    }
 }

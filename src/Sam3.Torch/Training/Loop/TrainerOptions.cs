@@ -47,6 +47,19 @@ internal sealed record TrainerOptions
     /// <summary>A CSV file that gets one row of loss terms per optimizer step (created with a header; appended on resume).</summary>
     public string? CsvLogPath { get; init; }
 
+    /// <summary>
+    /// A folder for TensorBoard event files (TorchSharp's <c>SummaryWriter</c>): every loss term, the gradient norm and each
+    /// group's learning rate as scalars per optimizer step. Null = none.
+    /// </summary>
+    public string? TensorBoardDirectory { get; init; }
+
+    /// <summary>
+    /// The checkpoint the model was loaded from: every tensor of it the model does not hold (tracker.*, the SAM2 neck) is copied
+    /// unchanged into each written model file, so the result keeps the released layout and loads with the tracker and
+    /// in the official code. Null = the written files hold the detector alone.
+    /// </summary>
+    public string? SourceCheckpoint { get; init; }
+
     public void Validate()
     {
         if (Epochs <= 0) throw new ArgumentOutOfRangeException(nameof(Epochs), Epochs, "epochs must be positive");

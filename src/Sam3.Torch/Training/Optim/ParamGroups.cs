@@ -182,4 +182,27 @@ internal static class ParamGroups
     {
         foreach (var g in groups) g.Lr = new InverseSquareRootScheduler(g.LrBase, schedule).At(step, where) * g.LrScale;
     }
+
+    /// <summary>
+    /// <paramref name="groups"/> with each extra parameter (a LoRA adapter's A or B) appended to the group holding the model
+    /// parameter it adapts (<c>GroupOf</c>): it trains at that weight's lr, layer-wise scale and weight decay.
+    /// </summary>
+    /// <exception cref="Sam3ConfigException">A <c>GroupOf</c> name is in no group.</exception>
+    public static List<ParamGroup> WithExtra(List<ParamGroup> groups,
+        IReadOnlyList<(string Name, TorchSharp.Modules.Parameter Param, string GroupOf)> extra)
+    {
+        if (extra.Count == 0) return groups;
+        var added = groups.Select(_ => new List<(string, TorchSharp.Modules.Parameter)>()).ToList();
+        foreach (var (name, p, of) in extra)
+        {
+            int g = groups.FindIndex(x => x.Params.Any(q => q.Name == of));
+            if (g < 0) throw new Sam3ConfigException($"'{name}' joins the optimizer group of '{of}', which is in no group");
+            added[g].Add((name, p));
+        }
+        return groups.Select((g, i) => added[i].Count == 0 ? g : new ParamGroup
+        {
+            Index = g.Index, LrBase = g.LrBase, LrScale = g.LrScale, WeightDecay = g.WeightDecay, Lr = g.Lr,
+            Params = g.Params.Concat(added[i]).ToList(),
+        }).ToList();
+    }
 }

@@ -15,12 +15,18 @@ internal sealed class TrainingOptimizer
     public AdamW AdamW { get; }
     public GradientClipper Clipper { get; }
 
+    private readonly IReadOnlyList<(string Name, TorchSharp.Modules.Parameter Param, string GroupOf)> _extra;
+
     /// <param name="allowlist">Parameters to train (frozen ones left out); null = all.</param>
-    public TrainingOptimizer(nn.Module model, TrainingConfig config, ISet<string>? allowlist = null, int? trunkDepth = null)
+    /// <param name="extra">Parameters outside the module (LoRA adapters), each joining the group of the model parameter
+    /// named <c>GroupOf</c> (its lr, layer scale and weight decay); they are clipped and stepped with the others.</param>
+    public TrainingOptimizer(nn.Module model, TrainingConfig config, ISet<string>? allowlist = null, int? trunkDepth = null,
+        IReadOnlyList<(string Name, TorchSharp.Modules.Parameter Param, string GroupOf)>? extra = null)
     {
         _model = model;
         Config = config;
-        Groups = ParamGroups.Build(model, config.Optimizer, trunkDepth, allowlist);
+        _extra = extra ?? [];
+        Groups = ParamGroups.WithExtra(ParamGroups.Build(model, config.Optimizer, trunkDepth, allowlist), _extra);
         AdamW = new AdamW(Groups, config.Optimizer);
         Clipper = new GradientClipper(config.GradientClip);
     }
@@ -44,6 +50,8 @@ internal sealed class TrainingOptimizer
             var g = gradOf(name, p);
             if (g is not null) grads.Add(g);
         }
+        foreach (var (name, p, _) in _extra)
+            if (gradOf(name, p) is { } g) grads.Add(g);
         var clip = Clipper.Clip(grads);
         AdamW.Step((name, p) => inGroups.Contains(name) ? gradOf(name, p) : null);
         return clip;
