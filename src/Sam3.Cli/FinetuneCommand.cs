@@ -51,6 +51,7 @@ internal static class FinetuneCommand
             TokenizerPath = a.Value("vocab"),
         });
         Directory.CreateDirectory(outDir);
+        using var runLock = RunLock.ForFolder(outDir); // a second finetune onto the same OUT fails at once (its save recovery would clean this run's temporaries)
         var baseline = evalSplit is null ? null : FinetuneEvaluation.Baseline(outDir, files.CheckpointPath, files, data, evalSplit, c.Stderr);
         if (cancellation.IsCancellationRequested) return 130;
 
