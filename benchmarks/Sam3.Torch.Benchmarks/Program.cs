@@ -7,6 +7,9 @@ using BenchmarkDotNet.Toolchains.InProcess.Emit;
 // import Directory.Build.targets, so the build-time patch does not reach their output folders.
 Sam3.Torch.IO.NativeLoaderFix.EnsurePatched();
 
+// Peak memory per stage of one image + text prompt (not a BenchmarkDotNet run): see MemoryStages.
+if (args.Length > 0 && args[0] == "memory") return Sam3.Torch.Benchmarks.MemoryStages.Run(args[1..]);
+
 // BenchmarkDotNet's own --inProcess adds a second, default-settings job next to a class's configured job (the model
 // benchmarks would then run twice, once with pilot and overhead stages). Handle the switch here instead: the model
 // benchmarks' config moves its own job in process (SAM3_BENCH_INPROCESS=1), and classes without a config get an
@@ -19,3 +22,4 @@ if (args.Any(a => a.Equals("--inProcess", StringComparison.OrdinalIgnoreCase) ||
     config = DefaultConfig.Instance.AddJob(Job.Default.WithToolchain(InProcessEmitToolchain.Instance).AsDefault());
 }
 BenchmarkSwitcher.FromAssembly(typeof(Program).Assembly).Run(args, config);
+return 0;
