@@ -12,11 +12,12 @@ namespace Sam3.Torch.Benchmarks;
 /// <summary>
 /// Peak resident memory per stage of one image + text prompt (issue 15 item 3), outside BenchmarkDotNet:
 /// <c>dotnet Sam3.Torch.Benchmarks.dll memory --checkpoint sam3.pt --image truck.jpg --text truck [--config full|tiny]
-/// [--copy] [--breakdown]</c>. Before each stage the kernel's peak counter is reset (<c>/proc/self/clear_refs</c> ← 5),
+/// [--copy] [--breakdown] [--trim] [--stop-after-load]</c>. Before each stage the kernel's peak counter is reset (<c>/proc/self/clear_refs</c> ← 5),
 /// after it <c>VmHWM</c> is that stage's peak and <c>VmRSS</c>/<c>RssAnon</c>/<c>RssFile</c> what it left resident.
 /// <c>--copy</c> loads the way it was done before the memory work (model built with its random initialisation, checkpoint
 /// tensors copied into it), for a side-by-side comparison. <c>--breakdown</c> re-runs the image encoder in pieces (ViT
-/// trunk, then both necks) to attribute the set_image peak. Linux only.
+/// trunk, then both necks) to attribute the set_image peak. <c>--trim</c> calls <c>malloc_trim(0)</c> after every stage
+/// and prints what is resident then (what the C heap kept free). Linux only.
 /// </summary>
 internal static class MemoryStages
 {
@@ -30,6 +31,7 @@ internal static class MemoryStages
         }
         bool copy = args.Contains("--copy");
         bool breakdown = args.Contains("--breakdown");
+        _trim = args.Contains("--trim");
         string checkpointPath = Arg("checkpoint");
         string imagePath = Arg("image");
         string text = Arg("text", "truck");
@@ -59,6 +61,7 @@ internal static class MemoryStages
         model.eval();
         long weightBytes = model.parameters().Sum(p => p.numel() * p.element_size()) + model.buffers().Sum(b => b.numel() * b.element_size());
         Console.WriteLine($"  weights: {weightBytes / 1e9:F3} GB");
+        if (args.Contains("--stop-after-load")) { model.Dispose(); return 0; }
 
         using var sam3 = Sam3Model.FromNetwork(model, tokenizer);
         using var predictor = sam3.CreateImagePredictor();
@@ -90,6 +93,8 @@ internal static class MemoryStages
         return 0;
     }
 
+    private static bool _trim;
+
     private static void Stage(string name, Action action)
     {
         GC.Collect();
@@ -101,7 +106,12 @@ internal static class MemoryStages
         GC.Collect();
         GC.WaitForPendingFinalizers();
         var st = Status();
-        Console.WriteLine($"{name,-34} {sw.Elapsed.TotalSeconds,8:F1} {st["VmHWM"] / 1e6,8:F2} {st["VmRSS"] / 1e6,8:F2} {st["RssAnon"] / 1e6,8:F2} {st["RssFile"] / 1e6,8:F2}");
+        Console.WriteLine($"{name,-34} {sw.Elapsed.TotalSeconds,8:F1} {st["VmHWM"] / 1e9,8:F3} {st["VmRSS"] / 1e9,8:F3} {st["RssAnon"] / 1e9,8:F3} {st["RssFile"] / 1e9,8:F3}");
+        if (_trim && NativeHeap.Trim())
+        {
+            st = Status();
+            Console.WriteLine($"{"  after malloc_trim",-34} {"",8} {"",8} {st["VmRSS"] / 1e9,8:F3} {st["RssAnon"] / 1e9,8:F3} {st["RssFile"] / 1e9,8:F3}");
+        }
     }
 
     /// <summary>kB fields of /proc/self/status, in bytes.</summary>

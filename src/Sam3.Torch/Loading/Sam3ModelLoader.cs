@@ -64,6 +64,7 @@ internal static class Sam3ModelLoader
             if (options.DType != ScalarType.Float32) model.to(options.DType);
             if (options.Device is { } d && d.type != DeviceType.CPU) model.to(d);
             model.eval();
+            NativeHeap.Trim(); // what a conversion or the Hugging Face path freed
             return model;
         }
         catch
