@@ -39,17 +39,26 @@ internal static class StrictLoader
     /// <summary>
     /// Loads <paramref name="checkpoint"/> strictly into <paramref name="module"/>: the expected list is the module's
     /// state dict (<see cref="ExpectedTensor.FromModule"/>), every tensor is copied into the module's parameter or
-    /// buffer (dtype converted to the module's), and the complex buffers are returned for verification (the caller
+    /// buffer (dtype converted to the module's) — or, for a module built on <c>meta</c>, adopted as that parameter or
+    /// buffer without a copy (<see cref="ParameterAdoption.Adopt"/>) —, and the complex buffers are returned for verification (the caller
     /// disposes them).
     /// </summary>
     public static IReadOnlyList<ComplexBuffer> LoadInto(nn.Module module, ICheckpoint checkpoint, StrictLoadOptions? options = null)
     {
         var expected = ExpectedTensor.FromModule(module);
         using var loaded = Load(checkpoint, expected, options);
-        var target = module.state_dict();
-        using (torch.no_grad())
+        if (ParameterAdoption.HasMetaTensors(module))
         {
-            foreach (var (key, t) in loaded.Tensors) target[key].copy_(t);
+            // Built on meta (Sam3ModelLoader): the checkpoint's (memory-mapped) tensors become the parameters, no copy.
+            ParameterAdoption.Adopt(module, loaded.Tensors);
+        }
+        else
+        {
+            var target = module.state_dict();
+            using (torch.no_grad())
+            {
+                foreach (var (key, t) in loaded.Tensors) target[key].copy_(t);
+            }
         }
         // hand the complex buffers over: they must outlive `loaded`
         var buffers = loaded.ComplexBuffers.Select(b => b with { AsReal = b.AsReal.alias().DetachFromDisposeScope() }).ToList();

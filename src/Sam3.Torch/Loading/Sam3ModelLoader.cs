@@ -48,13 +48,23 @@ internal static class Sam3ModelLoader
     {
         options ??= new Sam3LoadOptions();
         using var checkpoint = CheckpointFile.Open(checkpointPath);
-        var model = new Sam3ImageModel(cfg, options.EnableInstInteractivity, options.Grounding);
+        // Built on meta (no memory, no random initialisation): strict loading adopts the memory-mapped checkpoint
+        // tensors as the parameters (ParameterAdoption). The Hugging Face path copies slices into a built model.
+        var model = ParameterAdoption.BuildOnMeta(() => new Sam3ImageModel(cfg, options.EnableInstInteractivity, options.Grounding));
+        if (HuggingFaceModelLoading.Handles(model, checkpoint))
+        {
+            model.Dispose();
+            model = new Sam3ImageModel(cfg, options.EnableInstInteractivity, options.Grounding);
+        }
         try
         {
             LoadInto(model, checkpoint, options);
+            if (ParameterAdoption.Unmaterialized(model) is { Count: > 0 } left)
+                throw new Sam3CheckpointException($"{checkpointPath}: loading left {left.Count} model tensor(s) without data: {string.Join(", ", left.Take(10))}");
             if (options.DType != ScalarType.Float32) model.to(options.DType);
             if (options.Device is { } d && d.type != DeviceType.CPU) model.to(d);
             model.eval();
+            NativeHeap.Trim(); // what a conversion or the Hugging Face path freed
             return model;
         }
         catch

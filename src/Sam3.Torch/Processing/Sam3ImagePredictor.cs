@@ -126,6 +126,16 @@ public sealed class Sam3ImagePredictor : IDisposable
     internal static Sam3ImageState SetPreprocessed(Sam3Model owner, Tensor input, IReadOnlyList<(int Height, int Width)> originalSizes,
         CancellationToken cancellationToken = default)
     {
+        var state = EncodePreprocessed(owner, input, originalSizes, cancellationToken);
+        // The image encoder's freed activations stay in the C heap otherwise (~1 GB at full size): give them back
+        // before the prompts run, so their peak does not start from there.
+        NativeHeap.Trim();
+        return state;
+    }
+
+    private static Sam3ImageState EncodePreprocessed(Sam3Model owner, Tensor input, IReadOnlyList<(int Height, int Width)> originalSizes,
+        CancellationToken cancellationToken)
+    {
         ArgumentNullException.ThrowIfNull(input);
         ArgumentNullException.ThrowIfNull(originalSizes);
         var model = owner.Network;

@@ -1,0 +1,129 @@
+using System.Diagnostics;
+using Sam3.Torch.Config;
+using Sam3.Torch.IO;
+using Sam3.Torch.Loading;
+using Sam3.Torch.Modeling.Detector;
+using Sam3.Torch.Text;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Sam3.Torch.Benchmarks;
+
+/// <summary>
+/// Peak resident memory per stage of one image + text prompt (issue 15 item 3), outside BenchmarkDotNet:
+/// <c>dotnet Sam3.Torch.Benchmarks.dll memory --checkpoint sam3.pt --image truck.jpg --text truck [--config full|tiny]
+/// [--copy] [--breakdown] [--trim] [--stop-after-load]</c>. Before each stage the kernel's peak counter is reset (<c>/proc/self/clear_refs</c> ← 5),
+/// after it <c>VmHWM</c> is that stage's peak and <c>VmRSS</c>/<c>RssAnon</c>/<c>RssFile</c> what it left resident.
+/// <c>--copy</c> loads the way it was done before the memory work (model built with its random initialisation, checkpoint
+/// tensors copied into it), for a side-by-side comparison. <c>--breakdown</c> re-runs the image encoder in pieces (ViT
+/// trunk, then both necks) to attribute the set_image peak. <c>--trim</c> calls <c>malloc_trim(0)</c> after every stage
+/// and prints what is resident then (what the C heap kept free). Linux only.
+/// </summary>
+internal static class MemoryStages
+{
+    public static int Run(string[] args)
+    {
+        string Arg(string name, string? fallback = null)
+        {
+            int i = Array.IndexOf(args, "--" + name);
+            if (i >= 0 && i + 1 < args.Length) return args[i + 1];
+            return fallback ?? throw new ArgumentException($"memory: --{name} is required");
+        }
+        bool copy = args.Contains("--copy");
+        bool breakdown = args.Contains("--breakdown");
+        _trim = args.Contains("--trim");
+        string checkpointPath = Arg("checkpoint");
+        string imagePath = Arg("image");
+        string text = Arg("text", "truck");
+        var cfg = Arg("config", "full") == "tiny" ? Sam3Config.Tiny : Sam3Config.Full;
+        string vocab = Arg("vocab", Path.Combine(BenchEnvironment.RepoRoot(), "..", "shared", "parity", "inputs", "bpe_simple_vocab_16e6.txt.gz"));
+        int threads = BenchEnvironment.PinThreads();
+        Console.WriteLine($"memory stages: {checkpointPath} ({new FileInfo(checkpointPath).Length / 1e9:F2} GB), config {cfg.Name}, " +
+                          $"{(copy ? "copy (random init + copy_)" : "adopt (meta + memory-mapped parameters)")}, {threads} threads");
+        Console.WriteLine($"{"stage",-34} {"seconds",8} {"peak GB",8} {"rss GB",8} {"anon GB",8} {"file GB",8}");
+        Stage("start", () => { });
+
+        var tokenizer = ClipBpeTokenizer.FromBpeGz(vocab);
+        ICheckpoint checkpoint = null!;
+        Sam3ImageModel model = null!;
+        Stage("open checkpoint", () => checkpoint = CheckpointFile.Open(checkpointPath));
+        if (copy)
+        {
+            Stage("build (random init)", () => model = new Sam3ImageModel(cfg));
+            Stage("load (copy_)", () => Sam3ModelLoader.LoadInto(model, checkpoint, new Sam3LoadOptions()));
+        }
+        else
+        {
+            Stage("build (meta)", () => model = ParameterAdoption.BuildOnMeta(() => new Sam3ImageModel(cfg)));
+            Stage("load (adopt)", () => Sam3ModelLoader.LoadInto(model, checkpoint, new Sam3LoadOptions()));
+        }
+        Stage("dispose checkpoint", () => checkpoint.Dispose());
+        model.eval();
+        long weightBytes = model.parameters().Sum(p => p.numel() * p.element_size()) + model.buffers().Sum(b => b.numel() * b.element_size());
+        Console.WriteLine($"  weights: {weightBytes / 1e9:F3} GB");
+        if (args.Contains("--stop-after-load")) { model.Dispose(); return 0; }
+
+        using var sam3 = Sam3Model.FromNetwork(model, tokenizer);
+        using var predictor = sam3.CreateImagePredictor();
+        Sam3ImageState state = null!;
+        Stage("set_image", () => state = predictor.SetImage(imagePath));
+        IReadOnlyList<ImageDetections> detections = null!;
+        Stage("set_text_prompt (+ post-processing)", () => detections = predictor.SetTextPrompt(state, text));
+        Console.WriteLine($"  detections: {detections.Count}");
+        Stage("second set_text_prompt", () => detections = predictor.SetTextPrompt(state, text));
+        Stage("dispose state", () => state.Dispose());
+
+        if (breakdown)
+        {
+            int s = cfg.ImageSize;
+            using var input = torch.rand(1, 3, s, s) * 2 - 1;
+            Tensor trunk = null!;
+            Stage("breakdown: ViT trunk", () =>
+            {
+                using var _ = torch.inference_mode();
+                trunk = model.backbone.vision_backbone.trunk.forward(input).DetachFromDisposeScope();
+            });
+            Stage("breakdown: necks (sam3 + sam2)", () =>
+            {
+                using var _ = torch.inference_mode();
+                using var neck = model.backbone.vision_backbone.ForwardNecks(trunk);
+            });
+            trunk.Dispose();
+        }
+        return 0;
+    }
+
+    private static bool _trim;
+
+    private static void Stage(string name, Action action)
+    {
+        GC.Collect();
+        GC.WaitForPendingFinalizers();
+        File.WriteAllText("/proc/self/clear_refs", "5");
+        var sw = Stopwatch.StartNew();
+        using (NewDisposeScope()) action();
+        sw.Stop();
+        GC.Collect();
+        GC.WaitForPendingFinalizers();
+        var st = Status();
+        Console.WriteLine($"{name,-34} {sw.Elapsed.TotalSeconds,8:F1} {st["VmHWM"] / 1e9,8:F3} {st["VmRSS"] / 1e9,8:F3} {st["RssAnon"] / 1e9,8:F3} {st["RssFile"] / 1e9,8:F3}");
+        if (_trim && NativeHeap.Trim())
+        {
+            st = Status();
+            Console.WriteLine($"{"  after malloc_trim",-34} {"",8} {"",8} {st["VmRSS"] / 1e9,8:F3} {st["RssAnon"] / 1e9,8:F3} {st["RssFile"] / 1e9,8:F3}");
+        }
+    }
+
+    /// <summary>kB fields of /proc/self/status, in bytes.</summary>
+    private static Dictionary<string, long> Status()
+    {
+        var d = new Dictionary<string, long>();
+        foreach (var line in File.ReadAllLines("/proc/self/status"))
+        {
+            int colon = line.IndexOf(':');
+            if (colon < 0 || !line.EndsWith(" kB")) continue;
+            if (long.TryParse(line[(colon + 1)..^3].Trim(), out long kb)) d[line[..colon]] = kb * 1000;
+        }
+        return d;
+    }
+}
