@@ -7,6 +7,10 @@ using BenchmarkDotNet.Toolchains.InProcess.Emit;
 // import Directory.Build.targets, so the build-time patch does not reach their output folders.
 Sam3.Torch.IO.NativeLoaderFix.EnsurePatched();
 
+// benchmarks/reference/run.sh drives the side-by-side harness through this verb (no BenchmarkDotNet).
+if (args.Length > 0 && args[0] == Sam3.Torch.Benchmarks.Reference.ReferenceMode.Verb)
+    Environment.Exit(Sam3.Torch.Benchmarks.Reference.ReferenceMode.Run(args));
+
 // BenchmarkDotNet's own --inProcess adds a second, default-settings job next to a class's configured job (the model
 // benchmarks would then run twice, once with pilot and overhead stages). Handle the switch here instead: the model
 // benchmarks' config moves its own job in process (SAM3_BENCH_INPROCESS=1), and classes without a config get an
