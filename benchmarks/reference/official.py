@@ -96,6 +96,15 @@ def main():
     model._run_encoder = clock.wrap("fusion_encoder", model._run_encoder)
     model._run_decoder = clock.wrap("decoder_scoring", model._run_decoder)
     model._run_segmentation_heads = clock.wrap("segmentation_head", model._run_segmentation_heads)
+    raw = {}
+    forward_grounding = model.forward_grounding
+
+    def keep_raw(*a, **k):
+        out = forward_grounding(*a, **k)
+        raw["probs"] = (out["pred_logits"].sigmoid() * out["presence_logit_dec"].sigmoid().unsqueeze(1)).squeeze(-1)[0]
+        raw["boxes"] = out["pred_boxes"][0]
+        return out
+    model.forward_grounding = keep_raw
     set_image = clock.wrap("set_image", processor.set_image)
     set_text_prompt = clock.wrap("set_text_prompt", processor.set_text_prompt)
 
@@ -117,6 +126,8 @@ def main():
     boxes = state["boxes"].float().numpy()
     masks = state["masks"].squeeze(1).numpy().astype(bool)
     report["detections"] = int(scores.shape[0])
+    np.save(args.out + ".all_scores.npy", raw["probs"].float().numpy().astype(np.float32))
+    np.save(args.out + ".all_boxes.npy", raw["boxes"].float().numpy().astype(np.float32).reshape(-1, 4))
     np.save(args.out + ".scores.npy", scores.astype(np.float32))
     np.save(args.out + ".boxes.npy", boxes.astype(np.float32).reshape(-1, 4))
     np.save(args.out + ".masks.npy", np.packbits(masks.reshape(-1)))

@@ -164,6 +164,7 @@ internal static class ReferenceMode
                 var r = results[0];
                 report["detections"] = r.Count;
                 Dump(prefix, r);
+                DumpAllQueries(prefix, state.RawOutput!);
             }
             finally
             {
@@ -277,6 +278,19 @@ internal static class ReferenceMode
         var packed = n == 0 ? [] : (flat.view(-1, 8) * weights).sum(1, type: ScalarType.Int32).to(ScalarType.Byte).contiguous().data<byte>().ToArray();
         Npy.Write(prefix + ".masks.npy", packed, [packed.Length]);
         File.WriteAllText(prefix + ".masks.shape", $"{r.Count} {r.Height} {r.Width}");
+    }
+
+    /// <summary>
+    /// Every query before the threshold (so that agreement is checked even when nothing passes it): score
+    /// σ(logit)·σ(presence) f4 [Q] and normalised cxcywh boxes f4 [Q,4].
+    /// </summary>
+    private static void DumpAllQueries(string prefix, GroundingOutput raw)
+    {
+        using var scope = NewDisposeScope();
+        var probs = (raw.PredLogits![0].sigmoid() * raw.PresenceLogitDec![0].sigmoid().unsqueeze(0)).squeeze(-1).to(ScalarType.Float32).contiguous();
+        var boxes = raw.PredBoxes![0].to(ScalarType.Float32).contiguous();
+        Npy.Write(prefix + ".all_scores.npy", probs.data<float>().ToArray(), [probs.shape[0]]);
+        Npy.Write(prefix + ".all_boxes.npy", boxes.data<float>().ToArray(), [boxes.shape[0], 4]);
     }
 
     // ------------------------------------------------------------------ GEMM rate
