@@ -25,6 +25,29 @@ def default_shared():
     return os.path.normpath(os.path.join(here, "..", "..", "..", "shared"))
 
 
+# Parameters the official builder allocates with torch.empty and never initialises (the released checkpoint
+# overwrites them): left alone they hold whatever memory held, often NaN/inf, which made every score NaN (and the
+# checkpoint not reproducible). They get open_clip's TextTransformer.init_parameters values, seeded.
+UNINITIALISED = {
+    "positional_embedding": lambda p: 0.01,                    # nn.init.normal_(std=0.01)
+    "text_projection": lambda p: p.shape[0] ** -0.5,           # nn.init.normal_(std=width ** -0.5)
+}
+
+
+def initialise_uninitialised(model, seed):
+    import torch
+    g = torch.Generator().manual_seed(seed + 1)
+    for name, p in model.named_parameters():
+        leaf = name.rsplit(".", 1)[-1]
+        if ".language_backbone." in f".{name}" and leaf in UNINITIALISED:
+            std = UNINITIALISED[leaf](p)
+            finite = bool(torch.isfinite(p).all())
+            with torch.no_grad():
+                p.copy_(torch.randn(p.shape, generator=g) * std)
+            print(f"make_checkpoint: initialised {name} {tuple(p.shape)} ~ N(0, {std:.4g}) "
+                  f"(torch.empty upstream; was {'finite' if finite else 'NON-FINITE'} garbage)")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sam3-src", default=os.environ.get("SAM3_SRC"), help="work tree of facebookresearch/sam3")
@@ -57,7 +80,12 @@ def main():
     torch.manual_seed(args.seed)
     t0 = time.time()
     model = build_sam3_video_model(load_from_HF=False, checkpoint_path=None, device="cpu", bpe_path=bpe)
+    initialise_uninitialised(model, args.seed)
     sd = model.state_dict()
+    bad = [k for k, v in sd.items() if v.is_floating_point() or v.is_complex()
+           if not bool(torch.isfinite(torch.view_as_real(v) if v.is_complex() else v).all())]
+    if bad:
+        sys.exit(f"make_checkpoint: non-finite values in {bad}")
     n_params = sum(p.numel() for p in model.parameters())
     print(f"make_checkpoint: built official video model in {time.time() - t0:.1f}s, "
           f"{len(sd)} state_dict entries, {n_params / 1e6:.1f}M parameters")
