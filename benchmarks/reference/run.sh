@@ -4,7 +4,7 @@
 # and thread count. See benchmarks/README.md ("Side-by-side with the official code").
 #
 #   benchmarks/reference/run.sh [--sam3-src DIR] [--threads N] [--images "a.jpg:noun b.jpg:noun" | --all]
-#                               [--cache DIR] [--checkpoint PT] [--out DIR] [--lock FILE] [--no-build]
+#                               [--cache DIR] [--checkpoint PT] [--out DIR] [--lock FILE] [--no-build] [--api-only]
 #
 # SAM3_SRC: a work tree of github.com/facebookresearch/sam3 (the fixtures' commit). Get one with the fetch tool
 # (`fetch github:facebookresearch/sam3` prints a git dir) and `../shared/pyref/checkout_sam3.sh GIT_DIR [DEST]`,
@@ -23,6 +23,7 @@ CHECKPOINT=""
 OUT=""
 LOCK=${SAM3_HEAVY_LOCK:-}
 BUILD=1
+API_ONLY=false
 PY=/usr/bin/python3
 
 while [ $# -gt 0 ]; do
@@ -36,6 +37,7 @@ while [ $# -gt 0 ]; do
     --out) OUT=$2; shift 2 ;;
     --lock) LOCK=$2; shift 2 ;;
     --no-build) BUILD=0; shift ;;
+    --api-only) API_ONLY=true; shift ;;   # ours: skip the staged (per-stage) second pass
     -h|--help) sed -n 2,12p "$0"; exit 0 ;;
     *) echo "run.sh: unknown argument $1 (--help)" >&2; exit 2 ;;
   esac
@@ -125,7 +127,7 @@ for spec in $IMAGES; do
     || { tail -20 "$OUT/official.$name.log"; exit 1; }
   say "ours: $img \"$noun\" ($(uptime | sed 's/.*load/load/'))"
   heavy dotnet "$BENCH_DLL" reference ours --checkpoint "$CHECKPOINT" --tokenizer "$BPE" --image "$INPUTS/$img" --prompt "$noun" \
-    --threads "$THREADS" --out "$OUT/ours.$name" 2>"$OUT/ours.$name.log" || { tail -20 "$OUT/ours.$name.log"; exit 1; }
+    --threads "$THREADS" --api-only "$API_ONLY" --out "$OUT/ours.$name" 2>"$OUT/ours.$name.log" || { tail -20 "$OUT/ours.$name.log"; exit 1; }
 done
 
 UPTIME_AFTER=$(uptime)

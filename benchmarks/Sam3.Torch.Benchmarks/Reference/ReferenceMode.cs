@@ -53,7 +53,7 @@ internal static class ReferenceMode
     private static int Usage()
     {
         Console.Error.WriteLine("""
-            usage: Sam3.Torch.Benchmarks reference ours  --checkpoint PT --tokenizer BPE --image JPG --prompt TEXT --threads N --out PREFIX [--threshold 0.5]
+            usage: Sam3.Torch.Benchmarks reference ours  --checkpoint PT --tokenizer BPE --image JPG --prompt TEXT --threads N --out PREFIX [--threshold 0.5] [--api-only true]
                    Sam3.Torch.Benchmarks reference gemm  --threads N --out JSON [--seconds 2]
                    Sam3.Torch.Benchmarks reference flops --out JSON [--prompt-tokens 33]
             """);
@@ -176,10 +176,14 @@ internal static class ReferenceMode
 
         // Pass 2: the same work stage by stage (what the API calls inside, through the model's internals).
         var staged = new StageClock();
-        float[] stagedScores;
-        using (var inference = torch.inference_mode())
-        using (var scope = NewDisposeScope())
+        float[] stagedScores = [];
+        bool apiOnly = o.TryGetValue("api-only", out var ao) && ao == "true";
+        if (!apiOnly)
+        {
+            using var inference = torch.inference_mode();
+            using var scope = NewDisposeScope();
             stagedScores = Staged(model, predictor, image, prompt, threshold, staged);
+        }
         report["stages"] = staged.ToJson();
         var (_, hwm) = Memory();
         report["vmhwm_bytes"] = hwm;
