@@ -94,7 +94,7 @@ internal static class ReferenceMode
             else if (line.StartsWith("VmHWM:", StringComparison.Ordinal)) hwm = Kb(line);
         }
         return (rss, hwm);
-        static long Kb(string line) => long.Parse(line.Split(' ', StringSplitOptions.RemoveEmptyEntries)[1], CultureInfo.InvariantCulture) * 1024;
+        static long Kb(string line) => long.Parse(line.Split([' ', '\t'], StringSplitOptions.RemoveEmptyEntries)[1], CultureInfo.InvariantCulture) * 1024;
     }
 
     private static TimeSpan Cpu()
