@@ -11,6 +11,9 @@ Sam3.Torch.IO.NativeLoaderFix.EnsurePatched();
 if (args.Length > 0 && args[0] == "profile") return Sam3.Torch.Benchmarks.ComputeProfile.Run(args[1..]);
 // Peak memory per stage of one image + text prompt (not a BenchmarkDotNet run): see MemoryStages.
 if (args.Length > 0 && args[0] == "memory") return Sam3.Torch.Benchmarks.MemoryStages.Run(args[1..]);
+// benchmarks/reference/run.sh drives the side-by-side harness through this verb (no BenchmarkDotNet).
+if (args.Length > 0 && args[0] == Sam3.Torch.Benchmarks.Reference.ReferenceMode.Verb)
+    Environment.Exit(Sam3.Torch.Benchmarks.Reference.ReferenceMode.Run(args));
 
 // BenchmarkDotNet's own --inProcess adds a second, default-settings job next to a class's configured job (the model
 // benchmarks would then run twice, once with pilot and overhead stages). Handle the switch here instead: the model
