@@ -18,6 +18,23 @@ internal sealed partial class ParityRunner
         new Sam3LoadOptions { Grounding = GroundingOptions.VideoDetector });
 
     /// <summary>Pipeline settings of a video scenario: the configuration's video section overridden by the scenario's recorded values.</summary>
+    /// <summary>
+    /// The f2 fixture's settings: temporal disambiguation on/off, the video model's settings at the end of the run (with
+    /// the recorded trk_assoc_iou_thresh), the det_nms_thresh of the text part and the one the script set for the box part.
+    /// </summary>
+    private (bool Temporal, VideoPipelineSettings Base, double TextNms, double BoxNms) InteractiveVideoSettings(JsonElement p)
+    {
+        var set = p.GetProperty("settings");
+        bool temporal = !set.TryGetProperty("apply_temporal_disambiguation", out var td) || td.GetBoolean();
+        var atEnd = p.TryGetProperty("video_model_settings_at_end", out var ve) ? ve : (JsonElement?)null;
+        var baseSettings = VideoSettings(atEnd);
+        if (atEnd is { } e0 && e0.TryGetProperty("trk_assoc_iou_thresh", out var ta)) baseSettings = baseSettings with { TrkAssocIouThresh = ta.GetDouble() };
+        double textNms = set.TryGetProperty("det_nms_thresh", out var tn) && tn.ValueKind == JsonValueKind.Number ? tn.GetDouble() : baseSettings.DetNmsThresh;
+        double boxNms = p.TryGetProperty("settings_changed", out var sc) && sc.TryGetProperty("det_nms_thresh", out var dn) && dn.TryGetProperty("used_for_box_part", out var bn)
+            ? bn.GetDouble() : baseSettings.DetNmsThresh;
+        return (temporal, baseSettings, textNms, boxNms);
+    }
+
     private VideoPipelineSettings VideoSettings(JsonElement? recorded)
     {
         var s = VideoPipelineSettings.FromConfig(Config.Video);
@@ -126,14 +143,7 @@ internal sealed partial class ParityRunner
     {
         var fx = ctx.Fixture!;
         var p = fx.Parameters;
-        var set = p.GetProperty("settings");
-        bool temporal = !set.TryGetProperty("apply_temporal_disambiguation", out var td) || td.GetBoolean();
-        var atEnd = p.TryGetProperty("video_model_settings_at_end", out var ve) ? ve : (JsonElement?)null;
-        var baseSettings = VideoSettings(atEnd);
-        if (atEnd is { } e0 && e0.TryGetProperty("trk_assoc_iou_thresh", out var ta)) baseSettings = baseSettings with { TrkAssocIouThresh = ta.GetDouble() };
-        double textNms = set.TryGetProperty("det_nms_thresh", out var tn) && tn.ValueKind == JsonValueKind.Number ? tn.GetDouble() : baseSettings.DetNmsThresh;
-        double boxNms = p.TryGetProperty("settings_changed", out var sc) && sc.TryGetProperty("det_nms_thresh", out var dn) && dn.TryGetProperty("used_for_box_part", out var bn)
-            ? bn.GetDouble() : baseSettings.DetNmsThresh;
+        var (temporal, baseSettings, textNms, boxNms) = InteractiveVideoSettings(p);
         var engine = new Sam3VideoEngine(VideoModel, Tokenizer, baseSettings with { DetNmsThresh = textNms }, applyTemporalDisambiguation: temporal);
         string call = "";
         engine.DetectorProbe = (f, n, t) => ctx.Offer($"{call}.frame{f}.{n}", t);

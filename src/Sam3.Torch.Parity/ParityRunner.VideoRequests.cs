@@ -25,14 +25,7 @@ internal sealed partial class ParityRunner
     {
         var fx = ctx.Fixture!;
         var p = fx.Parameters;
-        var set = p.GetProperty("settings");
-        bool temporal = !set.TryGetProperty("apply_temporal_disambiguation", out var td) || td.GetBoolean();
-        var atEnd = p.TryGetProperty("video_model_settings_at_end", out var ve) ? ve : (JsonElement?)null;
-        var baseSettings = VideoSettings(atEnd);
-        if (atEnd is { } e0 && e0.TryGetProperty("trk_assoc_iou_thresh", out var ta)) baseSettings = baseSettings with { TrkAssocIouThresh = ta.GetDouble() };
-        double textNms = set.TryGetProperty("det_nms_thresh", out var tn) && tn.ValueKind == JsonValueKind.Number ? tn.GetDouble() : baseSettings.DetNmsThresh;
-        double boxNms = p.TryGetProperty("settings_changed", out var sc) && sc.TryGetProperty("det_nms_thresh", out var dn) && dn.TryGetProperty("used_for_box_part", out var bn)
-            ? bn.GetDouble() : baseSettings.DetNmsThresh;
+        var (temporal, baseSettings, textNms, boxNms) = InteractiveVideoSettings(p);
         string frames = FramesFolder(fx, p.GetProperty("frames").GetString()!);
 
         string call = "";

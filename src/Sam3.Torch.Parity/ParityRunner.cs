@@ -1,4 +1,3 @@
-using Sam3.Torch.Loading;
 using System.Text.Json;
 using Sam3.Torch.Config;
 using Sam3.Torch.IO;
