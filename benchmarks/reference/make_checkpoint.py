@@ -6,8 +6,8 @@ Runs the unmodified official sources (a sam3 work tree, --sam3-src) on Debian's 
 shared/pyref's compatibility shim. The file is written to a temporary name next to --out, then renamed, so
 readers never see a partial checkpoint.
 
-Usage: /usr/bin/python3 make_checkpoint.py --sam3-src DIR --out /work/full/sam3.pt [--shared DIR] [--seed 0]
-Wrap it in `flock /work/full/heavy.lock` on shared machines (peak memory ~7 GB).
+Usage: /usr/bin/python3 make_checkpoint.py --sam3-src DIR --out CACHE/sam3.pt [--shared DIR] [--seed 0]
+Wrap it in `flock LOCKFILE` on shared machines (peak memory ~7 GB).
 """
 
 import argparse
