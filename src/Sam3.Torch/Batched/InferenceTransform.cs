@@ -8,7 +8,7 @@ namespace Sam3.Torch.Batched;
 /// The inference transform of the batched API, upstream's
 /// <c>ComposeAPI([RandomResizeAPI(sizes=S, max_size=S, square=True), ToTensorAPI(), NormalizeAPI(mean, std)])</c>:
 /// <list type="number">
-/// <item>RandomResizeAPI: every image squashed to S×S with Pillow's bilinear resize (<see cref="PilBilinearResize"/>);
+/// <item>RandomResizeAPI: every image squashed to S×S with Pillow's bilinear resize (<see cref="Processing.PilResize"/>, bilinear);
 /// the query boxes (pixel xyxy) are multiplied by float32 (S/W, S/H, S/W, S/H), the ratios computed in double.</item>
 /// <item>ToTensorAPI: float32(u8) / 255 (a true division), HWC → CHW.</item>
 /// <item>NormalizeAPI: (x − mean) / std per channel; the boxes become cxcywh ((x0+x1)/2, (y0+y1)/2, x1−x0, y1−y0) divided
@@ -37,7 +37,7 @@ internal sealed class InferenceTransform
     public IReadOnlyList<float> Std => _std;
 
     /// <summary>RandomResizeAPI on one image: uint8 [S,S,3] bytes.</summary>
-    public byte[] Resize(RgbImage image) => PilBilinearResize.Resize(image.Data, image.Height, image.Width, Size, Size);
+    public byte[] Resize(RgbImage image) => Processing.PilResize.ResizeRgb(image.Data, image.Width, image.Height, Size, Size, filter: Processing.PilResize.Filter.Bilinear);
 
     /// <summary>ToTensorAPI + NormalizeAPI on resized uint8 HWC bytes: float32 [3,S,S] (in the caller's dispose scope).</summary>
     public Tensor ToNormalizedTensor(byte[] resizedHwc)

@@ -1,3 +1,4 @@
+using Sam3.Torch.Processing;
 using TorchSharp;
 using static TorchSharp.torch;
 

@@ -1,3 +1,4 @@
+using Sam3.Torch.Processing;
 using System.Runtime.InteropServices;
 using OpenCvSharp;
 using TorchSharp;

@@ -228,9 +228,9 @@ public class BatchedApiTests
         // Pillow's support-1 triangle at scale 1/2 (worked by hand from Resample.c): centres 0.25, 0.75, 1.25, 1.75 →
         // weights (1), (0.75, 0.25), (0.25, 0.75), (1) → 0, 50, 150, 200
         byte[] src = [0, 0, 0, 200, 200, 200];
-        var dst = PilBilinearResize.Resize(src, 1, 2, 1, 4);
+        var dst = PilResize.ResizeRgb(src, 2, 1, 4, 1, filter: PilResize.Filter.Bilinear);
         Assert.That(dst.Where((_, i) => i % 3 == 0), Is.EqualTo(new byte[] { 0, 50, 150, 200 }));
-        Assert.That(PilBilinearResize.Resize(src, 1, 2, 1, 2), Is.EqualTo(src));
+        Assert.That(PilResize.ResizeRgb(src, 2, 1, 2, 1, filter: PilResize.Filter.Bilinear), Is.EqualTo(src));
     }
 
     [Test]

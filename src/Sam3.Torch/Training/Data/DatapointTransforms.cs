@@ -1,4 +1,5 @@
 using Sam3.Torch.Batched;
+using Sam3.Torch.Processing;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -110,7 +111,7 @@ internal sealed class RandomizeInputBbox(double boxNoiseStd, double? boxNoiseMax
 /// <summary>
 /// Resizes every image to a size drawn from <see cref="Sizes"/> (upstream <c>RandomResizeAPI</c> + <c>resize</c>):
 /// square (S × S) or shorter side = S with the longer side capped at <see cref="MaxSize"/>; the image with PIL's
-/// bilinear filter (<see cref="PilBilinearResize"/>), boxes scaled by the float32 ratios, masks with torchvision's
+/// bilinear filter (<see cref="PilResize"/>, bilinear), boxes scaled by the float32 ratios, masks with torchvision's
 /// antialiased bilinear resize + round (<see cref="MaskResize"/>). One draw for all images when consistent.
 /// </summary>
 internal sealed class RandomResize(IReadOnlyList<int> sizes, int? maxSize, bool square, bool consistentTransform) : IDatapointTransform
@@ -155,7 +156,7 @@ internal sealed class RandomResize(IReadOnlyList<int> sizes, int? maxSize, bool 
         var (outH, outW) = square ? (size, size) : SizeWithAspectRatio(rgb.Width, rgb.Height, size, maxSize);
         int oldW = rgb.Width, oldH = rgb.Height;
         if (outW != oldW || outH != oldH)
-            img.Rgb = new RgbImage(outW, outH, PilBilinearResize.Resize(rgb.Data, oldH, oldW, outH, outW));
+            img.Rgb = new RgbImage(outW, outH, PilResize.ResizeRgb(rgb.Data, oldW, oldH, outW, outH, filter: PilResize.Filter.Bilinear));
         double ratioW = (double)outW / oldW, ratioH = (double)outH / oldH;
         float rw = (float)ratioW, rh = (float)ratioH;
         foreach (var obj in img.Objects)

@@ -1,12 +1,13 @@
-namespace Sam3.Torch.Video;
+namespace Sam3.Torch.Processing;
 
 /// <summary>
-/// Pillow's <c>Image.resize(size)</c> for 8-bit RGB images with its default filter (BICUBIC, a = −0.5), bit-exact:
-/// per-axis coefficients computed in double (support 2·max(scale, 1), taps centred at <c>(i + 0.5)·scale</c>,
+/// Pillow's <c>Image.resize(size, filter)</c> for 8-bit RGB images, BICUBIC (a = −0.5, Pillow's default) or BILINEAR, bit-exact:
+/// per-axis coefficients computed in double (support 2·max(scale, 1) bicubic, max(scale, 1) bilinear; taps centred at <c>(i + 0.5)·scale</c>,
 /// normalised to sum 1), converted to fixed point with 22 fractional bits (rounded half away from zero), accumulated in
 /// 32-bit integers from <c>2^21</c>, clipped to [0, 255]; horizontal pass first (8-bit intermediate restricted to
 /// the rows the vertical pass reads), then vertical (Pillow 9.4 <c>libImaging/Resample.c</c>). This is what the
-/// tracker's frame loader (<c>sam2_utils._load_img_as_tensor</c>) does before dividing by 255.
+/// tracker's frame loader (<c>sam2_utils._load_img_as_tensor</c>, bicubic) does before dividing by 255; the video predictor's
+/// frame loader, the batched API's <c>RandomResizeAPI</c> and the training transforms use it with BILINEAR.
 /// </summary>
 internal static class PilResize
 {
