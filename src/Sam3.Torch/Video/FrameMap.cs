@@ -30,14 +30,14 @@ internal sealed class FrameMap<T>
 
     public void Clear() => _values.Clear();
 
-    /// <summary>Forgets the frames before <paramref name="frame"/>.</summary>
-    public void RemoveBefore(int frame)
+    /// <summary>Forgets the frames before <paramref name="frame"/>, handing each value dropped to <paramref name="onRemoved"/>.</summary>
+    public void RemoveBefore(int frame, Action<T>? onRemoved = null)
     {
         while (_values.Count > 0)
         {
             int k = _values.Keys.First();
             if (k >= frame) break;
-            _values.Remove(k);
+            if (_values.Remove(k, out var v)) onRemoved?.Invoke(v);
         }
     }
 }

@@ -169,7 +169,7 @@ internal sealed partial class Sam3VideoEngine
         int keepFrom = emittedThrough + 1;
         s.HasOutputs.RemoveBefore(frameIdx);
         s.HasVisualPrompt.RemoveBefore(frameIdx);
-        s.PerFrameGeometricPrompt.RemoveBefore(frameIdx);
+        s.PerFrameGeometricPrompt.RemoveBefore(frameIdx, p => p?.DisposeTensors());
         foreach (int f in s.CachedFrameOutputs.Keys.Where(f => f < keepFrom).ToList())
             if (s.CachedFrameOutputs.Remove(f, out var d)) foreach (var t in d.Values) t.Dispose();
         if (s.Metadata is { } md)

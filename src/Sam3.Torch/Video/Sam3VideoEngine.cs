@@ -160,6 +160,13 @@ internal sealed class VideoInferenceState : IDisposable
         CachedFrameOutputs.Clear();
     }
 
+    /// <summary>Forgets the visual prompts, disposing their tensors (they were detached from their scope when stored).</summary>
+    public void ClearGeometricPrompts()
+    {
+        foreach (int f in PerFrameGeometricPrompt.Frames) PerFrameGeometricPrompt[f]?.DisposeTensors();
+        PerFrameGeometricPrompt.Clear();
+    }
+
     public void ClearTrackerStates()
     {
         foreach (var s in TrackerStates) s.Dispose();
@@ -173,7 +180,7 @@ internal sealed class VideoInferenceState : IDisposable
         ClearTrackerStates();
         ClearFeatureCache();
         ClearCachedOutputs();
-        PerFrameGeometricPrompt.Clear();
+        ClearGeometricPrompts();
         Frames.Dispose();
     }
 }
@@ -277,7 +284,7 @@ internal sealed partial class Sam3VideoEngine
         s.TextPrompt = null;
         s.TextId = 0;
         s.HasOutputs.Clear();
-        s.PerFrameGeometricPrompt.Clear();
+        s.ClearGeometricPrompts();
         s.HasVisualPrompt.Clear();
         s.ClearTrackerStates();
         s.Metadata = null;

@@ -134,6 +134,26 @@ public class VideoPredictorSessionTests
     private static (long Live, long Rss) Measure() => MemoryProbe.Measure();
 
     [Test]
+    public void BoxPromptsThenResetsLeaveNoTensorsBehind()
+    {
+        // a box as the initial prompt is kept by the session (its tensors outlive the call); reset and close must free it
+        using var session = _predictor!.StartSession(SharedData.Parity("inputs", "video_0001"));
+        var box = new BoxPrompt(Box.FromXywh(0.25f, 0.2f, 0.4f, 0.6f, CoordinateSpace.Normalized));
+        void Once()
+        {
+            session.AddBox(0, box);
+            session.Reset();
+        }
+        Once();
+        Once();
+        var before = Measure();
+        for (int i = 0; i < 4; i++) Once();
+        var after = Measure();
+        TestContext.Out.WriteLine($"4 box prompts + resets: live tensors {before.Live} -> {after.Live}");
+        Assert.That(after.Live, Is.LessThanOrEqualTo(before.Live), "tensors of reset box prompts were not freed");
+    }
+
+    [Test]
     public void OpeningAndClosingSessionsLeavesMemoryFlat()
     {
         string video = SharedData.Parity("inputs", "video_0001");

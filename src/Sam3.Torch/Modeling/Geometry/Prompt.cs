@@ -123,6 +123,12 @@ internal sealed class Prompt
         PointMask = m.MoveToOuterDisposeScope();
     }
 
+    /// <summary>Disposes the six tensors, for an owner that detached them from their scope (a video session's visual prompts).</summary>
+    public void DisposeTensors()
+    {
+        foreach (var t in new[] { BoxEmbeddings, BoxMask, BoxLabels, PointEmbeddings, PointMask, PointLabels }) t.Dispose();
+    }
+
     /// <summary>Deep copy (new tensors, in the caller's dispose scope).</summary>
     public Prompt Clone() => new(BoxEmbeddings.clone(), BoxMask.clone(), BoxLabels.clone(),
                                  PointEmbeddings.clone(), PointMask.clone(), PointLabels.clone(), true);
