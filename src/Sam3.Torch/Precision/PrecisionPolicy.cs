@@ -93,6 +93,14 @@ internal static class PrecisionPolicy
     public static Tensor ToWeightDtype(Tensor x, Tensor weight) =>
         x.dtype == weight.dtype || !x.is_floating_point() ? x : x.to(weight.dtype);
 
+    /// <summary>
+    /// A normalisation (<c>LayerNorm</c>, <c>GroupNorm</c>) as autocast runs it: both are on autocast's fp32 list, so a
+    /// bf16 input (a GEMM output fed straight to a norm) is normalised in fp32 and the result is fp32 — where the module
+    /// itself would hand back bf16. Other inputs go through unchanged (a no-op in fp32 models).
+    /// </summary>
+    public static Tensor Norm(nn.Module<Tensor, Tensor> norm, Tensor x) =>
+        norm.forward(x.dtype == Reduced ? x.to(ScalarType.Float32) : x);
+
     /// <summary><see cref="ToWeightDtype"/> for a composite module (a <c>Sequential</c>): the dtype of its first parameter.</summary>
     public static Tensor ToModuleDtype(Tensor x, nn.Module module)
     {

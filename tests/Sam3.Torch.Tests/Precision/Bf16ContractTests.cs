@@ -11,7 +11,9 @@ namespace Sam3.Torch.Tests.Precision;
 /// <summary>
 /// The bf16 policy's task-level contract on the tiny model, against the fp32 reference fixtures (made by the official
 /// code in fp32): the same kept detections, mask IoU ≥ 0.99 on average and ≥ 0.95 each, boxes within 2 px, scores
-/// within 0.025 (issue 15 item 4). Expected values are the fixtures', never this port's fp32 output.
+/// within 0.025 (issue 15 item 4). Expected values are the fixtures', never this port's fp32 output. Where bf16 itself
+/// misses the 0.99 mean IoU on this random model (the detector scenarios; upstream's own CUDA autocast misses it too),
+/// the bar is upstream's measured figure (see <c>UpstreamCudaBf16MeanIou</c>).
 /// </summary>
 [TestFixture, Category("Fast"), Category("Parity")]
 public class Bf16ContractTests
@@ -19,15 +21,23 @@ public class Bf16ContractTests
     private const double MeanIou = 0.99, MinIou = 0.95, BoxPixels = 2.0, ScoreDelta = 0.025;
 
     /// <summary>
-    /// NOT the contract: the detector scenarios (a, b, c) miss the contract's 0.99 mean mask IoU on the tiny random
-    /// model — measured 0.983 (a), 0.993 / 0.984 (b), 0.983 (c), every other figure well inside the contract. The
-    /// cause is bf16 itself, not the policy: the recorded module outputs drift from 0.3 % (ViT, bf16 rounding) to
-    /// 2.6 % of their range at the low-res mask logits (each stage's GEMMs run in bf16 exactly where CUDA autocast
-    /// runs them), and this random model's mask logits are flat at the boundary (2.5 % of the mask area lies within
-    /// |logit| &lt; 0.02 in the fp32 reference), so pixels flip along the whole contour. This floor keeps the
-    /// measured level from regressing; the report and docs/precision.md state the miss. Scenario d holds the contract.
+    /// The contract's 0.99 mean mask IoU is out of reach for bf16 itself on the tiny random model (its mask logits are
+    /// flat at the boundary: 2.5 % of each mask's area lies within |logit| &lt; 0.02 in the fp32 reference): upstream's OWN code under its own CUDA bf16
+    /// autocast (<c>torch.autocast("cuda", torch.bfloat16)</c> + TF32, torch 2.11, H200), measured against the same fp32
+    /// fixtures by <c>benchmarks/reference/gpu/autocast_contract.py</c> (docs/precision.md), reaches these mean IoUs.
+    /// The detector scenarios hold this port's bf16 policy to them: at least as close to fp32 as upstream's autocast,
+    /// within <see cref="UpstreamSpread"/>.
     /// </summary>
-    private const double TinyDetectorMeanIouFloor = 0.98;
+    private static readonly Dictionary<string, double> UpstreamCudaBf16MeanIou = new()
+    {
+        ["a"] = 0.9841, ["b img0"] = 0.9931, ["b img1"] = 0.9841, ["c step1"] = 0.9825, ["c step2"] = 0.9842,
+    };
+
+    /// <summary>
+    /// Upstream's own spread: the same autocast run with the image resized on the GPU instead of the CPU (inputs differing
+    /// by one uint8 step on some pixels) moves its mean IoU by up to 0.0020 (a: 0.9841 → 0.9821, c step1: 0.9825 → 0.9806).
+    /// </summary>
+    private const double UpstreamSpread = 0.002;
 
     private Sam3Model _model = null!;
     private readonly List<string> _figures = new();
@@ -191,12 +201,13 @@ public class Bf16ContractTests
     /// Same kept set (each reference detection matched to ours by best box IoU, one to one), then per detection: mask IoU,
     /// box corner distance in pixels, score difference.
     /// </summary>
-    private void CheckContract(string what, ScenarioFixture fx, string prefix, DetectionTensors ours, double meanIouBar = TinyDetectorMeanIouFloor)
+    private void CheckContract(string what, ScenarioFixture fx, string prefix, DetectionTensors ours)
     {
+        double upstream = UpstreamCudaBf16MeanIou[what], meanIouBar = Math.Min(MeanIou, upstream - UpstreamSpread);
         var (n, mean, iouMin, boxMax, scoreMax) = Measure(what, fx, prefix, ours);
         if (n == 0) return;
         string figures = $"bf16 contract {what}: {n} kept; mask IoU mean {mean:F4} min {iouMin:F4}; box max |d| {boxMax:F3} px; score max |d| {scoreMax:F5}"
-                         + (mean < MeanIou ? $" (contract mean IoU {MeanIou} NOT met; held at the measured floor {meanIouBar})" : "");
+                         + (mean < MeanIou ? $" (contract mean IoU {MeanIou} not met, as by upstream's CUDA autocast: {upstream:F4}; bar {meanIouBar:F4})" : "");
         _figures.Add(figures);
         TestContext.Out.WriteLine(figures);
         Assert.Multiple(() =>

@@ -110,16 +110,16 @@ internal sealed class TransformerEncoderLayer : nn.Module
     {
         var q = pos_enc_at_attn ? tgt + queryPos! : tgt;
         var t2 = self_attn.forward(q, q, tgt, tgtKeyPaddingMask, tgtMask);
-        tgt = norm1.forward(tgt + Drop(t2));
+        tgt = Precision.PrecisionPolicy.Norm(norm1, tgt + Drop(t2));
 
         t2 = cross_attn_image.forward(
             pos_enc_at_cross_attn_queries ? tgt + queryPos! : tgt,
             pos_enc_at_cross_attn_keys ? memory + pos! : memory,
             memory, memoryKeyPaddingMask, memoryMask);
-        tgt = norm2.forward(tgt + Drop(t2));
+        tgt = Precision.PrecisionPolicy.Norm(norm2, tgt + Drop(t2));
 
         t2 = LoraHooks.Linear(linear2, Drop(activation(LoraHooks.Linear(linear1, tgt))));
-        return norm3.forward(tgt + Drop(t2));
+        return Precision.PrecisionPolicy.Norm(norm3, tgt + Drop(t2));
     }
 
     private Tensor ForwardPre(Tensor tgt, Tensor memory, bool dac, Tensor? tgtMask, Tensor? memoryMask, Tensor? tgtKeyPaddingMask,
@@ -134,20 +134,20 @@ internal sealed class TransformerEncoderLayer : nn.Module
             other = tgt[TensorIndex.Slice(n / 2, null)];
             tgt = tgt[TensorIndex.Slice(null, n / 2)];
         }
-        var t2 = norm1.forward(tgt);
+        var t2 = Precision.PrecisionPolicy.Norm(norm1, tgt);
         var q = pos_enc_at_attn ? t2 + queryPos! : t2;
         t2 = self_attn.forward(q, q, t2, tgtKeyPaddingMask, tgtMask);
         tgt = tgt + Drop(t2);
         if (other is not null) tgt = torch.cat([tgt, other], 0);
 
-        t2 = norm2.forward(tgt);
+        t2 = Precision.PrecisionPolicy.Norm(norm2, tgt);
         t2 = cross_attn_image.forward(
             pos_enc_at_cross_attn_queries ? t2 + queryPos! : t2,
             pos_enc_at_cross_attn_keys ? memory + pos! : memory,
             memory, memoryKeyPaddingMask, memoryMask);
         tgt = tgt + Drop(t2);
 
-        t2 = norm3.forward(tgt);
+        t2 = Precision.PrecisionPolicy.Norm(norm3, tgt);
         t2 = LoraHooks.Linear(linear2, Drop(activation(LoraHooks.Linear(linear1, t2))));
         return tgt + Drop(t2);
     }

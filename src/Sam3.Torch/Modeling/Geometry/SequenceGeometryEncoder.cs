@@ -115,7 +115,7 @@ internal sealed class SequenceGeometryEncoder : nn.Module
         Tensor? imgNchw = null;
         if (img_pre_norm is not null)
         {
-            var cur = img_pre_norm.forward(feats);                              // [HW,B,C]
+            var cur = Precision.PrecisionPolicy.Norm(img_pre_norm, feats);                             // [HW,B,C]
             imgNchw = cur.permute(1, 2, 0).reshape(bs, d_model, h, w);         // [B,C,H,W]
         }
 
@@ -153,13 +153,13 @@ internal sealed class SequenceGeometryEncoder : nn.Module
             (embeds, mask) = Prompt.ConcatPaddedSequences(embeds, mask, cls, clsMask);
         }
 
-        if (final_proj is not null) embeds = norm!.forward(final_proj.forward(Precision.PrecisionPolicy.ToWeightDtype(embeds, final_proj.weight!)));
+        if (final_proj is not null) embeds = Precision.PrecisionPolicy.Norm(norm!, final_proj.forward(Precision.PrecisionPolicy.ToWeightDtype(embeds, final_proj.weight!)));
 
         if (encode is not null)
         {
             foreach (var layer in encode)
                 embeds = layer.forward(embeds, feats, tgtKeyPaddingMask: mask, pos: pos);
-            embeds = encode_norm!.forward(embeds);
+            embeds = Precision.PrecisionPolicy.Norm(encode_norm!, embeds);
         }
         return (embeds.MoveToOuterDisposeScope(), mask.MoveToOuterDisposeScope());
     }

@@ -68,7 +68,7 @@ internal sealed class PixelDecoder : nn.Module<IList<Tensor>, Tensor>
                 : nn.functional.interpolate(prev, size: [cur.shape[^2], cur.shape[^1]], mode: mode, align_corners: false);
             prev = cur + up;
             prev = conv_layers[i].forward(Precision.PrecisionPolicy.ToWeightDtype(prev, conv_layers[i].weight!));
-            prev = nn.functional.relu(norms[i].forward(prev));
+            prev = nn.functional.relu(Precision.PrecisionPolicy.Norm(norms[i], prev));
         }
         if (stages == 0) prev = prev.alias();
         return prev.MoveToOuterDisposeScope();

@@ -76,7 +76,7 @@ internal sealed class UniversalSegmentationHead : nn.Module
     public Tensor CrossAttendPrompt(Tensor encoderHiddenStates, Tensor prompt, Tensor? promptMask)
     {
         using var scope = NewDisposeScope();
-        var q = cross_attn_norm.forward(encoderHiddenStates);
+        var q = Precision.PrecisionPolicy.Norm(cross_attn_norm, encoderHiddenStates);
         return cross_attend_prompt.forward(q, prompt, prompt, key_padding_mask: promptMask).MoveToOuterDisposeScope();
     }
 

@@ -63,7 +63,9 @@ internal sealed class Block : nn.Module<Tensor, Tensor>
         {
             y = attn.forward(y);
         }
-        if (torch.is_grad_enabled())
+        // bf16 policy: the branch outputs are bf16 GEMM outputs and the residual stream is fp32; the sum must be promoted
+        // to fp32 as under autocast, so the in-place form (which keeps the branch's bf16) is used only for equal dtypes
+        if (torch.is_grad_enabled() || y.dtype != shortcut.dtype)
         {
             x = shortcut + drop_path.forward(y);
             x = x + drop_path.forward(mlp.forward(norm2.forward(x)));
