@@ -21,7 +21,10 @@ public class EvaluationApiTests
         string dir = Directory.CreateTempSubdirectory("sam3-evalapi-").FullName;
         try
         {
-            string data = FinetuneWorkflowTests.WriteData(Path.Combine(dir, "data"));
+            // two shape images as valid/ (and train/)
+            string data = SyntheticShapes.Write(Path.Combine(dir, "data"), SyntheticShapes.Default.Take(2).ToList());
+            string validDir = Directory.CreateDirectory(Path.Combine(data, "valid")).FullName;
+            foreach (var f in Directory.GetFiles(Path.Combine(data, "train"))) File.Copy(f, Path.Combine(validDir, Path.GetFileName(f)));
             string report = Path.Combine(dir, "report.json");
             var cli = FinetuneWorkflowTests.Run("eval", "--checkpoint", FinetuneWorkflowTests.TinyCheckpoint, "--config", "tiny",
                 "--vocab", FinetuneWorkflowTests.Vocab, "--data", data, "--split", "valid", "--out", report);
@@ -61,14 +64,14 @@ public class EvaluationApiTests
             Assert.That(cli.Out, Does.Contain($"AP {F(r.Mask!.AP)}  AP50 {F(r.Mask.AP50)}  AP75 {F(r.Mask.AP75)}"));
             Assert.That(cli.Out, Does.Contain($"cgF1 {F(r.BoxCgF1.CgF1)}  cgF1@0.5 {F(r.BoxCgF1.CgF1At50)}  IL_MCC {F(r.BoxCgF1.ImageLevelMcc)}"));
 
-            // the loaded-model overload, limited to 2 images, equals the path overload on a 2-image split
+            // the loaded-model overload with the default split (valid) equals the path overload
             using var model = Sam3Model.Load(FinetuneWorkflowTests.TinyCheckpoint, modelOptions);
-            var two = Sam3Evaluation.Evaluate(model, data, new Sam3EvaluationOptions { Split = "valid", MaxImages = 2 });
-            Assert.That(two.Images, Is.EqualTo(2));
-            var all = Sam3Evaluation.Evaluate(model, data); // default split: valid
+            var all = Sam3Evaluation.Evaluate(model, data);
+            Assert.That(all.Split, Is.EqualTo("valid"));
             Assert.That(all.Box, Is.EqualTo(r.Box));
             Assert.That(all.Mask, Is.EqualTo(r.Mask));
             Assert.That(all.BoxCgF1.Values, Is.EqualTo(r.BoxCgF1.Values));
+            Assert.That(Sam3Evaluation.Evaluate(model, data, new Sam3EvaluationOptions { MaxImages = 1 }).Images, Is.EqualTo(1));
             Assert.Throws<OperationCanceledException>(() => Sam3Evaluation.Evaluate(model, data, null, new CancellationToken(true)));
         }
         finally { Directory.Delete(dir, true); }

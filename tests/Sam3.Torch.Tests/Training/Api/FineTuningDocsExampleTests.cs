@@ -9,7 +9,7 @@ namespace Sam3.Torch.Tests.Training.Api;
 /// <summary>
 /// The "From .NET" example of docs/fine-tuning.md is the body of <see cref="Example"/> (checked line by line), so it
 /// compiles; it runs here in a folder laid out as the example expects (sam3/ with the tiny model, data/ with the
-/// synthetic shapes as train and valid).
+/// two synthetic shape images as train and valid).
 /// </summary>
 [TestFixture, Category("Slow")]
 public class FineTuningDocsExampleTests
@@ -62,7 +62,9 @@ public class FineTuningDocsExampleTests
             File.CreateSymbolicLink(Path.Combine(sam3, "model.safetensors"), SharedData.Parity("tiny", "model.safetensors"));
             File.CreateSymbolicLink(Path.Combine(sam3, "config.json"), SharedData.Parity("tiny", "config.json"));
             File.CreateSymbolicLink(Path.Combine(sam3, "bpe_simple_vocab_16e6.txt.gz"), FinetuneWorkflowTests.Vocab);
-            FinetuneWorkflowTests.WriteData(Path.Combine(dir, "data"));
+            string data = SyntheticShapes.Write(Path.Combine(dir, "data"), SyntheticShapes.Default.Take(2).ToList()); // train/ and the same as valid/
+            string valid = Directory.CreateDirectory(Path.Combine(data, "valid")).FullName;
+            foreach (var f in Directory.GetFiles(Path.Combine(data, "train"))) File.Copy(f, Path.Combine(valid, Path.GetFileName(f)));
             Environment.CurrentDirectory = dir;
             Console.SetOut(TextWriter.Synchronized(output));
             Example();

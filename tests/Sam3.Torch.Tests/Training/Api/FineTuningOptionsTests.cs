@@ -58,7 +58,7 @@ public class FineTuningOptionsTests
     {
         Assert.DoesNotThrow(() => Valid.Validate());
         Assert.DoesNotThrow(() => (Valid with { Lora = [new Sam3LoraPart(), new Sam3LoraPart { Target = Sam3LoraTarget.Mlp }] }).Validate());
-        var d = Training.TrainingConfig.Default;
+        var d = Sam3.Torch.Training.TrainingConfig.Default;
         Assert.That(Valid.LearningRateScale, Is.EqualTo(d.Optimizer.LrScale));
         Assert.That((Valid.WarmupSteps, Valid.CooldownSteps), Is.EqualTo((d.Schedule.WarmupSteps, d.Schedule.CooldownSteps)));
         Assert.That((new Sam3LoraPart().Rank, new Sam3LoraPart().Alpha), Is.EqualTo((8, 16.0)));
