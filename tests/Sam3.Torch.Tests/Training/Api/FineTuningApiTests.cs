@@ -12,7 +12,7 @@ namespace Sam3.Torch.Tests.Training.Api;
 /// a few steps and the progress reports are the logged ones; LoRA adapters merged into a loaded base equal the written
 /// fine-tuned model. (Resuming: <see cref="FineTuningResumeApiTests"/>.)
 /// </summary>
-[TestFixture, Category("Fast")]
+[TestFixture, Category("Slow")]
 public class FineTuningApiTests
 {
     private string _dir = null!;
