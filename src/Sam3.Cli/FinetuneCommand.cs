@@ -1,16 +1,15 @@
 using System.Globalization;
 using Sam3.Torch;
-using Sam3.Torch.Loading;
 using Sam3.Torch.Training;
 using Sam3.Torch.Training.Data;
-using Sam3.Torch.Training.Loop;
 using Sam3.Torch.Training.Lora;
 
 namespace Sam3.Cli;
 
 /// <summary>
 /// <c>sam3 finetune</c>: fine-tunes the detector on a Roboflow-layout COCO folder (<c>DATA/train/_annotations.coco.json</c>)
-/// with <see cref="Sam3Trainer"/>. Writes OUT/checkpoint/ (weights in the released layout + optimizer + trainer state) after
+/// through the public <see cref="Sam3FineTuning"/> API (this command parses the options, draws the progress bar and
+/// holds the run lock). Writes OUT/checkpoint/ (weights in the released layout + optimizer + trainer state) after
 /// every epoch and when stopped with Ctrl-C, OUT/losses.csv (one row per step) and OUT/model.safetensors at the end; a
 /// second run with the same OUT resumes from OUT/checkpoint exactly.
 /// </summary>
@@ -33,7 +32,7 @@ internal static class FinetuneCommand
         double lrScale = a.Double("lr", defaults.Optimizer.LrScale);
         if (lrScale <= 0) throw new UsageException($"--lr expects a positive number, got {lrScale}");
         var freeze = ParseFreeze(a.Value("freeze") ?? "none");
-        var loraOptions = a.Value("lora") is { } loraSpec ? ParseLora(loraSpec) : null;
+        var loraOptions = a.Value("lora") is { } loraSpec ? ToPublic(ParseLora(loraSpec)) : null;
         if (loraOptions is not null && a.Value("freeze") is { } fz && fz != "none")
             throw new UsageException($"--lora trains the adapters alone (the base weights are frozen); --freeze {fz} does not apply");
         bool tensorBoard = (a.Value("tensorboard") ?? "on") switch
@@ -45,89 +44,48 @@ internal static class FinetuneCommand
         string? evalSplit = FinetuneEvaluation.ResolveSplit(data, a.Value("eval-split"));
 
         var configOption = a.Value("config");
-        var files = ModelFolder.Locate(checkpoint, new Sam3ModelOptions
+        var options = new Sam3FineTuningOptions
         {
+            CheckpointPath = checkpoint, DataDirectory = data, OutputDirectory = outDir,
             Config = configOption is null ? null : SegmentCommand.ResolveConfig(configOption),
             TokenizerPath = a.Value("vocab"),
-        });
-        Directory.CreateDirectory(outDir);
-        using var runLock = RunLock.ForFolder(outDir); // a second finetune onto the same OUT fails at once (its save recovery would clean this run's temporaries)
-        var baseline = evalSplit is null ? null : FinetuneEvaluation.Baseline(outDir, files.CheckpointPath, files, data, evalSplit, c.Stderr);
-        if (cancellation.IsCancellationRequested) return 130;
+            Freeze = freeze, Lora = loraOptions,
+            Epochs = epochs, BatchSize = batch, AccumulationSteps = accum, Seed = seed, LearningRateScale = lrScale,
+            Evaluate = evalSplit is not null, EvaluationSplit = evalSplit, TensorBoard = tensorBoard,
+        };
 
-        var tokenizer = ModelFolder.LoadTokenizer(files.TokenizerPath, files.Config);
-        string final = Path.Combine(outDir, "model.safetensors");
-        int finalStep;
-        using (var model = Sam3ModelLoader.LoadImageModel(files.CheckpointPath, files.Config, new Sam3LoadOptions { EnableInstInteractivity = false }))
+        CliProgress? progress = null;
+        try
         {
-            var dataset = new TrainingDataset(CocoDataset.Open(data, "train"),
-                TransformPipelines.Train(new TrainTransformConfig
-                {
-                    // upstream's random resize range (multiples of 32 from 480 to the resolution); a model whose resolution
-                    // leaves no such size (the tiny one, 336) trains at its own size
-                    Resolution = files.Config.ImageSize,
-                    ResizeSizes = TrainTransformConfig.RandomResizeScales(files.Config.ImageSize, new TrainTransformConfig().MinResizeSize, false).Count == 0
-                        ? [files.Config.ImageSize] : null,
-                }), seed);
-            var config = defaults with { Optimizer = defaults.Optimizer with { LrScale = lrScale } };
-            var options = new TrainerOptions
+            var hooks = new FineTuningHooks
             {
-                Epochs = epochs, BatchSize = batch, AccumulationSteps = accum, TorchSeed = seed,
-                Freeze = loraOptions is null ? freeze : null,
-                CsvLogPath = Path.Combine(outDir, "losses.csv"),
-                TensorBoardDirectory = tensorBoard ? Path.Combine(outDir, "tensorboard") : null,
-                SourceCheckpoint = files.CheckpointPath,
+                Log = c.Stderr,
+                // a second finetune onto the same OUT fails at once (its save recovery would clean this run's temporaries)
+                LockOutput = RunLock.ForFolder,
+                TrainingStarted = (done, total) => progress = CliProgress.Start(c, "finetune", total, "steps", done),
+                TrainingEnded = finished =>
+                {
+                    if (finished) progress?.Complete();
+                    progress?.Dispose();
+                    progress = null;
+                },
+                ModelWritten = (model, lora) =>
+                {
+                    if (lora is not null) c.Stdout.WriteLine($"LoRA adapters: {lora}");
+                    c.Stdout.WriteLine($"fine-tuned model: {model}");
+                },
             };
-            using var lora = loraOptions is null ? null : LoraModel.Attach(model, loraOptions);
-            var trainer = new Sam3Trainer(model, tokenizer, dataset, config, options, lora);
-            string ckpt = Path.Combine(outDir, "checkpoint");
-            TrainerCheckpoint.RecoverInterrupted(ckpt);
-            if (File.Exists(Path.Combine(ckpt, TrainerCheckpoint.StateFile)))
-            {
-                trainer.Resume(ckpt);
-                c.Stderr.WriteLine($"resumed from {ckpt} at step {trainer.Step} of {trainer.TotalSteps}");
-            }
-            c.Stderr.WriteLine($"{dataset.Count} datapoints, {trainer.StepsPerEpoch} steps per epoch, {trainer.TrainedParameters.Count} trained tensors" +
-                               (lora is null ? "" : $" ({lora.Adapters.Count} LoRA adapters)"));
-
-            using (var progress = CliProgress.Start(c, "finetune", trainer.TotalSteps, "steps", trainer.Step))
-            {
-                while (!trainer.Finished && !cancellation.IsCancellationRequested)
-                {
-                    int toEpochEnd = trainer.StepsPerEpoch - trainer.Step % trainer.StepsPerEpoch;
-                    trainer.Run(new StepProgress(r => progress.Report(r.Step,
-                        string.Format(CultureInfo.InvariantCulture, "loss {0:F4}, {1:F2} steps/s, ETA {2:hh\\:mm\\:ss}", r.CoreLoss, r.StepsPerSecond, r.Eta))),
-                        cancellation, toEpochEnd);
-                    trainer.SaveCheckpoint(ckpt);
-                }
-                if (trainer.Finished) progress.Complete();
-            }
-            if (!trainer.Finished)
-            {
-                c.Stderr.WriteLine($"stopped at step {trainer.Step} of {trainer.TotalSteps}; checkpoint in {ckpt} (run again to resume)");
-                return 130;
-            }
-            if (lora is not null)
-            {
-                string adapters = Path.Combine(outDir, TrainerCheckpoint.LoraFile);
-                lora.Save(adapters);
-                c.Stdout.WriteLine($"LoRA adapters: {adapters}");
-                lora.MergeIntoBase();
-            }
-            TrainerCheckpoint.WriteModel(model, final, files.CheckpointPath);
-            finalStep = trainer.Step;
+            var result = Sam3FineTuning.Run(options, new StepProgress(r => progress?.Report(r.Step,
+                string.Format(CultureInfo.InvariantCulture, "loss {0:F4}, {1:F2} steps/s, ETA {2:hh\\:mm\\:ss}", r.Loss, r.StepsPerSecond, r.Eta))),
+                cancellation, hooks);
+            if (!result.Completed) return 130;
+            if (result.SummaryTable is { } table) c.Stdout.Write(table);
+            return 0;
         }
-        c.Stdout.WriteLine($"fine-tuned model: {final}");
-
-        if (baseline is not null && evalSplit is not null)
+        finally
         {
-            c.Stderr.WriteLine($"evaluating the fine-tuned model on {evalSplit}");
-            var after = FinetuneEvaluation.Evaluate(final, files, data, evalSplit, c.Stderr);
-            var board = tensorBoard ? new TensorBoardLog(Path.Combine(outDir, "tensorboard")) : null;
-            var (table, _) = FinetuneEvaluation.Summarise(outDir, evalSplit, baseline, after, board, finalStep);
-            c.Stdout.Write(table);
+            progress?.Dispose();
         }
-        return 0;
     }
 
     /// <summary><c>part[:rank[:alpha]]</c>, comma-separated; parts attention and mlp (<see cref="LoraPart"/>); rank 8 and alpha 16 by default.</summary>
@@ -154,13 +112,19 @@ internal static class FinetuneCommand
         return new LoraOptions { Parts = parts };
     }
 
-    private static FreezePreset ParseFreeze(string value) => value switch
+    /// <summary>The parsed parts as the public API's (attention / mlp, rank, alpha).</summary>
+    private static IReadOnlyList<Sam3LoraPart> ToPublic(LoraOptions o) => o.Parts.Select(p => new Sam3LoraPart
     {
-        "none" => FreezePreset.None,
-        "vision" => FreezePreset.VisionEncoder,
-        "text" => FreezePreset.TextEncoder,
-        "backbones" => FreezePreset.AllBackbones,
-        "heads-only" => FreezePreset.AllButHeads,
+        Target = p.Name == "mlp" ? Sam3LoraTarget.Mlp : Sam3LoraTarget.Attention, Rank = p.Rank, Alpha = p.Alpha,
+    }).ToList();
+
+    private static Sam3FreezePreset ParseFreeze(string value) => value switch
+    {
+        "none" => Sam3FreezePreset.None,
+        "vision" => Sam3FreezePreset.VisionEncoder,
+        "text" => Sam3FreezePreset.TextEncoder,
+        "backbones" => Sam3FreezePreset.AllBackbones,
+        "heads-only" => Sam3FreezePreset.AllButHeads,
         _ => throw new UsageException($"--freeze expects none|vision|text|backbones|heads-only, got '{value}'"),
     };
 
@@ -173,8 +137,8 @@ internal static class FinetuneCommand
         return x;
     }
 
-    private sealed class StepProgress(Action<TrainerStepReport> report) : IProgress<TrainerStepReport>
+    private sealed class StepProgress(Action<Sam3TrainingProgress> report) : IProgress<Sam3TrainingProgress>
     {
-        public void Report(TrainerStepReport value) => report(value);
+        public void Report(Sam3TrainingProgress value) => report(value);
     }
 }
