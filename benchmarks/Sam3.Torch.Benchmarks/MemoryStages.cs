@@ -12,12 +12,14 @@ namespace Sam3.Torch.Benchmarks;
 /// <summary>
 /// Peak resident memory per stage of one image + text prompt (issue 15 item 3), outside BenchmarkDotNet:
 /// <c>dotnet Sam3.Torch.Benchmarks.dll memory --checkpoint sam3.pt --image truck.jpg --text truck [--config full|tiny]
-/// [--copy] [--breakdown] [--trim] [--stop-after-load]</c>. Before each stage the kernel's peak counter is reset (<c>/proc/self/clear_refs</c> ← 5),
+/// [--copy] [--breakdown] [--trim] [--stop-after-load] [--threshold T] [--split]</c>. Before each stage the kernel's peak counter is reset (<c>/proc/self/clear_refs</c> ← 5),
 /// after it <c>VmHWM</c> is that stage's peak and <c>VmRSS</c>/<c>RssAnon</c>/<c>RssFile</c> what it left resident.
 /// <c>--copy</c> loads the way it was done before the memory work (model built with its random initialisation, checkpoint
 /// tensors copied into it), for a side-by-side comparison. <c>--breakdown</c> re-runs the image encoder in pieces (ViT
 /// trunk, then both necks) to attribute the set_image peak. <c>--trim</c> calls <c>malloc_trim(0)</c> after every stage
-/// and prints what is resident then (what the C heap kept free). Linux only.
+/// and prints what is resident then (what the C heap kept free). <c>--threshold</c> sets the detector's score threshold
+/// (0.15 keeps all 200 queries of the random checkpoint); <c>--split</c> runs the prompt once more in two parts
+/// (heads + post-processing into tensors, then the caller-owned results). Linux only.
 /// </summary>
 internal static class MemoryStages
 {
@@ -64,12 +66,25 @@ internal static class MemoryStages
         if (args.Contains("--stop-after-load")) { model.Dispose(); return 0; }
 
         using var sam3 = Sam3Model.FromNetwork(model, tokenizer);
-        using var predictor = sam3.CreateImagePredictor();
+        double threshold = double.Parse(Arg("threshold", "0.5"), System.Globalization.CultureInfo.InvariantCulture);
+        using var predictor = sam3.CreateImagePredictor(new ImagePredictorOptions { ConfidenceThreshold = threshold });
         Sam3ImageState state = null!;
         Stage("set_image", () => state = predictor.SetImage(imagePath));
         IReadOnlyList<ImageDetections> detections = null!;
         Stage("set_text_prompt (+ post-processing)", () => detections = predictor.SetTextPrompt(state, text));
-        Console.WriteLine($"  detections: {detections.Count}");
+        Console.WriteLine($"  detections: {detections.Sum(d => d.Count)} (threshold {threshold})");
+        if (args.Contains("--split"))
+        {
+            // the same prompt in two parts: heads + post-processing into tensors, then the caller-owned results
+            detections = null!;
+            IReadOnlyList<DetectionTensors> tensors = null!;
+            Stage("  prompt: heads + post-proc tensors", () => tensors = predictor.SetTextPromptCore(state, text));
+            Stage("  prompt: public results", () =>
+            {
+                detections = tensors.Select(t => t.ToDetections()).ToList();
+                foreach (var t in tensors) t.Dispose();
+            });
+        }
         Stage("second set_text_prompt", () => detections = predictor.SetTextPrompt(state, text));
         Stage("dispose state", () => state.Dispose());
 
