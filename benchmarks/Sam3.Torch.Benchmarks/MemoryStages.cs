@@ -12,12 +12,15 @@ namespace Sam3.Torch.Benchmarks;
 /// <summary>
 /// Peak resident memory per stage of one image + text prompt (issue 15 item 3), outside BenchmarkDotNet:
 /// <c>dotnet Sam3.Torch.Benchmarks.dll memory --checkpoint sam3.pt --image truck.jpg --text truck [--config full|tiny]
-/// [--copy] [--breakdown] [--trim] [--stop-after-load]</c>. Before each stage the kernel's peak counter is reset (<c>/proc/self/clear_refs</c> ← 5),
+/// [--copy] [--breakdown] [--trim] [--stop-after-load] [--threshold T] [--split] [--top K] [--no-second]</c>. Before each stage the kernel's peak counter is reset (<c>/proc/self/clear_refs</c> ← 5),
 /// after it <c>VmHWM</c> is that stage's peak and <c>VmRSS</c>/<c>RssAnon</c>/<c>RssFile</c> what it left resident.
 /// <c>--copy</c> loads the way it was done before the memory work (model built with its random initialisation, checkpoint
 /// tensors copied into it), for a side-by-side comparison. <c>--breakdown</c> re-runs the image encoder in pieces (ViT
 /// trunk, then both necks) to attribute the set_image peak. <c>--trim</c> calls <c>malloc_trim(0)</c> after every stage
-/// and prints what is resident then (what the C heap kept free). Linux only.
+/// and prints its time and what is resident then (what the C heap kept free). <c>--threshold</c> sets the detector's score threshold
+/// (0.15 keeps all 200 queries of the random checkpoint); <c>--split</c> runs the prompt once more in two parts
+/// (heads + post-processing into tensors, then the caller-owned results); <c>--top K</c> repeats it with a threshold
+/// keeping the K best detections (the peak with few masks). Linux only.
 /// </summary>
 internal static class MemoryStages
 {
@@ -64,13 +67,43 @@ internal static class MemoryStages
         if (args.Contains("--stop-after-load")) { model.Dispose(); return 0; }
 
         using var sam3 = Sam3Model.FromNetwork(model, tokenizer);
-        using var predictor = sam3.CreateImagePredictor();
+        double threshold = double.Parse(Arg("threshold", "0.5"), System.Globalization.CultureInfo.InvariantCulture);
+        using var predictor = sam3.CreateImagePredictor(new ImagePredictorOptions { ConfidenceThreshold = threshold });
         Sam3ImageState state = null!;
         Stage("set_image", () => state = predictor.SetImage(imagePath));
         IReadOnlyList<ImageDetections> detections = null!;
         Stage("set_text_prompt (+ post-processing)", () => detections = predictor.SetTextPrompt(state, text));
-        Console.WriteLine($"  detections: {detections.Count}");
-        Stage("second set_text_prompt", () => detections = predictor.SetTextPrompt(state, text));
+        Console.WriteLine($"  detections: {detections.Sum(d => d.Count)} (threshold {threshold})");
+        if (args.Contains("--split"))
+        {
+            // the same prompt in two parts: heads + post-processing into tensors, then the caller-owned results
+            detections = null!;
+            IReadOnlyList<DetectionTensors> tensors = null!;
+            Stage("  prompt: heads + post-proc tensors", () => tensors = predictor.SetTextPromptCore(state, text));
+            Stage("  prompt: public results", () =>
+            {
+                detections = tensors.Select(t => t.ToDetections()).ToList();
+                foreach (var t in tensors) t.Dispose();
+            });
+        }
+        if (int.TryParse(Arg("top", "0"), out int top) && top > 0)
+        {
+            // the same prompt with a threshold that keeps the top K detections (midway between the K-th and K+1-th
+            // score), after the previous results are released: the peak with few full-resolution masks
+            var scores = detections.SelectMany(d => d.Select(x => x.Score)).OrderByDescending(x => x).ToArray();
+            if (scores.Length > top)
+            {
+                double t = (scores[top - 1] + scores[top]) / 2;
+                detections = null!;
+                GC.Collect();
+                NativeHeap.Trim();
+                using var few = sam3.CreateImagePredictor(new ImagePredictorOptions { ConfidenceThreshold = t });
+                Stage($"set_text_prompt, top {top} kept", () => detections = few.SetTextPrompt(state, text));
+                Console.WriteLine($"  detections: {detections.Sum(d => d.Count)} (threshold {t:G6})");
+            }
+        }
+        if (!args.Contains("--no-second"))
+            Stage("second set_text_prompt", () => detections = predictor.SetTextPrompt(state, text));
         Stage("dispose state", () => state.Dispose());
 
         if (breakdown)
@@ -107,10 +140,14 @@ internal static class MemoryStages
         GC.WaitForPendingFinalizers();
         var st = Status();
         Console.WriteLine($"{name,-34} {sw.Elapsed.TotalSeconds,8:F1} {st["VmHWM"] / 1e9,8:F3} {st["VmRSS"] / 1e9,8:F3} {st["RssAnon"] / 1e9,8:F3} {st["RssFile"] / 1e9,8:F3}");
-        if (_trim && NativeHeap.Trim())
+        if (_trim)
         {
+            var trim = Stopwatch.StartNew();
+            bool trimmed = NativeHeap.Trim();
+            trim.Stop();
             st = Status();
-            Console.WriteLine($"{"  after malloc_trim",-34} {"",8} {"",8} {st["VmRSS"] / 1e9,8:F3} {st["RssAnon"] / 1e9,8:F3} {st["RssFile"] / 1e9,8:F3}");
+            if (trimmed)
+                Console.WriteLine($"{"  after malloc_trim",-34} {trim.Elapsed.TotalSeconds,8:F3} {"",8} {st["VmRSS"] / 1e9,8:F3} {st["RssAnon"] / 1e9,8:F3} {st["RssFile"] / 1e9,8:F3}");
         }
     }
 

@@ -155,8 +155,17 @@ internal static class ReferenceMode
         using (var inference = torch.inference_mode())
         {
             using var state = api.Time("set_image", () => predictor.SetImage(image));
-            var results = api.Time("set_text_prompt", () => predictor.SetTextPromptCore(state, prompt));
+            // what SetTextPrompt does: the detector, then the caller-owned results (masks streamed into them); the tensor
+            // form is kept for the dumps below (its full-resolution masks are made only when Dump asks for them)
+            IReadOnlyList<ImageDetections> publicResults = [];
+            var results = api.Time("set_text_prompt", () =>
+            {
+                var core = predictor.SetTextPromptCore(state, prompt);
+                publicResults = core.Select(r => r.ToDetections()).ToList();
+                return core;
+            });
             var (_, hwmApi) = Memory();
+            GC.KeepAlive(publicResults);
             report["api"] = api.ToJson();
             report["vmhwm_api_bytes"] = hwmApi;
             try

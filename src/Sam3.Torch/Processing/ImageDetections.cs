@@ -26,7 +26,7 @@ public sealed class Detection
     public BinaryMask Mask { get; }
 
     /// <summary>The mask as COCO compressed RLE (as pycocotools' <c>mask.encode</c>).</summary>
-    public CocoRle ToRle() => CocoRle.Encode(Mask.Data, Mask.Height, Mask.Width);
+    public CocoRle ToRle() => Mask.StoredRle ?? CocoRle.Encode(Mask.Data, Mask.Height, Mask.Width);
 
     /// <summary>e.g. <c>#0 0.87 xyxy(...) px, 1234 px²</c>.</summary>
     public override string ToString() => $"#{Index} {Score:F3} {Box}, {Mask.Area()} px²";

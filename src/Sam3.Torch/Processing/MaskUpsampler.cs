@@ -34,19 +34,56 @@ internal static class MaskUpsampler
     public static Tensor Probabilities(Tensor lowResLogits, int height, int width, long chunkElements = DefaultChunkElements)
         => Run(lowResLogits, height, width, chunkElements, ScalarType.Float32, up => up);
 
+    /// <summary>
+    /// The boolean masks of <see cref="Masks"/> streamed chunk by chunk instead of gathered into one <c>[K, H, W]</c>
+    /// tensor: <paramref name="sink"/> receives the index of the chunk's first detection and a contiguous CPU bool
+    /// <c>[n, H, W]</c> tensor (storage offset 0, one byte 0/1 a pixel), disposed when the sink returns. The values are
+    /// bit-identical to <see cref="Masks"/>'s.
+    /// </summary>
+    public static void MaskChunks(Tensor lowResLogits, int height, int width, double probabilityThreshold, long chunkElements,
+        Action<long, Tensor> sink)
+    {
+        ArgumentNullException.ThrowIfNull(sink);
+        ForEachChunk(lowResLogits, height, width, chunkElements, up => up.gt(probabilityThreshold),
+            (start, chunk) => sink(start, chunk.cpu().contiguous()));
+    }
+
     private static Tensor Run(Tensor lowResLogits, int height, int width, long chunkElements, ScalarType resultType, Func<Tensor, Tensor> finish)
+    {
+        long k = Validate(lowResLogits, height, width, chunkElements);
+        using var scope = NewDisposeScope();
+        var result = torch.empty(k, height, width, dtype: resultType);
+        ForEachChunk(lowResLogits, height, width, chunkElements, finish,
+            (start, chunk) => result.slice(0, start, start + chunk.shape[0], 1).copy_(chunk.cpu()));
+        return result.MoveToOuterDisposeScope();
+    }
+
+    /// <summary>Checks the arguments; returns the number of detections K.</summary>
+    private static long Validate(Tensor lowResLogits, int height, int width, long chunkElements)
     {
         ArgumentNullException.ThrowIfNull(lowResLogits);
         if (height <= 0 || width <= 0) throw new ArgumentOutOfRangeException(nameof(height), $"invalid original size {height}x{width}");
         if (chunkElements <= 0) throw new ArgumentOutOfRangeException(nameof(chunkElements), chunkElements, "the chunk size must be positive");
+        bool ok = lowResLogits.dim() == 3 || (lowResLogits.dim() == 4 && lowResLogits.shape[1] == 1);
+        if (!ok)
+            throw new Sam3Exception($"low-resolution mask logits must be [K, h, w] or [K, 1, h, w], got [{string.Join(",", lowResLogits.shape)}]");
+        return lowResLogits.shape[0];
+    }
+
+    /// <summary>
+    /// Upsamples the detections <c>perChunk</c> at a time (bilinear, align_corners=False, then an in-place sigmoid) and
+    /// hands <c>finish(probabilities)</c> of shape <c>[n, H, W]</c> to <paramref name="sink"/>, inside a dispose scope
+    /// that frees the chunk's temporaries when the sink returns.
+    /// </summary>
+    private static void ForEachChunk(Tensor lowResLogits, int height, int width, long chunkElements, Func<Tensor, Tensor> finish,
+        Action<long, Tensor> sink)
+    {
+        Validate(lowResLogits, height, width, chunkElements);
         using var scope = NewDisposeScope();
         var low = lowResLogits;
         if (low.dim() == 3) low = low.unsqueeze(1);
-        if (low.dim() != 4 || low.shape[1] != 1)
-            throw new Sam3Exception($"low-resolution mask logits must be [K, h, w] or [K, 1, h, w], got [{string.Join(",", lowResLogits.shape)}]");
         if (low.dtype != ScalarType.Float32) low = low.to(ScalarType.Float32);
         long k = low.shape[0];
-        var result = torch.empty(k, height, width, dtype: resultType);
         long perChunk = Math.Max(1, chunkElements / ((long)height * width));
         for (long start = 0; start < k; start += perChunk)
         {
@@ -54,8 +91,7 @@ internal static class MaskUpsampler
             long end = Math.Min(k, start + perChunk);
             var up = nn.functional.interpolate(low.slice(0, start, end, 1), [height, width], mode: InterpolationMode.Bilinear, align_corners: false);
             up.sigmoid_();
-            result.slice(0, start, end, 1).copy_(finish(up).squeeze(1).cpu());
+            sink(start, finish(up).squeeze(1));
         }
-        return result.MoveToOuterDisposeScope();
     }
 }

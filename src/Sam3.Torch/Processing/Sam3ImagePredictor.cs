@@ -19,6 +19,26 @@ public sealed record ImagePredictorOptions
     public double ConfidenceThreshold { get; init; } = 0.5;
     /// <summary>How many encoded text prompts are kept (alternating prompts reuse them); at least 1.</summary>
     public int TextCacheCapacity { get; init; } = 32;
+
+    /// <summary>
+    /// Keep each detection's mask as its COCO RLE (a few kilobytes) instead of Height × Width bytes; the bytes are
+    /// decoded when <see cref="Visualization.BinaryMask.Data"/> is first read, and <see cref="Detection.ToRle"/> returns
+    /// the stored RLE. For callers that hold many full-resolution masks (default false: bytes, as before).
+    /// </summary>
+    public bool CompactMasks { get; init; }
+
+    /// <summary>
+    /// Mask post-processing works on this many float elements at a time (at least one mask per chunk; default 16 Mi
+    /// elements = 64 MiB): the bound on its temporary memory whatever the number of detections. At least 1.
+    /// </summary>
+    public long MaskChunkElements { get; init; } = MaskUpsampler.DefaultChunkElements;
+
+    /// <summary>
+    /// Run the SAM2 neck (the features of <see cref="Sam3InteractivePredictor"/>) inside <see cref="Sam3ImagePredictor.SetImage(RgbImage, CancellationToken)"/>,
+    /// as upstream's <c>set_image</c> does. Default false: a state set by this predictor computes them on the first
+    /// interactive call (same values), so text and box prompts never pay for them.
+    /// </summary>
+    public bool PrecomputeInteractiveFeatures { get; init; }
 }
 
 /// <summary>
@@ -43,6 +63,9 @@ public sealed class Sam3ImagePredictor : IDisposable
 
     private readonly LinkedList<(string Text, Tensor Features, Tensor Mask)> _textCache = new();
     private readonly int _textCacheCapacity;
+    private readonly bool _compactMasks;
+    private readonly long _maskChunkElements;
+    private readonly bool _eagerSam2;
     private readonly Sam3Model _owner;
     private bool _disposed;
 
@@ -52,8 +75,13 @@ public sealed class Sam3ImagePredictor : IDisposable
         CheckThreshold(options.ConfidenceThreshold, nameof(options.ConfidenceThreshold));
         if (options.TextCacheCapacity < 1)
             throw new ArgumentOutOfRangeException(nameof(options), options.TextCacheCapacity, "TextCacheCapacity must be at least 1");
+        if (options.MaskChunkElements < 1)
+            throw new ArgumentOutOfRangeException(nameof(options), options.MaskChunkElements, "MaskChunkElements must be at least 1");
         ConfidenceThreshold = options.ConfidenceThreshold;
         _textCacheCapacity = options.TextCacheCapacity;
+        _compactMasks = options.CompactMasks;
+        _maskChunkElements = options.MaskChunkElements;
+        _eagerSam2 = options.PrecomputeInteractiveFeatures;
         Preprocessor = new ImagePreprocessor(owner.Config);
     }
 
@@ -108,25 +136,29 @@ public sealed class Sam3ImagePredictor : IDisposable
         for (int i = 0; i < images.Count; i++)
             if (images[i] is null) throw new ArgumentException($"image {i} of the batch is null", nameof(images));
         cancellationToken.ThrowIfCancellationRequested();
-        return EncodeImages(_owner, Preprocessor, images, cancellationToken);
+        return EncodeImages(_owner, Preprocessor, images, cancellationToken, _eagerSam2);
     }
 
     /// <summary>Preprocesses and encodes images for either predictor of <paramref name="owner"/>.</summary>
-    internal static Sam3ImageState EncodeImages(Sam3Model owner, ImagePreprocessor preprocessor, IReadOnlyList<RgbImage> images, CancellationToken ct)
+    /// <param name="eagerSam2">Run the SAM2 neck now (upstream) rather than on the first interactive call.</param>
+    internal static Sam3ImageState EncodeImages(Sam3Model owner, ImagePreprocessor preprocessor, IReadOnlyList<RgbImage> images, CancellationToken ct,
+        bool eagerSam2)
     {
         using var scope = NewDisposeScope();
         var input = preprocessor.Preprocess(images, owner.TorchDevice);
-        return SetPreprocessed(owner, input, images.Select(i => (i.Height, i.Width)).ToList(), ct);
+        return SetPreprocessed(owner, input, images.Select(i => (i.Height, i.Width)).ToList(), ct, eagerSam2);
     }
 
     /// <summary>
     /// Sets already-normalised model inputs [B,3,S,S] with the original sizes used to scale outputs back (parity runner,
     /// custom pipelines).
     /// </summary>
+    /// <param name="eagerSam2">Run the SAM2 neck now, as upstream's set_image (default), rather than on the first
+    /// interactive call (<see cref="Sam3ImageState.Sam2Features"/>). With a probe attached it always runs now.</param>
     internal static Sam3ImageState SetPreprocessed(Sam3Model owner, Tensor input, IReadOnlyList<(int Height, int Width)> originalSizes,
-        CancellationToken cancellationToken = default)
+        CancellationToken cancellationToken = default, bool eagerSam2 = true)
     {
-        var state = EncodePreprocessed(owner, input, originalSizes, cancellationToken);
+        var state = EncodePreprocessed(owner, input, originalSizes, cancellationToken, eagerSam2);
         // The image encoder's freed activations stay in the C heap otherwise (~1 GB at full size): give them back
         // before the prompts run, so their peak does not start from there.
         NativeHeap.Trim();
@@ -134,7 +166,7 @@ public sealed class Sam3ImagePredictor : IDisposable
     }
 
     private static Sam3ImageState EncodePreprocessed(Sam3Model owner, Tensor input, IReadOnlyList<(int Height, int Width)> originalSizes,
-        CancellationToken cancellationToken)
+        CancellationToken cancellationToken, bool eagerSam2)
     {
         ArgumentNullException.ThrowIfNull(input);
         ArgumentNullException.ThrowIfNull(originalSizes);
@@ -149,21 +181,48 @@ public sealed class Sam3ImagePredictor : IDisposable
         using var scope = NewDisposeScope();
         using var noGrad = torch.no_grad();
         probe?.Invoke("image_input", input);
-        var backbone = model.backbone.ForwardImage(input.to(owner.DType).to(owner.TorchDevice), probe);
-        if (backbone.Sam2 is not null && model.Tracker is { } tracker)
+        // Deferred SAM2 neck: only the interactive heads read it, so without them nothing is kept for it at all.
+        bool withSam2 = eagerSam2 || probe is not null;
+        var backbone = model.backbone.ForwardImage(input.to(owner.DType).to(owner.TorchDevice), probe, withSam2);
+        if (!withSam2 && model.Tracker is null && backbone.DeferredTrunk is { } unused)
         {
-            // Sam3Processor.set_image: the SAM2 neck's two high-resolution levels are stored already projected by the
-            // mask decoder's conv_s0 / conv_s1 (the interactive heads consume them in that form).
-            var fpn = backbone.Sam2.BackboneFpn;
-            var s0 = tracker.sam_mask_decoder.conv_s0!.forward(Precision.PrecisionPolicy.ToWeightDtype(fpn[0], tracker.sam_mask_decoder.conv_s0!.weight!));
-            var s1 = tracker.sam_mask_decoder.conv_s1!.forward(Precision.PrecisionPolicy.ToWeightDtype(fpn[1], tracker.sam_mask_decoder.conv_s1!.weight!));
-            fpn[0].Dispose(); fpn[1].Dispose();
-            fpn[0] = s0.DetachFromDisposeScope();
-            fpn[1] = s1.DetachFromDisposeScope();
+            unused.Dispose();
+            backbone.DeferredTrunk = null;
         }
+        if (backbone.Sam2 is not null) ProjectSam2(owner, backbone.Sam2);
         if (probe is not null && backbone.Sam2 is not null)
             for (int i = 0; i < backbone.Sam2.BackboneFpn.Length; i++) probe($"state.sam2_backbone_fpn.{i}", backbone.Sam2.BackboneFpn[i]);
         return new Sam3ImageState(owner, backbone, originalSizes.ToList());
+    }
+
+    /// <summary>
+    /// Sam3Processor.set_image: the SAM2 neck's two high-resolution levels are stored already projected by the mask
+    /// decoder's conv_s0 / conv_s1 (the interactive heads consume them in that form); in place, when the model has the
+    /// interactive heads.
+    /// </summary>
+    private static void ProjectSam2(Sam3Model owner, BackboneOutput sam2)
+    {
+        if (owner.Network.Tracker is not { } tracker) return;
+        using var scope = NewDisposeScope();
+        var fpn = sam2.BackboneFpn;
+        var s0 = tracker.sam_mask_decoder.conv_s0!.forward(Precision.PrecisionPolicy.ToWeightDtype(fpn[0], tracker.sam_mask_decoder.conv_s0!.weight!));
+        var s1 = tracker.sam_mask_decoder.conv_s1!.forward(Precision.PrecisionPolicy.ToWeightDtype(fpn[1], tracker.sam_mask_decoder.conv_s1!.weight!));
+        fpn[0].Dispose(); fpn[1].Dispose();
+        fpn[0] = s0.DetachFromDisposeScope();
+        fpn[1] = s1.DetachFromDisposeScope();
+    }
+
+    /// <summary>
+    /// The SAM2 neck of a state whose image was set with it deferred: computed from the kept trunk output and projected
+    /// as in set_image, with the values an eager set_image gives; the trunk output is freed.
+    /// </summary>
+    internal static BackboneOutput ComputeDeferredSam2(Sam3Model owner, Tensor trunkOut)
+    {
+        using var scope = NewDisposeScope();
+        using var noGrad = torch.no_grad();
+        var sam2 = owner.Network.backbone.ForwardSam2(trunkOut);
+        ProjectSam2(owner, sam2);
+        return sam2;
     }
 
     // ---------------------------------------------------------------- prompts
@@ -277,7 +336,7 @@ public sealed class Sam3ImagePredictor : IDisposable
             ConfidenceThreshold = threshold;
             return null;
         }
-        var results = PostProcess(state, state.RawOutput, threshold);
+        var results = PostProcess(state, state.RawOutput, threshold, _maskChunkElements);
         ConfidenceThreshold = threshold;
         return results;
     }
@@ -308,7 +367,7 @@ public sealed class Sam3ImagePredictor : IDisposable
         IReadOnlyList<DetectionTensors> results;
         try
         {
-            results = PostProcess(state, raw, ConfidenceThreshold);
+            results = PostProcess(state, raw, ConfidenceThreshold, _maskChunkElements);
         }
         catch
         {
@@ -427,11 +486,16 @@ public sealed class Sam3ImagePredictor : IDisposable
     }
 
     /// <summary>Copies tensor results into caller-owned immutable detections and frees the tensors.</summary>
-    private static IReadOnlyList<ImageDetections> ToPublic(IReadOnlyList<DetectionTensors> results)
+    private IReadOnlyList<ImageDetections> ToPublic(IReadOnlyList<DetectionTensors> results)
     {
         try
         {
-            return results.Select(r => r.ToDetections()).ToList();
+            // The detector heads' freed activations (~1 GB at full size) stay in the C heap, which the managed mask
+            // arrays cannot reuse: when the masks need more than one upsampling chunk's memory, give that heap back first
+            // so that the results' peak does not stack on it (malloc_trim: tens of milliseconds to ~1 s on a loaded machine).
+            long maskBytes = _compactMasks ? 0 : results.Sum(r => (long)r.Count * r.Height * r.Width);
+            if (maskBytes > _maskChunkElements * sizeof(float)) NativeHeap.Trim();
+            return results.Select(r => r.ToDetections(_compactMasks)).ToList();
         }
         finally
         {
@@ -443,7 +507,7 @@ public sealed class Sam3ImagePredictor : IDisposable
     /// Sam3Processor._forward_grounding's post-processing per image: scores, threshold, xyxy pixel boxes, bilinear
     /// (align_corners=False) upsampling of the kept mask logits to the original size, sigmoid, &gt; 0.5.
     /// </summary>
-    private static IReadOnlyList<DetectionTensors> PostProcess(Sam3ImageState state, GroundingOutput raw, double threshold)
+    private static IReadOnlyList<DetectionTensors> PostProcess(Sam3ImageState state, GroundingOutput raw, double threshold, long maskChunkElements)
     {
         var results = new List<DetectionTensors>();
         using var scope = NewDisposeScope();
@@ -454,7 +518,7 @@ public sealed class Sam3ImagePredictor : IDisposable
         try
         {
             for (int i = 0; i < state.BatchSize; i++)
-                results.Add(PostProcessOne(state, i, logits, presence, boxesAll, masksAll, threshold));
+                results.Add(PostProcessOne(state, i, logits, presence, boxesAll, masksAll, threshold, maskChunkElements));
         }
         catch
         {
@@ -465,7 +529,7 @@ public sealed class Sam3ImagePredictor : IDisposable
     }
 
     private static DetectionTensors PostProcessOne(Sam3ImageState state, int i, Tensor logits, Tensor presence, Tensor boxesAll, Tensor masksAll,
-        double threshold)
+        double threshold, long maskChunkElements)
     {
         using var scope = NewDisposeScope();
         var (h, w) = state.OriginalSizes[i];
@@ -474,11 +538,10 @@ public sealed class Sam3ImagePredictor : IDisposable
         long[] idx = keep.data<long>().ToArray();
         var scores = probs.index_select(0, keep);
         var boxes = BoxOps.Denormalize(BoxOps.CxcywhToXyxy(boxesAll[i].index_select(0, keep)), w, h);
-        // Only the kept queries are upsampled, chunk by chunk, straight into bool masks; the float probabilities are
-        // computed on demand from the kept low-res logits (DetectionTensors.MaskProbabilities).
+        // Only the kept queries' low-res logits are kept: they are upsampled chunk by chunk when the results are made
+        // (straight into each detection's bytes or RLE) or on demand (DetectionTensors.Masks / MaskProbabilities).
         var low = masksAll[i].index_select(0, keep.to(masksAll.device));
-        var masks = MaskUpsampler.Masks(low, h, w, MaskProbabilityThreshold);
-        return new DetectionTensors(i, h, w, masks, low, boxes, scores, idx);
+        return new DetectionTensors(i, h, w, low, boxes, scores, idx, MaskProbabilityThreshold, maskChunkElements);
     }
 
     /// <summary>Frees the text-feature cache. The model stays loaded.</summary>
@@ -493,15 +556,29 @@ public sealed class Sam3ImagePredictor : IDisposable
 
 /// <summary>
 /// Detections of one image as tensors (CPU): boolean masks and mask probabilities at the original resolution, xyxy
-/// pixel boxes and scores, in query order. Owned by whoever received it (internal: parity runner, tests).
+/// pixel boxes and scores, in query order. Owned by whoever received it (internal: parity runner, tests). Only the kept
+/// low-resolution mask logits are stored; the full-resolution masks are upsampled from them on demand (<see cref="Masks"/>,
+/// <see cref="MaskProbabilities"/>) or streamed chunk by chunk into the public results (<see cref="ToDetections"/>), so
+/// no [K, H, W] tensor exists unless an internal caller asks for one.
 /// </summary>
 internal sealed class DetectionTensors : IDisposable
 {
     public int ImageIndex { get; }
     public int Height { get; }
     public int Width { get; }
-    /// <summary>bool [K,H,W]: probability &gt; 0.5.</summary>
-    public Tensor Masks { get; }
+    /// <summary>bool [K,H,W]: probability &gt; 0.5. Computed on first access (1 byte a pixel per detection).</summary>
+    public Tensor Masks
+    {
+        get
+        {
+            if (_masks is null)
+            {
+                using var scope = NewDisposeScope();
+                _masks = MaskUpsampler.Masks(_lowResLogits, Height, Width, _maskThreshold, _chunkElements).DetachFromDisposeScope();
+            }
+            return _masks;
+        }
+    }
     /// <summary>
     /// float [K,H,W]: sigmoid of the bilinearly upsampled mask logits (upstream's "masks_logits"). Computed on first
     /// access from the kept low-resolution logits (4 bytes a pixel per detection; the public results never need it).
@@ -513,12 +590,15 @@ internal sealed class DetectionTensors : IDisposable
             if (_probabilities is null)
             {
                 using var scope = NewDisposeScope();
-                _probabilities = MaskUpsampler.Probabilities(_lowResLogits, Height, Width).DetachFromDisposeScope();
+                _probabilities = MaskUpsampler.Probabilities(_lowResLogits, Height, Width, _chunkElements).DetachFromDisposeScope();
             }
             return _probabilities;
         }
     }
     private readonly Tensor _lowResLogits;
+    private readonly double _maskThreshold;
+    private readonly long _chunkElements;
+    private Tensor? _masks;
     private Tensor? _probabilities;
     /// <summary>float [K,4]: xyxy in original pixels.</summary>
     public Tensor Boxes { get; }
@@ -527,15 +607,18 @@ internal sealed class DetectionTensors : IDisposable
     public long[] QueryIndices { get; }
     public int Count => (int)Scores.shape[0];
 
-    // lowResLogits: [K,h,w] mask logits of the kept queries at the model's resolution (for MaskProbabilities).
-    internal DetectionTensors(int imageIndex, int height, int width, Tensor masks, Tensor lowResLogits, Tensor boxes, Tensor scores, long[] queryIndices)
+    // lowResLogits: [K,h,w] mask logits of the kept queries at the model's resolution; masks are
+    // sigmoid(upsample(lowResLogits)) > maskThreshold, upsampled at most chunkElements float elements at a time.
+    internal DetectionTensors(int imageIndex, int height, int width, Tensor lowResLogits, Tensor boxes, Tensor scores, long[] queryIndices,
+        double maskThreshold, long chunkElements)
     {
         ImageIndex = imageIndex; Height = height; Width = width;
-        Masks = masks.DetachFromDisposeScope();
         _lowResLogits = lowResLogits.DetachFromDisposeScope();
         Boxes = boxes.DetachFromDisposeScope();
         Scores = scores.DetachFromDisposeScope();
         QueryIndices = queryIndices;
+        _maskThreshold = maskThreshold;
+        _chunkElements = chunkElements;
     }
 
     public float[] ScoreArray()
@@ -560,19 +643,44 @@ internal sealed class DetectionTensors : IDisposable
         return Masks[k].to(ScalarType.Byte).contiguous().data<byte>().ToArray();
     }
 
-    /// <summary>Copies into the public immutable form.</summary>
-    public ImageDetections ToDetections()
+    /// <summary>
+    /// Copies into the public immutable form. The masks go straight from the upsampler's chunks (bool, one byte a
+    /// pixel) into each detection's own storage: H×W bytes per mask, or its COCO RLE when <paramref name="compactMasks"/>
+    /// (decoded on first access of <see cref="BinaryMask.Data"/>). Peak: the results plus one chunk.
+    /// </summary>
+    public ImageDetections ToDetections(bool compactMasks = false)
     {
         var scores = ScoreArray();
         var boxes = BoxArray();
         var items = new Detection[Count];
-        // bool → byte conversion for a chunk of masks at a time (a span is limited to 2 GiB), then one copy per mask
-        var masks = new List<BinaryMask>(Count);
-        long perChunk = Math.Max(1, (1L << 28) / Math.Max(1L, (long)Height * Width));
-        for (long start = 0; start < Count; start += perChunk)
+        var masks = new BinaryMask[Count];
+        int pixels = checked(Height * Width);
+        void Take(long start, Tensor chunk)
+        {
+            // a bool tensor stores one byte 0/1 per element: its bytes are the mask bytes
+            var all = chunk.bytes;
+            for (int j = 0; j < chunk.shape[0]; j++)
+            {
+                var one = all.Slice(j * pixels, pixels);
+                masks[start + j] = compactMasks ? BinaryMask.FromRleOf(one, Width, Height) : BinaryMask.FromZeroOne(one, Width, Height);
+            }
+        }
+        if (Count > 0)
         {
             using var scope = NewDisposeScope();
-            masks.AddRange(BinaryMask.FromTensorBatch(Masks.slice(0, start, Math.Min(Count, start + perChunk), 1)));
+            if (_masks is not null)
+            {
+                long perChunk = Math.Max(1, _chunkElements / pixels);
+                for (long start = 0; start < Count; start += perChunk)
+                {
+                    using var chunkScope = NewDisposeScope();
+                    Take(start, _masks.slice(0, start, Math.Min(Count, start + perChunk), 1).clone());
+                }
+            }
+            else
+            {
+                MaskUpsampler.MaskChunks(_lowResLogits, Height, Width, _maskThreshold, _chunkElements, Take);
+            }
         }
         for (int k = 0; k < Count; k++)
         {
@@ -584,6 +692,6 @@ internal sealed class DetectionTensors : IDisposable
 
     public void Dispose()
     {
-        Masks.Dispose(); _lowResLogits.Dispose(); _probabilities?.Dispose(); Boxes.Dispose(); Scores.Dispose();
+        _masks?.Dispose(); _lowResLogits.Dispose(); _probabilities?.Dispose(); Boxes.Dispose(); Scores.Dispose();
     }
 }

@@ -48,6 +48,28 @@ public sealed class Sam3ImageState : IDisposable
 
     internal BackboneOutput Backbone => _backbone ?? throw new ObjectDisposedException(nameof(Sam3ImageState));
 
+    /// <summary>
+    /// The SAM2-neck features of the interactive heads (levels 0/1 projected by conv_s0/conv_s1), null when the model has
+    /// none. A state set with the neck deferred computes them here on first use, from the kept trunk output (then freed).
+    /// </summary>
+    internal BackboneOutput? Sam2Features
+    {
+        get
+        {
+            var backbone = Backbone;
+            if (backbone.Sam2 is null && backbone.DeferredTrunk is { } trunk)
+            {
+                backbone.Sam2 = Sam3ImagePredictor.ComputeDeferredSam2(Model, trunk);
+                backbone.DeferredTrunk = null;
+                trunk.Dispose();
+            }
+            return backbone.Sam2;
+        }
+    }
+
+    /// <summary>Whether the SAM2-neck features are computed (false while deferred, or when the model has none).</summary>
+    internal bool HasSam2Features => Backbone.Sam2 is not null;
+
     internal void AddBox(BoxPrompt box) => _boxes.Add(box);
     internal void AddPoint(PointPrompt point) => _points.Add(point);
     internal void RemoveLastBox() => _boxes.RemoveAt(_boxes.Count - 1);

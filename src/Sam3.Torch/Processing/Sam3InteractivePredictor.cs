@@ -78,7 +78,7 @@ public sealed class Sam3InteractivePredictor
         ObjectDisposedException.ThrowIf(_owner.IsDisposed, _owner);
         ArgumentNullException.ThrowIfNull(image);
         cancellationToken.ThrowIfCancellationRequested();
-        return Sam3ImagePredictor.EncodeImages(_owner, _preprocessor, [image], cancellationToken);
+        return Sam3ImagePredictor.EncodeImages(_owner, _preprocessor, [image], cancellationToken, eagerSam2: true);
     }
 
     /// <summary>
@@ -183,7 +183,7 @@ public sealed class Sam3InteractivePredictor
         if (!ReferenceEquals(state.Model, _owner)) throw new ArgumentException("the image state was set on another model", nameof(state));
         if (imageIndex < 0 || imageIndex >= state.BatchSize)
             throw new ArgumentOutOfRangeException(nameof(imageIndex), imageIndex, $"the state holds {state.BatchSize} image(s)");
-        var sam2 = state.Backbone.Sam2;
+        var sam2 = state.Sam2Features; // computed here on the first interactive call of a state set with it deferred
         if (sam2 is null || sam2.BackboneFpn.Length < 3)
             throw new Sam3StateException("the image state has no SAM2-neck features: it was set with a model loaded without the interactive heads");
         return state.OriginalSizes[imageIndex];

@@ -7,22 +7,36 @@ namespace Sam3.Torch.Visualization;
 
 /// <summary>
 /// A binary H×W mask for drawing: <see cref="Data"/> holds Height × Width bytes, row-major (<c>[y * Width + x]</c>),
-/// each 0 or 1. Every factory copies its input.
+/// each 0 or 1. Every factory copies its input. A mask may also be held compactly as its COCO RLE (the image predictor's
+/// <c>CompactMasks</c> option): then <see cref="Data"/> is decoded on first access and kept.
 /// </summary>
 public sealed class BinaryMask
 {
+    private byte[]? _data;
+    private readonly CocoRle? _rle;
+
     private BinaryMask(int width, int height, byte[] normalised)
     {
         Width = width;
         Height = height;
-        Data = normalised;
+        _data = normalised;
+    }
+
+    private BinaryMask(CocoRle rle)
+    {
+        Width = rle.Width;
+        Height = rle.Height;
+        _rle = rle;
     }
 
     public int Width { get; }
     public int Height { get; }
 
     /// <summary>Row-major 0/1 bytes. The mask owns the array.</summary>
-    public byte[] Data { get; }
+    public byte[] Data => _data ??= _rle!.Decode();
+
+    /// <summary>The COCO RLE the mask was stored as (compact masks), or null when it holds bytes.</summary>
+    internal CocoRle? StoredRle => _rle;
 
     /// <summary>Whether pixel (x, y) is foreground.</summary>
     public bool this[int x, int y]
@@ -37,6 +51,7 @@ public sealed class BinaryMask
     /// <summary>Number of foreground pixels.</summary>
     public long Area()
     {
+        if (_data is null && _rle is not null) return _rle.Area();
         long n = Data.Length - Data.AsSpan().Count((byte)0);
         return n;
     }
@@ -69,6 +84,20 @@ public sealed class BinaryMask
         var data = new byte[rowMajor.Length];
         for (int i = 0; i < data.Length; i++) data[i] = rowMajor[i] != 0 ? (byte)1 : (byte)0;
         return new BinaryMask(width, height, data);
+    }
+
+    /// <summary>From row-major bytes already 0 or 1 (a bool tensor's storage): one copy, no normalisation.</summary>
+    internal static BinaryMask FromZeroOne(ReadOnlySpan<byte> zeroOne, int width, int height)
+    {
+        CheckSize(zeroOne.Length, width, height);
+        return new BinaryMask(width, height, zeroOne.ToArray());
+    }
+
+    /// <summary>The compact form: the COCO RLE of row-major bytes (nonzero = foreground), decoded on first use of <see cref="Data"/>.</summary>
+    internal static BinaryMask FromRleOf(ReadOnlySpan<byte> rowMajor, int width, int height)
+    {
+        CheckSize(rowMajor.Length, width, height);
+        return new BinaryMask(CocoRle.Encode(rowMajor, height, width));
     }
 
     /// <summary>From row-major booleans (<c>[y * width + x]</c>).</summary>

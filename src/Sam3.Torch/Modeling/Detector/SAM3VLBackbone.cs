@@ -16,6 +16,11 @@ internal sealed class BackboneOutput : IDisposable
     public Tensor[] BackboneFpn { get; }
     public Tensor[] VisionPosEnc { get; }
     public BackboneOutput? Sam2 { get; set; }
+    /// <summary>
+    /// The ViT trunk's output, kept when the SAM2 neck was deferred (<see cref="SAM3VLBackbone.ForwardImage"/> with
+    /// <c>withSam2: false</c>) so that <see cref="SAM3VLBackbone.ForwardSam2"/> can compute it later; null otherwise.
+    /// </summary>
+    public Tensor? DeferredTrunk { get; set; }
     /// <summary>The lowest-resolution kept level (upstream <c>vision_features</c>).</summary>
     public Tensor VisionFeatures => BackboneFpn[^1];
     public long BatchSize => BackboneFpn[0].shape[0];
@@ -31,6 +36,7 @@ internal sealed class BackboneOutput : IDisposable
     public BackboneOutput Own()
     {
         foreach (var t in BackboneFpn.Concat(VisionPosEnc)) t.DetachFromDisposeScope();
+        DeferredTrunk?.DetachFromDisposeScope();
         Sam2?.Own();
         return this;
     }
@@ -38,6 +44,7 @@ internal sealed class BackboneOutput : IDisposable
     public void Dispose()
     {
         foreach (var t in BackboneFpn.Concat(VisionPosEnc)) t.Dispose();
+        DeferredTrunk?.Dispose();
         Sam2?.Dispose();
     }
 }
@@ -63,24 +70,32 @@ internal sealed class SAM3VLBackbone : nn.Module
     /// <summary>Runs the ViT and both necks on normalised images [B,3,S,S]; drops the scalp levels.</summary>
     /// <param name="images">Normalised images.</param>
     /// <param name="probe">Receives intermediates named as the parity fixtures (vit.block{i}, neck.sam3_fpn.{i}, ...).</param>
-    public BackboneOutput ForwardImage(Tensor images, Action<string, Tensor>? probe = null)
+    /// <param name="withSam2">False: skip the SAM2 neck and keep the trunk's output in <see cref="BackboneOutput.DeferredTrunk"/>
+    /// instead (for <see cref="ForwardSam2"/> on demand); ignored when the model has no SAM2 neck.</param>
+    public BackboneOutput ForwardImage(Tensor images, Action<string, Tensor>? probe = null, bool withSam2 = true)
     {
         using var scope = NewDisposeScope();
+        bool defer = !withSam2 && vision_backbone.sam2_convs is not null;
         NeckOutput neck;
-        if (probe is null) neck = vision_backbone.forward(images);
+        Tensor? trunkOut = null;
+        if (probe is null && !defer) neck = vision_backbone.forward(images);
         else
         {
-            var trace = new List<(string name, Tensor value)>();
-            var trunkOut = vision_backbone.trunk.Forward(images, trace);
-            foreach (var (name, t) in trace) probe("vit." + name, t);
-            probe("vit.out.0", trunkOut);
-            neck = vision_backbone.ForwardNecks(trunkOut);
-            for (int i = 0; i < neck.Sam3Out.Length; i++)
+            var trace = probe is null ? null : new List<(string name, Tensor value)>();
+            trunkOut = trace is null ? vision_backbone.trunk.forward(images) : vision_backbone.trunk.Forward(images, trace);
+            if (probe is not null)
             {
-                probe($"neck.sam3_fpn.{i}", neck.Sam3Out[i]);
-                probe($"neck.sam3_pos.{i}", neck.Sam3Pos[i]);
-                if (neck.Sam2Out is not null) probe($"neck.sam2_fpn.{i}", neck.Sam2Out[i]);
+                foreach (var (name, t) in trace!) probe("vit." + name, t);
+                probe("vit.out.0", trunkOut);
             }
+            neck = vision_backbone.ForwardNecks(trunkOut, withSam2: !defer);
+            if (probe is not null)
+                for (int i = 0; i < neck.Sam3Out.Length; i++)
+                {
+                    probe($"neck.sam3_fpn.{i}", neck.Sam3Out[i]);
+                    probe($"neck.sam3_pos.{i}", neck.Sam3Pos[i]);
+                    if (neck.Sam2Out is not null) probe($"neck.sam2_fpn.{i}", neck.Sam2Out[i]);
+                }
         }
         using var _ = neck;
         int keep = neck.Sam3Out.Length - scalp;
@@ -88,7 +103,20 @@ internal sealed class SAM3VLBackbone : nn.Module
         if (neck.Sam2Out is not null && neck.Sam2Pos is not null)
             sam2 = new BackboneOutput(neck.Sam2Out.Take(keep).Select(t => t.alias()).ToArray(), neck.Sam2Pos.Take(keep).Select(t => t.alias()).ToArray());
         var result = new BackboneOutput(neck.Sam3Out.Take(keep).Select(t => t.alias()).ToArray(), neck.Sam3Pos.Take(keep).Select(t => t.alias()).ToArray(), sam2);
+        if (defer) result.DeferredTrunk = trunkOut!.alias();
         return result.Own();
+    }
+
+    /// <summary>
+    /// The SAM2 neck's kept levels (scalp dropped) from a trunk output kept by <see cref="ForwardImage"/> with
+    /// <c>withSam2: false</c>: the same values as the <see cref="BackboneOutput.Sam2"/> an eager pass makes. Owns its tensors.
+    /// </summary>
+    public BackboneOutput ForwardSam2(Tensor trunkOut)
+    {
+        using var scope = NewDisposeScope();
+        var (outs, pos) = vision_backbone.ForwardSam2Neck(trunkOut);
+        int keep = outs.Length - scalp;
+        return new BackboneOutput(outs.Take(keep).ToArray(), pos.Take(keep).ToArray()).Own();
     }
 
     /// <summary>Encodes token ids [T,L] (see <see cref="VETextEncoder.forward"/>).</summary>

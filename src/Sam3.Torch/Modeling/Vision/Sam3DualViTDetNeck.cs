@@ -89,7 +89,10 @@ internal sealed class Sam3DualViTDetNeck : nn.Module<Tensor, NeckOutput>
     }
 
     /// <summary>Both necks on a trunk feature <c>[B, E, N, N]</c> (upstream <c>xs[-1]</c>).</summary>
-    public NeckOutput ForwardNecks(Tensor x)
+    /// <param name="x">The trunk's output.</param>
+    /// <param name="withSam2">False: only the SAM3 neck (the SAM2 levels can follow from the same <paramref name="x"/>
+    /// with <see cref="ForwardSam2Neck"/>, with identical values).</param>
+    public NeckOutput ForwardNecks(Tensor x, bool withSam2 = true)
     {
         if (x.dim() != 4 || x.shape[1] != trunk.EmbedDim)
             throw new Sam3Exception($"neck expects a trunk feature [B,{trunk.EmbedDim},H,W], got [{string.Join(",", x.shape)}]");
@@ -97,18 +100,43 @@ internal sealed class Sam3DualViTDetNeck : nn.Module<Tensor, NeckOutput>
         int n = convs.Count;
         var sam3Out = new Tensor[n];
         var sam3Pos = new Tensor[n];
-        var sam2Out = sam2_convs is null ? null : new Tensor[n];
-        var sam2Pos = sam2_convs is null ? null : new Tensor[n];
+        bool sam2 = withSam2 && sam2_convs is not null;
+        var sam2Out = sam2 ? new Tensor[n] : null;
+        var sam2Pos = sam2 ? new Tensor[n] : null;
         for (int i = 0; i < n; i++)
         {
-            sam3Out[i] = convs[i].forward(Precision.PrecisionPolicy.ToModuleDtype(x, convs[i]));
-            sam3Pos[i] = position_encoding.forward(sam3Out[i]).to(sam3Out[i].dtype);
-            if (sam2_convs is not null)
+            // a scope per level: the level's intermediates (transposed convolutions, GELU, 1×1 output: up to ~0.3 GB at
+            // full size) are freed as soon as its output exists, not when both necks are done
+            using var level = NewDisposeScope();
+            sam3Out[i] = convs[i].forward(Precision.PrecisionPolicy.ToModuleDtype(x, convs[i])).MoveToOuterDisposeScope();
+            sam3Pos[i] = position_encoding.forward(sam3Out[i]).to(sam3Out[i].dtype).MoveToOuterDisposeScope();
+            if (sam2)
             {
-                sam2Out![i] = sam2_convs[i].forward(Precision.PrecisionPolicy.ToModuleDtype(x, sam2_convs[i]));
-                sam2Pos![i] = position_encoding.forward(sam2Out[i]).to(sam2Out[i].dtype);
+                sam2Out![i] = sam2_convs![i].forward(Precision.PrecisionPolicy.ToModuleDtype(x, sam2_convs[i])).MoveToOuterDisposeScope();
+                sam2Pos![i] = position_encoding.forward(sam2Out[i]).to(sam2Out[i].dtype).MoveToOuterDisposeScope();
             }
         }
         return new NeckOutput(sam3Out, sam3Pos, sam2Out, sam2Pos).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>
+    /// The SAM2 neck alone on a trunk feature (the levels <see cref="ForwardNecks"/> computes with <c>withSam2</c>):
+    /// per scale factor the feature map and its position encoding.
+    /// </summary>
+    public (Tensor[] Out, Tensor[] Pos) ForwardSam2Neck(Tensor x)
+    {
+        if (sam2_convs is null) throw new Sam3StateException("the neck has no SAM2 convolutions (add_sam2_neck = false)");
+        if (x.dim() != 4 || x.shape[1] != trunk.EmbedDim)
+            throw new Sam3Exception($"neck expects a trunk feature [B,{trunk.EmbedDim},H,W], got [{string.Join(",", x.shape)}]");
+        int n = sam2_convs.Count;
+        var outs = new Tensor[n];
+        var pos = new Tensor[n];
+        for (int i = 0; i < n; i++)
+        {
+            using var level = NewDisposeScope(); // the outputs go to the caller's scope, the intermediates die here
+            outs[i] = sam2_convs[i].forward(Precision.PrecisionPolicy.ToModuleDtype(x, sam2_convs[i])).MoveToOuterDisposeScope();
+            pos[i] = position_encoding.forward(outs[i]).to(outs[i].dtype).MoveToOuterDisposeScope();
+        }
+        return (outs, pos);
     }
 }
