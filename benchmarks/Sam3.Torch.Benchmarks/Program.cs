@@ -11,6 +11,8 @@ Sam3.Torch.IO.NativeLoaderFix.EnsurePatched();
 if (args.Length > 0 && args[0] == "profile") return Sam3.Torch.Benchmarks.ComputeProfile.Run(args[1..]);
 // Peak memory per stage of one image + text prompt (not a BenchmarkDotNet run): see MemoryStages.
 if (args.Length > 0 && args[0] == "memory") return Sam3.Torch.Benchmarks.MemoryStages.Run(args[1..]);
+// Time and memory of fine-tuning steps phase by phase (not a BenchmarkDotNet run): see TrainStepMemory.
+if (args.Length > 0 && args[0] == Sam3.Torch.Benchmarks.TrainStepMemory.Verb) return Sam3.Torch.Benchmarks.TrainStepMemory.Run(args[1..]);
 // benchmarks/reference/run.sh drives the side-by-side harness through this verb (no BenchmarkDotNet).
 if (args.Length > 0 && args[0] == Sam3.Torch.Benchmarks.Reference.ReferenceMode.Verb)
     Environment.Exit(Sam3.Torch.Benchmarks.Reference.ReferenceMode.Run(args));
