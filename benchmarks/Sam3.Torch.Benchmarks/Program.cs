@@ -13,6 +13,8 @@ if (args.Length > 0 && args[0] == "profile") return Sam3.Torch.Benchmarks.Comput
 if (args.Length > 0 && args[0] == "memory") return Sam3.Torch.Benchmarks.MemoryStages.Run(args[1..]);
 // Tiny-model scenario outputs for benchmarks/reference/gpu/autocast_contract.py --compare-only (Precision/PrecisionDump.cs).
 if (args.Length > 0 && args[0] == Sam3.Torch.Benchmarks.Precision.PrecisionDump.Verb) return Sam3.Torch.Benchmarks.Precision.PrecisionDump.Run(args[1..]);
+// Time and memory of fine-tuning steps phase by phase (not a BenchmarkDotNet run): see TrainStepMemory.
+if (args.Length > 0 && args[0] == Sam3.Torch.Benchmarks.TrainStepMemory.Verb) return Sam3.Torch.Benchmarks.TrainStepMemory.Run(args[1..]);
 // benchmarks/reference/run.sh drives the side-by-side harness through this verb (no BenchmarkDotNet).
 if (args.Length > 0 && args[0] == Sam3.Torch.Benchmarks.Reference.ReferenceMode.Verb)
     Environment.Exit(Sam3.Torch.Benchmarks.Reference.ReferenceMode.Run(args));

@@ -42,6 +42,8 @@ internal static class TrainingMode
         model.train();
         model.inst_interactive_predictor?.eval();
         model.backbone.vision_backbone.trunk.use_act_checkpoint = options.ActivationCheckpointing;
+        model.transformer.encoder.use_act_checkpoint = options.TransformerActivationCheckpointing;
+        model.transformer.decoder.use_act_checkpoint = options.TransformerActivationCheckpointing;
 
         var settings = new List<StochasticSetting>();
         foreach (var (name, module) in model.named_modules())
@@ -68,6 +70,8 @@ internal static class TrainingMode
     {
         model.eval();
         model.backbone.vision_backbone.trunk.use_act_checkpoint = false;
+        model.transformer.encoder.use_act_checkpoint = false;
+        model.transformer.decoder.use_act_checkpoint = false;
     }
 
     /// <summary>Upstream's training-build probability of a stochastic module, or null when the module has none.</summary>

@@ -53,6 +53,13 @@ internal sealed class TransformerDecoder : nn.Module
     public int num_o2m_queries => dac ? num_queries : 0;
     public string boxRPB { get; }
     public bool dac_use_selfatt_ln { get; }
+
+    /// <summary>
+    /// Activation checkpointing of the layers when training (upstream <c>use_act_checkpoint</c>, True in the builder): each
+    /// layer keeps only its inputs and is re-run in the backward (<see cref="Training.LayerCheckpoint"/>). Set by
+    /// <see cref="Training.TrainingMode.Apply"/>; no effect in eval mode.
+    /// </summary>
+    public bool use_act_checkpoint { get; set; }
     public double clamp_presence_logit_max_val { get; }
 
     /// <summary>
@@ -249,8 +256,20 @@ internal sealed class TransformerDecoder : nn.Module
                 probe?.Invoke("rpb", rpb);
                 memoryMask = rpb.flatten(0, 1); // (B·heads, Q, HW), batch-major head order
             }
-            (output, presenceOut) = layers[i].forward(output, queryPos, memory, pos, memoryText, textAttentionMask, kpm,
-                tgtMask, memoryMask, useDac, dac_use_selfatt_ln, presenceOut);
+            if (use_act_checkpoint && training)
+            {
+                var layer = layers[i];
+                var outs = Training.LayerCheckpoint.Apply(layer, t =>
+                {
+                    var (o, p) = layer.forward(t[0]!, t[1]!, t[2]!, t[3], t[4], t[7], t[8], t[9], t[5], useDac,
+                        dac_use_selfatt_ln, t[6]);
+                    return [o, p];
+                }, output, queryPos, memory, pos, memoryText, memoryMask, presenceOut, textAttentionMask, kpm, tgtMask);
+                (output, presenceOut) = (outs[0]!, outs[1]);
+            }
+            else
+                (output, presenceOut) = layers[i].forward(output, queryPos, memory, pos, memoryText, textAttentionMask, kpm,
+                    tgtMask, memoryMask, useDac, dac_use_selfatt_ln, presenceOut);
             probe?.Invoke($"layer{i}.0", output);
             if (presenceOut is not null) probe?.Invoke($"layer{i}.1", presenceOut);
 

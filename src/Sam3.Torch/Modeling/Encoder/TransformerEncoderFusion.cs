@@ -30,6 +30,13 @@ internal sealed class TransformerEncoderFusion : nn.Module
     public readonly Linear? text_pooling_proj;
 
     public int num_layers { get; }
+
+    /// <summary>
+    /// Activation checkpointing of the layers when training (upstream <c>use_act_checkpoint</c>, True in the builder): each
+    /// layer keeps only its inputs and is re-run in the backward (<see cref="Training.LayerCheckpoint"/>). Set by
+    /// <see cref="Training.TrainingMode.Apply"/>; no effect in eval mode.
+    /// </summary>
+    public bool use_act_checkpoint { get; set; }
     public int num_feature_levels { get; }
     public bool add_pooled_text_to_img_feat { get; }
     public bool pool_text_with_mask { get; }
@@ -120,8 +127,11 @@ internal sealed class TransformerEncoderFusion : nn.Module
         var perLayer = new List<Tensor>();
         foreach (var layer in layers)
         {
-            output = layer.forward(output, promptBf, tgtKeyPaddingMask: maskAll, memoryKeyPaddingMask: promptKeyPaddingMask,
-                                   queryPos: posAll);
+            output = use_act_checkpoint && training
+                ? Training.LayerCheckpoint.Apply(layer, t => [layer.forward(t[0]!, t[1]!, tgtKeyPaddingMask: t[3],
+                      memoryKeyPaddingMask: t[4], queryPos: t[2])], output, promptBf, posAll, maskAll, promptKeyPaddingMask)[0]!
+                : layer.forward(output, promptBf, tgtKeyPaddingMask: maskAll, memoryKeyPaddingMask: promptKeyPaddingMask,
+                                queryPos: posAll);
             perLayer.Add(output);
         }
         var result = new EncoderFusionOutput(
