@@ -162,8 +162,8 @@ internal static class HeadsProfile
                           $"{promptLen} prompt tokens, {heads} heads, d {d}); loadavg {Load()}");
 
         // ---- whole forward
-        dec.forward(tgt, memory, pos, side, side, prompt, promptMask).Dispose();
-        var whole = Time(3, () => dec.forward(tgt, memory, pos, side, side, prompt, promptMask).Dispose());
+        dec.forward(tgt, memory, pos, side, side, prompt, promptMask, applyDac: false).Dispose();
+        var whole = Time(3, () => dec.forward(tgt, memory, pos, side, side, prompt, promptMask, applyDac: false).Dispose());
         double flops = Reference.StageFlops.DecoderAndScoring(cfg, promptLen);
         Console.WriteLine($"# decoder.forward: {whole.Wall:F3} s wall, {whole.Cpu:F3} s CPU (best of 3); decoder + scoring ≈ {flops / 1e9:F1} GFLOP → " +
                           $"{flops / whole.Wall / 1e9:F1} GFLOP/s = {flops / whole.Wall / 1e9 / gemm * 100:F0} % of the GEMM rate");
@@ -189,14 +189,14 @@ internal static class HeadsProfile
         }
         using (var check = NewDisposeScope())
         {
-            using var now = dec.forward(tgt, memory, pos, side, side, prompt, promptMask);
+            using var now = dec.forward(tgt, memory, pos, side, side, prompt, promptMask, applyDac: false);
             Console.WriteLine($"# module forward equals the previous forward bit for bit (hs of all layers): {now.Hs.eq(Previous()).all().item<bool>()}");
         }
         (double Wall, double Cpu) prev = (double.MaxValue, double.MaxValue), mod = (double.MaxValue, double.MaxValue);
         for (int r = 0; r < 3; r++)
         {
             var a = Time(1, () => Previous().Dispose());
-            var m = Time(1, () => dec.forward(tgt, memory, pos, side, side, prompt, promptMask).Dispose());
+            var m = Time(1, () => dec.forward(tgt, memory, pos, side, side, prompt, promptMask, applyDac: false).Dispose());
             prev = (Math.Min(prev.Wall, a.Wall), Math.Min(prev.Cpu, a.Cpu));
             mod = (Math.Min(mod.Wall, m.Wall), Math.Min(mod.Cpu, m.Cpu));
         }
