@@ -76,7 +76,7 @@ public class TextRealTokensTests
             {
                 Config = Sam3Config.Tiny, TokenizerPath = SharedData.Parity("inputs", "bpe_simple_vocab_16e6.txt.gz"),
             });
-            var image = Sam3.Torch.IO.ImageLoader.Load(SharedData.Parity("inputs", "test_image.jpg"));
+            var image = Sam3.Torch.ImageLoader.Load(SharedData.Parity("inputs", "test_image.jpg"));
             using var p = sam.CreateImagePredictor(new ImagePredictorOptions { ConfidenceThreshold = 0.0 });
             using var state = p.SetImage(image);
             // real tokens only (no probe attached), then all positions (a recorder attached: upstream's features)
