@@ -203,6 +203,26 @@ internal static class HeadsProfile
         Console.WriteLine($"# decoder A/B in turns (best of 3): previous {prev.Wall:F3} s wall / {prev.Cpu:F3} s CPU; module {mod.Wall:F3} s / {mod.Cpu:F3} s CPU; " +
                           $"ratio {mod.Wall / prev.Wall:F2} wall, {mod.Cpu / prev.Cpu:F2} CPU; module ≈ {flops / mod.Wall / 1e9 / gemm * 100:F0} % of the GEMM rate (wall), loadavg {Load()}");
 
+        // ---- layer 0 alone: previous mask (+ cat in the layer) vs module mask (presence row included), in turns
+        {
+            var qp0 = dec.ref_point_head.forward(dec.SineEmbedBoxes(refBoxes));
+            var pres = dec.presence_token!.weight![TensorIndex.None].expand(1, 1, -1);
+            var oldMask = PreviousRpb(dec, refBoxes, side, side).flatten(0, 1);
+            var newMask = dec.GetRpbMatrix(refBoxes, side, side, presenceRow: true).flatten(0, 1);
+            (double, double) lo = (9e9, 9e9), ln = (9e9, 9e9), lo2 = (9e9, 9e9), ln2 = (9e9, 9e9);
+            for (int r = 0; r < 3; r++)
+            {
+                var a = Time(1, () => { using var ls = NewDisposeScope(); dec.layers[0].forward(tgt, qp0, memory, pos, prompt, promptMask, null, null, oldMask, false, true, pres); });
+                var b = Time(1, () => { using var ls = NewDisposeScope(); dec.layers[0].forward(tgt, qp0, memory, pos, prompt, promptMask, null, null, newMask, false, true, pres, crossAttnMaskHasPresenceRow: true); });
+                var c = Time(1, () => { using var ls = NewDisposeScope(); PreviousRpb(dec, refBoxes, side, side); });
+                var d2 = Time(1, () => { using var ls = NewDisposeScope(); dec.GetRpbMatrix(refBoxes, side, side, presenceRow: true); });
+                lo = (Math.Min(lo.Item1, a.Wall), Math.Min(lo.Item2, a.Cpu)); ln = (Math.Min(ln.Item1, b.Wall), Math.Min(ln.Item2, b.Cpu));
+                lo2 = (Math.Min(lo2.Item1, c.Wall), Math.Min(lo2.Item2, c.Cpu)); ln2 = (Math.Min(ln2.Item1, d2.Wall), Math.Min(ln2.Item2, d2.Cpu));
+            }
+            Console.WriteLine($"# layer 0 with the previous mask (cat in the layer) {lo.Item1 * 1e3:F1} ms wall / {lo.Item2 * 1e3:F1} ms CPU; with the module mask {ln.Item1 * 1e3:F1} / {ln.Item2 * 1e3:F1}; " +
+                              $"PreviousRpb {lo2.Item1 * 1e3:F1} / {lo2.Item2 * 1e3:F1}; GetRpbMatrix(presenceRow) {ln2.Item1 * 1e3:F1} / {ln2.Item2 * 1e3:F1}");
+        }
+
         // ---- one layer, op by op
         var layer = dec.layers[0];
         var ops = new Dictionary<string, (double Wall, double Cpu)>();
@@ -273,6 +293,9 @@ internal static class HeadsProfile
             Op("image cross-attn: v projection (5184)", () => v = nn.functional.linear(memory.transpose(0, 1), wq[2], bq[2]).view(1, -1, heads, hd).transpose(1, 2));
             var m4 = mask.view(1, heads, -1, hw);
             Op("image cross-attn: SDPA with the float boxRPB mask", () => o = nn.functional.scaled_dot_product_attention(q, k, v, m4));
+            var m4New = rpbNew.flatten(0, 1).view(1, heads, -1, hw);
+            if (r == 0) Console.WriteLine($"# masks: previous strides [{string.Join(",", m4.stride())}], module strides [{string.Join(",", m4New.stride())}]");
+            Op("image cross-attn: SDPA with the module's boxRPB mask (comparison)", () => nn.functional.scaled_dot_product_attention(q, k, v, m4New).Dispose());
             Op("image cross-attn: SDPA without mask (comparison)", () => nn.functional.scaled_dot_product_attention(q, k, v).Dispose());
             Op("image cross-attn: explicit math softmax(qkᵀ/√d + mask)·v (comparison)", () =>
             {
