@@ -9,6 +9,8 @@ Sam3.Torch.IO.NativeLoaderFix.EnsurePatched();
 
 // `profile [gemm] [blocks] [post] [model]`: the Stopwatch/CPU-time profile of the image path (ComputeProfile.cs).
 if (args.Length > 0 && args[0] == "profile") return Sam3.Torch.Benchmarks.ComputeProfile.Run(args[1..]);
+// `heads`: per-op profile of the detector decoder (HeadsProfile.cs).
+if (args.Length > 0 && args[0] == "heads") return Sam3.Torch.Benchmarks.HeadsProfile.Run(args[1..]);
 // Peak memory per stage of one image + text prompt (not a BenchmarkDotNet run): see MemoryStages.
 if (args.Length > 0 && args[0] == "memory") return Sam3.Torch.Benchmarks.MemoryStages.Run(args[1..]);
 // Tiny-model scenario outputs for benchmarks/reference/gpu/autocast_contract.py --compare-only (Precision/PrecisionDump.cs).

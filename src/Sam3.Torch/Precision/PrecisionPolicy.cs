@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
@@ -80,6 +81,12 @@ internal static class PrecisionPolicy
             if (p.dtype == Reduced) bf += p.numel();
             else if (p.dtype == ScalarType.Float32) fp += p.numel();
         }
+        // the dtype ToModuleDtype needs, per module, recorded now (the policy is the only thing that changes it)
+        foreach (var (_, module) in network.named_modules())
+        {
+            var first = module.parameters().FirstOrDefault();
+            if (first is not null) ModuleDtypes.AddOrUpdate(module, new StrongBox<ScalarType>(first.dtype));
+        }
         bool tf32 = false;
         var device = network.parameters().FirstOrDefault()?.device;
         if (device is { type: DeviceType.CUDA }) tf32 = EnableTf32();
@@ -101,9 +108,18 @@ internal static class PrecisionPolicy
     public static Tensor Norm(nn.Module<Tensor, Tensor> norm, Tensor x) =>
         norm.forward(x.dtype == Reduced ? x.to(ScalarType.Float32) : x);
 
-    /// <summary><see cref="ToWeightDtype"/> for a composite module (a <c>Sequential</c>): the dtype of its first parameter.</summary>
+    /// <summary>First-parameter dtype of every module of a network the policy was applied to (recorded by <see cref="Apply"/>).</summary>
+    private static readonly ConditionalWeakTable<nn.Module, StrongBox<ScalarType>> ModuleDtypes = new();
+
+    /// <summary>
+    /// <see cref="ToWeightDtype"/> for a composite module (a <c>Sequential</c>): the dtype of its first parameter, as
+    /// recorded by <see cref="Apply"/> (no parameter enumeration per call); modules of networks the policy was not
+    /// applied to enumerate their parameters.
+    /// </summary>
     public static Tensor ToModuleDtype(Tensor x, nn.Module module)
     {
+        if (ModuleDtypes.TryGetValue(module, out var known))
+            return x.dtype == known.Value || !x.is_floating_point() ? x : x.to(known.Value);
         foreach (var p in module.parameters())
             return ToWeightDtype(x, p);
         return x;

@@ -61,7 +61,7 @@ public sealed class Sam3ImagePredictor : IDisposable
     /// <summary>Threshold on mask probabilities (upstream <c>masks = masks_logits &gt; 0.5</c>).</summary>
     internal const double MaskProbabilityThreshold = 0.5;
 
-    private readonly LinkedList<(string Text, Tensor Features, Tensor Mask)> _textCache = new();
+    private readonly LinkedList<(string Text, Tensor Features, Tensor Mask, bool Full)> _textCache = new();
     private readonly int _textCacheCapacity;
     private readonly bool _compactMasks;
     private readonly long _maskChunkElements;
@@ -455,12 +455,25 @@ public sealed class Sam3ImagePredictor : IDisposable
         return prompt;
     }
 
-    /// <summary>Text features [L,1,d] and mask [1,L] of a prompt, from the bounded cache when present.</summary>
+    /// <summary>
+    /// Text features [L,1,d] and mask [1,L] of a prompt, from the bounded cache when present. The text transformer runs
+    /// only over the prompt's real tokens (<see cref="Modeling.Text.VETextEncoder.forward"/>, skipPaddedPositions: the
+    /// detector reads nothing else); with a probe attached (parity recording) over all positions, as upstream, so the
+    /// recorded features are upstream's everywhere.
+    /// </summary>
     private (Tensor Features, Tensor Mask) EncodeText(string text)
     {
+        bool full = _owner.Probe is not null;
         for (var node = _textCache.First; node is not null; node = node.Next)
         {
             if (node.Value.Text != text) continue;
+            if (full && !node.Value.Full)
+            {
+                // cached from the real tokens only: recompute over all positions for the recording
+                node.Value.Features.Dispose(); node.Value.Mask.Dispose();
+                _textCache.Remove(node);
+                break;
+            }
             _textCache.Remove(node);
             _textCache.AddFirst(node);
             return (node.Value.Features, node.Value.Mask);
@@ -469,13 +482,13 @@ public sealed class Sam3ImagePredictor : IDisposable
         using (var scope = NewDisposeScope())
         {
             var (ids, pad) = Tokenizer.TokenizeToTensors([text]);
-            var enc = Model.backbone.ForwardText(ids.to(Device), pad.to(Device));
+            var enc = Model.backbone.ForwardText(ids.to(Device), pad.to(Device), skipPaddedPositions: !full);
             f = enc.LanguageFeatures.MoveToOuterDisposeScope();
             m = enc.LanguageMask.MoveToOuterDisposeScope();
         }
         f.DetachFromDisposeScope();
         m.DetachFromDisposeScope();
-        _textCache.AddFirst((text, f, m));
+        _textCache.AddFirst((text, f, m, full));
         while (_textCache.Count > _textCacheCapacity)
         {
             var last = _textCache.Last!.Value;
@@ -549,7 +562,7 @@ public sealed class Sam3ImagePredictor : IDisposable
     {
         if (_disposed) return;
         _disposed = true;
-        foreach (var (_, f, m) in _textCache) { f.Dispose(); m.Dispose(); }
+        foreach (var (_, f, m, _) in _textCache) { f.Dispose(); m.Dispose(); }
         _textCache.Clear();
     }
 }

@@ -167,10 +167,19 @@ internal sealed class TransformerDecoder : nn.Module
 
     /// <summary>
     /// boxRPB bias (decoder.py _get_rpb_matrix): from reference boxes [Q,B,4] (cxcywh) and the feature size, returns
-    /// [B,heads,Q,H·W]. Coordinates are <c>arange(N)/N</c> (left/top edges); deltas to the box edges x0/x1 (y0/y1),
-    /// "log" mode: ×8 then sign·log2(|d|+1)/3; an MLP per axis gives one value per head; bias = dy + dx.
+    /// [B,heads,Q,H·W] (contiguous). Coordinates are <c>arange(N)/N</c> (left/top edges); deltas to the box edges x0/x1
+    /// (y0/y1), "log" mode: ×8 then sign·log2(|d|+1)/3; an MLP per axis gives one value per head; bias = dy + dx.
+    /// With <paramref name="presenceRow"/> the result is [B,heads,1+Q,H·W] whose first query row is zero: the row the
+    /// decoder layer prepends for the presence token (upstream concatenates <c>zeros_like</c> in the layer).
     /// </summary>
-    public Tensor GetRpbMatrix(Tensor referenceBoxes, long featH, long featW)
+    /// <remarks>
+    /// Upstream builds the sum query-major, <c>[B,Q,H,W,heads]</c>, then permutes it to head-major with a copy, and the
+    /// layer copies it once more to prepend the presence row: three passes over a [heads,Q,H·W] tensor (33 MB at full
+    /// size, per layer). Here the two small per-axis tables are made head-major first and the broadcast sum writes the
+    /// head-major result once, presence row included. Every element is the same single fp32 addition <c>dy + dx</c> (and
+    /// 0 + 0 = +0 for the presence row), so the values equal upstream's bit for bit.
+    /// </remarks>
+    public Tensor GetRpbMatrix(Tensor referenceBoxes, long featH, long featW, bool presenceRow = false)
     {
         if (boxRPB_embed_x is null || boxRPB_embed_y is null) throw new Sam3Exception("boxRPB is 'none': no RPB matrix");
         using var scope = NewDisposeScope();
@@ -193,9 +202,16 @@ internal sealed class TransformerDecoder : nn.Module
         }
         var ex = boxRPB_embed_x.forward(dx); // B,Q,W,heads
         var ey = boxRPB_embed_y.forward(dy); // B,Q,H,heads
-        var bias = ey.unsqueeze(3) + ex.unsqueeze(2); // B,Q,H,W,heads
-        bias = bias.flatten(2, 3).permute(0, 3, 1, 2).contiguous(); // B,heads,Q,HW
-        return bias.MoveToOuterDisposeScope();
+        if (presenceRow)
+        {
+            ex = cat([zeros_like(ex[.., TensorIndex.Slice(0, 1)]), ex], 1); // B,1+Q,W,heads
+            ey = cat([zeros_like(ey[.., TensorIndex.Slice(0, 1)]), ey], 1);
+        }
+        // head-major tables (small copies), so that the broadcast sum is written head-major in one pass
+        var exT = ex.permute(0, 3, 1, 2).contiguous(); // B,heads,Q',W
+        var eyT = ey.permute(0, 3, 1, 2).contiguous(); // B,heads,Q',H
+        var bias = eyT.unsqueeze(4) + exT.unsqueeze(3); // B,heads,Q',H,W
+        return bias.flatten(3, 4).MoveToOuterDisposeScope(); // B,heads,Q',HW
     }
 
     /// <summary>
@@ -250,11 +266,13 @@ internal sealed class TransformerDecoder : nn.Module
             var refInput = ratios4 is null ? referenceBoxes : (referenceBoxes[.., .., TensorIndex.None] * ratios4)[.., .., 0];
             var queryPos = ref_point_head.forward(SineEmbedBoxes(refInput));
             Tensor? memoryMask = null;
+            bool withPresenceRow = presenceOut is not null;
             if (boxRPB != "none")
             {
-                var rpb = GetRpbMatrix(referenceBoxes, featH, featW);
-                probe?.Invoke("rpb", rpb);
-                memoryMask = rpb.flatten(0, 1); // (B·heads, Q, HW), batch-major head order
+                // with a presence token the bias already holds the layer's zero presence row (one write, see GetRpbMatrix)
+                var rpb = GetRpbMatrix(referenceBoxes, featH, featW, withPresenceRow);
+                probe?.Invoke("rpb", withPresenceRow ? rpb[.., .., TensorIndex.Slice(1, null)] : rpb);
+                memoryMask = rpb.flatten(0, 1); // (B·heads, [1+]Q, HW), batch-major head order
             }
             if (use_act_checkpoint && training)
             {
@@ -262,14 +280,14 @@ internal sealed class TransformerDecoder : nn.Module
                 var outs = Training.LayerCheckpoint.Apply(layer, t =>
                 {
                     var (o, p) = layer.forward(t[0]!, t[1]!, t[2]!, t[3], t[4], t[7], t[8], t[9], t[5], useDac,
-                        dac_use_selfatt_ln, t[6]);
+                        dac_use_selfatt_ln, t[6], crossAttnMaskHasPresenceRow: withPresenceRow);
                     return [o, p];
                 }, output, queryPos, memory, pos, memoryText, memoryMask, presenceOut, textAttentionMask, kpm, tgtMask);
                 (output, presenceOut) = (outs[0]!, outs[1]);
             }
             else
                 (output, presenceOut) = layers[i].forward(output, queryPos, memory, pos, memoryText, textAttentionMask, kpm,
-                    tgtMask, memoryMask, useDac, dac_use_selfatt_ln, presenceOut);
+                    tgtMask, memoryMask, useDac, dac_use_selfatt_ln, presenceOut, crossAttnMaskHasPresenceRow: withPresenceRow);
             probe?.Invoke($"layer{i}.0", output);
             if (presenceOut is not null) probe?.Invoke($"layer{i}.1", presenceOut);
 

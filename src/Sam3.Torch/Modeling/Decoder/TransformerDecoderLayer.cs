@@ -61,14 +61,16 @@ internal sealed class TransformerDecoderLayer : nn.Module
     /// <paramref name="queryPos"/> [Q,B,d], <paramref name="memoryText"/> [S,B,d] with <paramref name="textAttentionMask"/>
     /// [B,S] (True = padding), <paramref name="memory"/>/<paramref name="memoryPos"/> [HW,B,d],
     /// <paramref name="memoryKeyPaddingMask"/> [B,HW] (True = padding), <paramref name="crossAttnMask"/> [B·heads,Q,HW]
-    /// additive (boxRPB; a zero row is prepended here for the presence token), <paramref name="presenceToken"/> [1,B,d].
+    /// additive (boxRPB; a zero row is prepended here for the presence token, unless
+    /// <paramref name="crossAttnMaskHasPresenceRow"/> says the mask is already [B·heads,1+Q,HW] with that zero row first),
+    /// <paramref name="presenceToken"/> [1,B,d].
     /// Returns the queries [Q,B,d] (un-normed) and the presence token [1,B,d] (null without one).
     /// </summary>
     public (Tensor tgt, Tensor? presence) forward(
         Tensor tgt, Tensor queryPos, Tensor memory,
         Tensor? memoryPos = null, Tensor? memoryText = null, Tensor? textAttentionMask = null,
         Tensor? memoryKeyPaddingMask = null, Tensor? selfAttnMask = null, Tensor? crossAttnMask = null,
-        bool dac = false, bool dacUseSelfattLn = true, Tensor? presenceToken = null)
+        bool dac = false, bool dacUseSelfattLn = true, Tensor? presenceToken = null, bool crossAttnMaskHasPresenceRow = false)
     {
         using var scope = NewDisposeScope();
 
@@ -120,7 +122,7 @@ internal sealed class TransformerDecoderLayer : nn.Module
         }
 
         // ---- image cross-attention with the boxRPB bias, then norm1
-        if (presenceToken is not null && crossAttnMask is not null)
+        if (presenceToken is not null && crossAttnMask is not null && !crossAttnMaskHasPresenceRow)
         {
             var zeroRow = zeros_like(crossAttnMask[.., TensorIndex.Slice(0, 1), ..]);
             crossAttnMask = cat([zeroRow, crossAttnMask], 1); // (B·heads, 1+Q, HW)

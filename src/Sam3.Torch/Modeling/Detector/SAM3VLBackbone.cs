@@ -120,5 +120,6 @@ internal sealed class SAM3VLBackbone : nn.Module
     }
 
     /// <summary>Encodes token ids [T,L] (see <see cref="VETextEncoder.forward"/>).</summary>
-    public TextEncoderOutput ForwardText(Tensor tokenIds, Tensor? paddingMask = null) => language_backbone.forward(tokenIds, paddingMask);
+    public TextEncoderOutput ForwardText(Tensor tokenIds, Tensor? paddingMask = null, bool skipPaddedPositions = false)
+        => language_backbone.forward(tokenIds, paddingMask, skipPaddedPositions);
 }

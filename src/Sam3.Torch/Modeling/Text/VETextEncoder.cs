@@ -40,7 +40,17 @@ internal sealed class VETextEncoder : nn.Module
     /// piece, so such a token is masked like padding. Pass the tokenizer's true padding mask (bool [B,L], True = pad)
     /// to avoid that.
     /// </param>
-    public TextEncoderOutput forward(Tensor tokenIds, Tensor? paddingMask = null)
+    /// <param name="skipPaddedPositions">
+    /// false (default) runs the transformer over all L positions, as upstream. true runs it only over the positions up to
+    /// the last unmasked one of the batch (for "truck": 3 of 32) and returns zeros at the later, masked positions. The
+    /// causal mask means no unmasked position depends on a later one, and every consumer of the features in the detector
+    /// masks the padded positions (fusion encoder, decoder and segmentation-head cross-attention via key_padding_mask,
+    /// the scoring's masked mean; <c>add_pooled_text_to_img_feat</c> is off in the released model), so the detector's
+    /// outputs do not change; only <see cref="TextEncoderOutput.LanguageFeatures"/> at the masked positions differs from
+    /// upstream's (zeros instead of the values nothing reads). The transformer's cost drops with the token count (the
+    /// 24 CLIP layers read their 1.2 GB of fp32 weights either way).
+    /// </param>
+    public TextEncoderOutput forward(Tensor tokenIds, Tensor? paddingMask = null, bool skipPaddedPositions = false)
     {
         if (tokenIds.dim() != 2) throw new Sam3PromptException($"text token ids must be [B,L], got [{string.Join(",", tokenIds.shape)}]");
         if (tokenIds.dtype != ScalarType.Int64 && tokenIds.dtype != ScalarType.Int32)
@@ -59,9 +69,21 @@ internal sealed class VETextEncoder : nn.Module
         }
         var mask = paddingMask ?? ids.eq(0);
         var embeds = encoder.token_embedding.forward(ids);        // [B,L,W]
-        var memory = encoder.forward(ids);                        // [B,L,W]
-        var features = resizer.forward(Precision.PrecisionPolicy.ToWeightDtype(memory.transpose(0, 1), resizer.weight!));   // [L,B,d]
+        long length = ids.shape[1];
+        long used = skipPaddedPositions ? UsedPositions(mask) : length;
+        var memory = encoder.forward(used == length ? ids : ids[.., TensorIndex.Slice(0, used)]); // [B,used,W]
+        var features = resizer.forward(Precision.PrecisionPolicy.ToWeightDtype(memory.transpose(0, 1), resizer.weight!));   // [used,B,d]
+        if (used < length)
+            features = cat([features, zeros(length - used, features.shape[1], features.shape[2], dtype: features.dtype, device: features.device)], 0);
         return new TextEncoderOutput(mask.alias().MoveToOuterDisposeScope(), features.MoveToOuterDisposeScope(),
                                      embeds.transpose(0, 1).MoveToOuterDisposeScope());
+    }
+
+    /// <summary>1 + the index of the last unmasked position over the batch (at least 1): the positions anything reads.</summary>
+    private static long UsedPositions(Tensor mask)
+    {
+        using var scope = NewDisposeScope();
+        var valid = mask.logical_not().any(0).nonzero(); // [n,1] positions unmasked in some prompt
+        return valid.numel() == 0 ? 1 : valid.max().item<long>() + 1;
     }
 }

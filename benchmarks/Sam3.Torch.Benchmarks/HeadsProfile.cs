@@ -1,0 +1,335 @@
+using System.Diagnostics;
+using Sam3.Torch.Config;
+using Sam3.Torch.Modeling.Common;
+using Sam3.Torch.Modeling.Decoder;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Sam3.Torch.Benchmarks;
+
+/// <summary>
+/// Per-op profile of the detector decoder of <see cref="Sam3Config.Full"/> (issue 15 item 2), outside BenchmarkDotNet:
+/// <c>dotnet run -c Release --project benchmarks/Sam3.Torch.Benchmarks -- heads [decoder]</c>. A random decoder on the
+/// real shapes (200 queries + presence token, 72×72 memory, 33 prompt tokens); times one layer op by op (the module's own
+/// sub-modules, called as <see cref="TransformerDecoderLayer.forward"/> calls them) and the whole forward, with the
+/// previous boxRPB construction (bias built query-major, permuted to head-major, presence row concatenated in the layer)
+/// next to the module's (built head-major with the presence row, one write) as an A/B in turns. Threads:
+/// SAM3_BENCH_THREADS (default 2). Inference mode.
+/// </summary>
+internal static class HeadsProfile
+{
+    private static readonly Process Self = Process.GetCurrentProcess();
+
+    private static double CpuSeconds()
+    {
+        Self.Refresh();
+        return Self.TotalProcessorTime.TotalSeconds;
+    }
+
+    private static string Load() => File.Exists("/proc/loadavg") ? File.ReadAllText("/proc/loadavg").Trim() : "n/a";
+
+    private static (double Wall, double Cpu) Time(int reps, Action action)
+    {
+        double bestWall = double.MaxValue, bestCpu = double.MaxValue;
+        for (int r = 0; r < reps; r++)
+        {
+            double c0 = CpuSeconds();
+            var sw = Stopwatch.StartNew();
+            action();
+            sw.Stop();
+            bestWall = Math.Min(bestWall, sw.Elapsed.TotalSeconds);
+            bestCpu = Math.Min(bestCpu, CpuSeconds() - c0);
+        }
+        return (bestWall, bestCpu);
+    }
+
+    public static int Run(string[] args)
+    {
+        Sam3.Torch.IO.NativeLoaderFix.EnsurePatched();
+        int threads = 2;
+        if (int.TryParse(Environment.GetEnvironmentVariable(BenchEnvironment.ThreadsVariable), out int t) && t > 0) threads = t;
+        torch.set_num_threads(threads);
+        Console.WriteLine($"# heads profile  {DateTime.UtcNow:yyyy-MM-dd HH:mm} UTC  threads={threads}  loadavg before: {Load()}");
+        using var mode = torch.inference_mode();
+        var sections = args.Length == 0 ? new HashSet<string> { "decoder", "text" } : args.ToHashSet();
+        double gemm = Gemm();
+        if (sections.Contains("decoder")) Decoder(gemm);
+        if (sections.Contains("text")) Text(gemm);
+        Console.WriteLine($"# loadavg after: {Load()}");
+        return 0;
+    }
+
+    /// <summary>GFLOP/s of nn.functional.linear at the decoder's memory projection shape, x[5184,256]·Wᵀ[256,256].</summary>
+    private static double Gemm()
+    {
+        using var scope = NewDisposeScope();
+        torch.manual_seed(0);
+        var x = torch.randn(5184, 256);
+        var w = torch.randn(256, 256);
+        var big = torch.randn(5184, 1024);
+        var wBig = torch.randn(4736, 1024);
+        nn.functional.linear(x, w).Dispose();
+        var (wall, cpu) = Time(5, () => nn.functional.linear(x, w).Dispose());
+        var (bw, bc) = Time(2, () => nn.functional.linear(big, wBig).Dispose());
+        double rate = 2.0 * 5184 * 256 * 256 / wall / 1e9, bigRate = 2.0 * 5184 * 1024 * 4736 / bw / 1e9;
+        Console.WriteLine($"## GEMM linear x[5184,256]·W[256,256]: {wall * 1e3:F2} ms ({cpu * 1e3:F2} ms CPU) → {rate:F1} GFLOP/s; " +
+                          $"ViT fc1 x[5184,1024]·W[1024,4736]: {bw:F3} s → {bigRate:F1} GFLOP/s (the harness's reference rate)");
+        return bigRate;
+    }
+
+    /// <summary>
+    /// The full-size text encoder (24 layers, width 1024; random weights, ≈1.4 GB) on one prompt: all 32 context positions
+    /// (upstream) next to the real tokens only (skipPaddedPositions), in turns; the first call of the process separately.
+    /// </summary>
+    private static void Text(double gemm)
+    {
+        var cfg = Sam3Config.Full;
+        torch.manual_seed(0);
+        var sw = Stopwatch.StartNew();
+        using var enc = new Modeling.Text.VETextEncoder(cfg);
+        enc.eval();
+        Console.WriteLine($"## text encoder ({cfg.Text.Layers} layers, width {cfg.Text.Width}, context {cfg.Text.ContextLength}): built in {sw.Elapsed.TotalSeconds:F1} s; loadavg {Load()}");
+        var tokenizer = Sam3.Torch.Text.ClipBpeTokenizer.FromBpeGz(BenchEnvironment.BpeVocabulary());
+        double flops = Reference.StageFlops.Text(cfg.Text);
+        foreach (var prompt in new[] { "truck", "a red double-decker bus parked next to the curb" })
+        {
+            using var scope = NewDisposeScope();
+            var (ids, pad) = tokenizer.TokenizeToTensors([prompt]);
+            long real = pad.logical_not().sum().item<long>();
+            var first = Time(1, () => { using var ts = NewDisposeScope(); enc.forward(ids, pad); });
+            (double Wall, double Cpu) full = (double.MaxValue, double.MaxValue), skip = (double.MaxValue, double.MaxValue);
+            for (int r = 0; r < 3; r++)
+            {
+                var a = Time(1, () => { using var ts = NewDisposeScope(); enc.forward(ids, pad); });
+                var b = Time(1, () => { using var ts = NewDisposeScope(); enc.forward(ids, pad, skipPaddedPositions: true); });
+                full = (Math.Min(full.Wall, a.Wall), Math.Min(full.Cpu, a.Cpu));
+                skip = (Math.Min(skip.Wall, b.Wall), Math.Min(skip.Cpu, b.Cpu));
+            }
+            var fo = enc.forward(ids, pad);
+            var so = enc.forward(ids, pad, skipPaddedPositions: true);
+            var keep = TensorIndex.Slice(0, real);
+            double diff = (fo.LanguageFeatures[keep] - so.LanguageFeatures[keep]).abs().max().item<float>();
+            double padded = so.LanguageFeatures[TensorIndex.Slice(real, null)].abs().max().item<float>();
+            Console.WriteLine($"# \"{prompt}\" ({real} real tokens): first call {first.Wall:F3} s wall / {first.Cpu:F3} s CPU; all positions {full.Wall:F3} s / {full.Cpu:F3} s CPU " +
+                              $"({flops / full.Wall / 1e9:F1} GFLOP/s = {flops / full.Wall / 1e9 / gemm * 100:F0} % of GEMM); real tokens only {skip.Wall:F3} s / {skip.Cpu:F3} s CPU " +
+                              $"(ratio {skip.Wall / full.Wall:F2} wall, {skip.Cpu / full.Cpu:F2} CPU; {flops / skip.Wall / 1e9 / gemm * 100:F0} % of GEMM by upstream's FLOPs); " +
+                              $"max |Δ| at the real positions {diff:G3}, max |value| at the padded ones {padded}; loadavg {Load()}");
+        }
+    }
+
+    /// <summary>The previous boxRPB construction: [B,Q,H,W,heads] broadcast add, permuted to [B,heads,Q,HW] by a copy.</summary>
+    internal static Tensor PreviousRpb(TransformerDecoder dec, Tensor referenceBoxes, long h, long w)
+    {
+        using var scope = NewDisposeScope();
+        var xyxy = BoxOps.CxcywhToXyxy(referenceBoxes).transpose(0, 1);
+        long bs = xyxy.shape[0], nq = xyxy.shape[1];
+        var ch = arange(0, h, dtype: ScalarType.Float32) / h;
+        var cw = arange(0, w, dtype: ScalarType.Float32) / w;
+        var flat = xyxy.reshape(-1, 1, 4);
+        var dy = (ch.view(1, -1, 1) - flat[.., .., TensorIndex.Slice(1, 4, 2)]).view(bs, nq, -1, 2);
+        var dx = (cw.view(1, -1, 1) - flat[.., .., TensorIndex.Slice(0, 3, 2)]).view(bs, nq, -1, 2);
+        static Tensor Log(Tensor d)
+        {
+            var s = d * 8.0;
+            return sign(s) * log2(s.abs() + 1.0) / Math.Log2(8.0);
+        }
+        var ex = dec.boxRPB_embed_x!.forward(Log(dx));
+        var ey = dec.boxRPB_embed_y!.forward(Log(dy));
+        var bias = ey.unsqueeze(3) + ex.unsqueeze(2);
+        bias = bias.flatten(2, 3).permute(0, 3, 1, 2).contiguous();
+        return bias.MoveToOuterDisposeScope();
+    }
+
+    private static void Decoder(double gemm)
+    {
+        var cfg = Sam3Config.Full;
+        torch.manual_seed(0);
+        using var dec = new TransformerDecoder(cfg);
+        dec.eval();
+        int d = cfg.Decoder.DModel, heads = cfg.Decoder.NumHeads;
+        const int side = 72, promptLen = 33;
+        long hw = side * side;
+        using var scope = NewDisposeScope();
+        var memory = torch.randn(hw, 1, d);
+        var pos = torch.randn(hw, 1, d);
+        var prompt = torch.randn(promptLen, 1, d);
+        var promptMask = torch.zeros(1, promptLen, dtype: ScalarType.Bool);
+        promptMask[0, TensorIndex.Slice(3, 32)] = torch.tensor(true); // "truck": SOT, word, EOT, 29 pads, geometry CLS
+        var tgt = dec.query_embed.weight!.unsqueeze(1);
+        // reference boxes spread over the image (random weights keep them near sigmoid(N(0,1)))
+        var refBoxes = torch.rand(cfg.Decoder.NumQueries, 1, 4) * 0.8 + 0.1;
+        Console.WriteLine($"## decoder ({cfg.Decoder.NumLayers} layers, {cfg.Decoder.NumQueries} queries + presence, memory {side}×{side}, " +
+                          $"{promptLen} prompt tokens, {heads} heads, d {d}); loadavg {Load()}");
+
+        // ---- whole forward
+        dec.forward(tgt, memory, pos, side, side, prompt, promptMask, applyDac: false).Dispose();
+        var whole = Time(3, () => dec.forward(tgt, memory, pos, side, side, prompt, promptMask, applyDac: false).Dispose());
+        double flops = Reference.StageFlops.DecoderAndScoring(cfg, promptLen);
+        Console.WriteLine($"# decoder.forward: {whole.Wall:F3} s wall, {whole.Cpu:F3} s CPU (best of 3); decoder + scoring ≈ {flops / 1e9:F1} GFLOP → " +
+                          $"{flops / whole.Wall / 1e9:F1} GFLOP/s = {flops / whole.Wall / 1e9 / gemm * 100:F0} % of the GEMM rate");
+
+        // ---- A/B in turns: the previous forward (boxRPB built query-major, permuted, presence row concatenated in the layer)
+        Tensor Previous()
+        {
+            using var ps = NewDisposeScope();
+            var refB = dec.reference_points.weight!.unsqueeze(1).sigmoid();
+            var presenceOut = dec.presence_token!.weight![TensorIndex.None].expand(1, 1, -1);
+            var output = tgt;
+            var hs = new List<Tensor>();
+            for (int i = 0; i < dec.num_layers; i++)
+            {
+                var qp = dec.ref_point_head.forward(dec.SineEmbedBoxes(refB));
+                var rpb = PreviousRpb(dec, refB, side, side).flatten(0, 1);
+                (output, presenceOut) = dec.layers[i].forward(output, qp, memory, pos, prompt, promptMask, null, null, rpb, false, true, presenceOut!);
+                var normed = dec.norm.forward(output);
+                refB = (dec.bbox_embed.forward(normed) + BoxOps.InverseSigmoid(refB, cfg.HardcodedInClasses.InverseSigmoidEps)).sigmoid();
+                hs.Add(normed);
+            }
+            return stack(hs).MoveToOuterDisposeScope();
+        }
+        using (var check = NewDisposeScope())
+        {
+            using var now = dec.forward(tgt, memory, pos, side, side, prompt, promptMask, applyDac: false);
+            Console.WriteLine($"# module forward equals the previous forward bit for bit (hs of all layers): {now.Hs.eq(Previous()).all().item<bool>()}");
+        }
+        (double Wall, double Cpu) prev = (double.MaxValue, double.MaxValue), mod = (double.MaxValue, double.MaxValue);
+        for (int r = 0; r < 3; r++)
+        {
+            var a = Time(1, () => Previous().Dispose());
+            var m = Time(1, () => dec.forward(tgt, memory, pos, side, side, prompt, promptMask, applyDac: false).Dispose());
+            prev = (Math.Min(prev.Wall, a.Wall), Math.Min(prev.Cpu, a.Cpu));
+            mod = (Math.Min(mod.Wall, m.Wall), Math.Min(mod.Cpu, m.Cpu));
+        }
+        Console.WriteLine($"# decoder A/B in turns (best of 3): previous {prev.Wall:F3} s wall / {prev.Cpu:F3} s CPU; module {mod.Wall:F3} s / {mod.Cpu:F3} s CPU; " +
+                          $"ratio {mod.Wall / prev.Wall:F2} wall, {mod.Cpu / prev.Cpu:F2} CPU; module ≈ {flops / mod.Wall / 1e9 / gemm * 100:F0} % of the GEMM rate (wall), loadavg {Load()}");
+
+        // ---- layer 0 alone: previous mask (+ cat in the layer) vs module mask (presence row included), in turns
+        {
+            var qp0 = dec.ref_point_head.forward(dec.SineEmbedBoxes(refBoxes));
+            var pres = dec.presence_token!.weight![TensorIndex.None].expand(1, 1, -1);
+            var oldMask = PreviousRpb(dec, refBoxes, side, side).flatten(0, 1);
+            var newMask = dec.GetRpbMatrix(refBoxes, side, side, presenceRow: true).flatten(0, 1);
+            (double, double) lo = (9e9, 9e9), ln = (9e9, 9e9), lo2 = (9e9, 9e9), ln2 = (9e9, 9e9);
+            for (int r = 0; r < 3; r++)
+            {
+                var a = Time(1, () => { using var ls = NewDisposeScope(); dec.layers[0].forward(tgt, qp0, memory, pos, prompt, promptMask, null, null, oldMask, false, true, pres); });
+                var b = Time(1, () => { using var ls = NewDisposeScope(); dec.layers[0].forward(tgt, qp0, memory, pos, prompt, promptMask, null, null, newMask, false, true, pres, crossAttnMaskHasPresenceRow: true); });
+                var c = Time(1, () => { using var ls = NewDisposeScope(); PreviousRpb(dec, refBoxes, side, side); });
+                var d2 = Time(1, () => { using var ls = NewDisposeScope(); dec.GetRpbMatrix(refBoxes, side, side, presenceRow: true); });
+                lo = (Math.Min(lo.Item1, a.Wall), Math.Min(lo.Item2, a.Cpu)); ln = (Math.Min(ln.Item1, b.Wall), Math.Min(ln.Item2, b.Cpu));
+                lo2 = (Math.Min(lo2.Item1, c.Wall), Math.Min(lo2.Item2, c.Cpu)); ln2 = (Math.Min(ln2.Item1, d2.Wall), Math.Min(ln2.Item2, d2.Cpu));
+            }
+            Console.WriteLine($"# layer 0 with the previous mask (cat in the layer) {lo.Item1 * 1e3:F1} ms wall / {lo.Item2 * 1e3:F1} ms CPU; with the module mask {ln.Item1 * 1e3:F1} / {ln.Item2 * 1e3:F1}; " +
+                              $"PreviousRpb {lo2.Item1 * 1e3:F1} / {lo2.Item2 * 1e3:F1}; GetRpbMatrix(presenceRow) {ln2.Item1 * 1e3:F1} / {ln2.Item2 * 1e3:F1}");
+        }
+
+        // ---- one layer, op by op
+        var layer = dec.layers[0];
+        var ops = new Dictionary<string, (double Wall, double Cpu)>();
+        void Op(string name, Action a)
+        {
+            var r = Time(1, a);
+            ops[name] = ops.TryGetValue(name, out var o) ? (o.Wall + r.Wall, o.Cpu + r.Cpu) : r;
+        }
+        const int reps = 3;
+        var presence = dec.presence_token!.weight![TensorIndex.None].expand(1, 1, -1);
+        for (int r = 0; r < reps; r++)
+        {
+            using var s = NewDisposeScope();
+            Tensor queryPos = null!, rpb = null!, mask = null!, x = null!, qk = null!, sa = null!, key = null!, ca = null!;
+            Tensor q = null!, k = null!, v = null!, o = null!, ffn = null!, normed = null!, newRef = null!;
+            Op("sine embedding of boxes", () => queryPos = dec.SineEmbedBoxes(refBoxes));
+            Op("ref_point_head MLP", () => queryPos = dec.ref_point_head.forward(queryPos));
+            Op("boxRPB previous (query-major + permute copy)", () => rpb = PreviousRpb(dec, refBoxes, side, side));
+            Op("boxRPB previous: presence zero row (cat copy)", () =>
+                mask = cat([zeros_like(rpb.flatten(0, 1)[.., TensorIndex.Slice(0, 1), ..]), rpb.flatten(0, 1)], 1));
+            Tensor rpbNew = null!;
+            Op("boxRPB module (GetRpbMatrix, head-major, presence row)", () => rpbNew = dec.GetRpbMatrix(refBoxes, side, side, presenceRow: true));
+            if (r == 0)
+                Console.WriteLine($"# boxRPB module equals previous + zero row bit for bit: {rpbNew.flatten(0, 1).eq(mask).all().item<bool>()}; " +
+                                  $"contiguous: {rpbNew.is_contiguous()}");
+            // boxRPB parts (comparison rows): the per-axis MLPs and the [heads,1+Q,H·W] sum
+            Tensor ddx = null!, ddy = null!, ex = null!, ey = null!, h1 = null!;
+            Op("boxRPB part: deltas + log (comparison)", () =>
+            {
+                var xyxy = BoxOps.CxcywhToXyxy(refBoxes).transpose(0, 1).reshape(-1, 1, 4);
+                var c = arange(0, side, dtype: ScalarType.Float32) / side;
+                ddx = c.view(1, -1, 1) - xyxy[.., .., TensorIndex.Slice(0, 3, 2)];
+                ddy = c.view(1, -1, 1) - xyxy[.., .., TensorIndex.Slice(1, 4, 2)];
+                var sx = ddx * 8.0; ddx = sign(sx) * log2(sx.abs() + 1.0) / 3.0;
+                var sy = ddy * 8.0; ddy = sign(sy) * log2(sy.abs() + 1.0) / 3.0;
+            });
+            Op("boxRPB part: MLP x, first Linear(2,256) only (comparison)", () => h1 = dec.boxRPB_embed_x!.layers[0].forward(ddx));
+            Op("boxRPB part: ReLU out of place (comparison)", () => nn.functional.relu(h1).Dispose());
+            Op("boxRPB part: ReLU in place (comparison)", () => h1.relu_());
+            Op("boxRPB part: MLP x whole (comparison)", () => ex = dec.boxRPB_embed_x!.forward(ddx));
+            Op("boxRPB part: MLP y whole (comparison)", () => ey = dec.boxRPB_embed_y!.forward(ddy));
+            Tensor exT = null!, eyT = null!, sumFresh = null!;
+            Op("boxRPB part: head-major tables (comparison)", () =>
+            {
+                exT = ex.view(1, -1, side, heads).permute(0, 3, 1, 2).contiguous();
+                eyT = ey.view(1, -1, side, heads).permute(0, 3, 1, 2).contiguous();
+            });
+            Op("boxRPB part: broadcast sum into a fresh tensor (comparison)", () => sumFresh = eyT.unsqueeze(4) + exT.unsqueeze(3));
+            var reuse = torch.empty_like(sumFresh);
+            Op("boxRPB part: broadcast sum into a reused buffer, copy_ + add_ (comparison)", () => reuse.copy_(eyT.unsqueeze(4).expand_as(reuse)).add_(exT.unsqueeze(3)));
+            if (r == 0) Console.WriteLine($"# reused-buffer sum equals the fresh sum: {reuse.eq(sumFresh).all().item<bool>()}");
+            Op("cat presence + queries, pos", () =>
+            {
+                x = cat([presence, tgt], 0);
+                queryPos = cat([zeros_like(presence), queryPos], 0);
+            });
+            Op("self-attention (201 tokens)", () => { qk = x + queryPos; sa = layer.self_attn.forward(qk, qk, x); });
+            Op("residual + LayerNorm", () => x = layer.norm2.forward(x + sa));
+            Op("text cross-attention (33 keys)", () => ca = layer.ca_text!.forward(x + queryPos, prompt, prompt, key_padding_mask: promptMask));
+            Op("residual + LayerNorm", () => x = layer.catext_norm!.forward(x + ca));
+            Op("image cross-attn: memory + pos", () => key = memory + pos);
+            var att = layer.cross_attn;
+            var wq = att.in_proj_weight.chunk(3, 0);
+            var bq = att.in_proj_bias.chunk(3, 0);
+            int hd = d / heads;
+            Op("image cross-attn: q projection (201)", () => q = nn.functional.linear((x + queryPos).transpose(0, 1), wq[0], bq[0]).view(1, -1, heads, hd).transpose(1, 2));
+            Op("image cross-attn: k projection (5184)", () => k = nn.functional.linear(key.transpose(0, 1), wq[1], bq[1]).view(1, -1, heads, hd).transpose(1, 2));
+            Op("image cross-attn: v projection (5184)", () => v = nn.functional.linear(memory.transpose(0, 1), wq[2], bq[2]).view(1, -1, heads, hd).transpose(1, 2));
+            var m4 = mask.view(1, heads, -1, hw);
+            Op("image cross-attn: SDPA with the float boxRPB mask", () => o = nn.functional.scaled_dot_product_attention(q, k, v, m4));
+            var m4New = rpbNew.flatten(0, 1).view(1, heads, -1, hw);
+            if (r == 0) Console.WriteLine($"# masks: previous strides [{string.Join(",", m4.stride())}], module strides [{string.Join(",", m4New.stride())}]");
+            Op("image cross-attn: SDPA with the module's boxRPB mask (comparison)", () => nn.functional.scaled_dot_product_attention(q, k, v, m4New).Dispose());
+            Op("image cross-attn: SDPA without mask (comparison)", () => nn.functional.scaled_dot_product_attention(q, k, v).Dispose());
+            Op("image cross-attn: explicit math softmax(qkᵀ/√d + mask)·v (comparison)", () =>
+            {
+                using var ms = NewDisposeScope();
+                var logits = torch.matmul(q, k.transpose(-2, -1)) * (1.0 / Math.Sqrt(hd)) + m4;
+                torch.matmul(logits.softmax(-1), v);
+            });
+            Op("image cross-attn: head merge + out_proj", () => o = att.out_proj.forward(o.transpose(1, 2).reshape(1, -1, d)).transpose(0, 1));
+            Op("residual + LayerNorm", () => x = layer.norm1.forward(x + o));
+            Op("FFN (linear1, ReLU, linear2)", () => ffn = layer.linear2.forward(nn.functional.relu(layer.linear1.forward(x))));
+            Op("residual + LayerNorm", () => x = layer.norm3.forward(x + ffn));
+            var queries = x[TensorIndex.Slice(1, null)];
+            Op("box refinement (norm, bbox_embed, inverse_sigmoid, sigmoid)", () =>
+            {
+                normed = dec.norm.forward(queries);
+                newRef = (dec.bbox_embed.forward(normed) + BoxOps.InverseSigmoid(refBoxes, 1e-3)).sigmoid();
+            });
+            Op("presence head (norm, MLP)", () => dec.presence_token_head!.forward(dec.presence_token_out_norm!.forward(x[TensorIndex.Slice(0, 1)])).Dispose());
+        }
+        double sum = ops.Where(kv => !kv.Key.Contains("comparison") && !kv.Key.Contains("previous")).Sum(kv => kv.Value.Wall) / reps;
+        Console.WriteLine("| op (layer 0) | wall ms | CPU ms | share of the module's ops |");
+        Console.WriteLine("| --- | ---: | ---: | ---: |");
+        foreach (var (name, v) in ops)
+        {
+            bool counted = !name.Contains("comparison") && !name.Contains("previous");
+            Console.WriteLine($"| {name} | {v.Wall / reps * 1e3:F2} | {v.Cpu / reps * 1e3:F2} | {(counted ? $"{v.Wall / reps / sum * 100:F1} %" : "—")} |");
+        }
+        Console.WriteLine($"| sum of the module's ops (one layer) | {sum * 1e3:F2} | | |");
+
+        // PrecisionPolicy.ToModuleDtype on a two-Linear Sequential (the text MLP's call pattern)
+        using var seq = nn.Sequential(("c_fc", nn.Linear(16, 16)), ("gelu", nn.GELU()), ("c_proj", nn.Linear(16, 16)));
+        using var xs = torch.randn(2, 16);
+        const int calls = 20000;
+        var md = Time(3, () => { for (int i = 0; i < calls; i++) Precision.PrecisionPolicy.ToModuleDtype(xs, seq); });
+        Console.WriteLine($"# PrecisionPolicy.ToModuleDtype: {md.Wall / calls * 1e6:F2} µs per call ({calls} calls, best of 3)");
+    }
+}
