@@ -329,7 +329,7 @@ internal static class HeadsProfile
         using var seq = nn.Sequential(("c_fc", nn.Linear(16, 16)), ("gelu", nn.GELU()), ("c_proj", nn.Linear(16, 16)));
         using var xs = torch.randn(2, 16);
         const int calls = 20000;
-        var md = Time(3, () => { for (int i = 0; i < calls; i++) Precision.PrecisionPolicy.ToModuleDtype(xs, seq); });
+        var md = Time(3, () => { for (int i = 0; i < calls; i++) global::Sam3.Torch.Precision.PrecisionPolicy.ToModuleDtype(xs, seq); });
         Console.WriteLine($"# PrecisionPolicy.ToModuleDtype: {md.Wall / calls * 1e6:F2} µs per call ({calls} calls, best of 3)");
     }
 }
