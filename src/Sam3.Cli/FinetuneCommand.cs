@@ -1,3 +1,4 @@
+using Sam3.Torch.IO;
 using System.Globalization;
 using Sam3.Torch;
 using Sam3.Torch.Training;

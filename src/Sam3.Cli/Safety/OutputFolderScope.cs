@@ -1,3 +1,4 @@
+using Sam3.Torch.IO;
 namespace Sam3.Cli;
 
 /// <summary>

@@ -1,3 +1,4 @@
+using Sam3.Torch.IO;
 using System.Globalization;
 using System.Text.Json.Nodes;
 using Sam3.Torch.Loading;
@@ -70,7 +71,8 @@ public static class Sam3FineTuning
 
         var files = ModelFolder.Locate(options.CheckpointPath, new Sam3ModelOptions { Config = options.Config, TokenizerPath = options.TokenizerPath });
         Directory.CreateDirectory(outDir);
-        using var runLock = hooks.LockOutput?.Invoke(outDir);
+        // one run per output folder (a second one would clean this run's save temporaries); the CLI passes the same lock
+        using var runLock = (hooks.LockOutput ?? RunLock.ForFolder)(outDir);
         string ckpt = Path.Combine(outDir, CheckpointFolder);
         TrainerCheckpoint.RecoverInterrupted(ckpt);
         if (!options.Resume && File.Exists(Path.Combine(ckpt, TrainerCheckpoint.StateFile)))

@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using NUnit.Framework;
 using Sam3.Cli;
+using Sam3.Torch.IO;
 using Sam3.Torch.Tests.Infrastructure;
 using static Sam3.Torch.Tests.Cli.Hostile.HostileSandbox;
 

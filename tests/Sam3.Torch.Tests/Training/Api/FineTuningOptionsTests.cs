@@ -101,4 +101,27 @@ public class FineTuningOptionsTests
         }
         finally { Directory.Delete(dir, recursive: true); }
     }
+
+    [Test]
+    public void ASecondRunOnTheSameOutputFolderIsRefusedWhileTheFirstHoldsIt()
+    {
+        string dir = Directory.CreateTempSubdirectory("sam3-ftapi-lock-").FullName;
+        try
+        {
+            string data = SyntheticShapes.Write(Path.Combine(dir, "data"), SyntheticShapes.Default.Take(1).ToList());
+            string outDir = Directory.CreateDirectory(Path.Combine(dir, "out")).FullName;
+            var o = new Sam3FineTuningOptions
+            {
+                CheckpointPath = FinetuneWorkflowTests.TinyCheckpoint, DataDirectory = data, OutputDirectory = outDir,
+                Config = Sam3.Torch.Config.Sam3Config.Tiny, TokenizerPath = FinetuneWorkflowTests.Vocab, Evaluate = false,
+            };
+            using (Sam3.Torch.IO.RunLock.ForFolder(outDir)) // another run (a CLI or an API call) holds the folder
+            {
+                var e = Assert.Throws<Sam3Exception>(() => Sam3FineTuning.Run(o));
+                Assert.That(e!.Message, Does.Contain("in use"));
+            }
+            Assert.That(Directory.EnumerateFileSystemEntries(outDir), Is.Empty, "the refused run wrote nothing");
+        }
+        finally { Directory.Delete(dir, recursive: true); }
+    }
 }

@@ -1,6 +1,4 @@
-using Sam3.Torch;
-
-namespace Sam3.Cli;
+namespace Sam3.Torch.IO;
 
 /// <summary>
 /// One run at a time per output: a lock file (<c>.sam3.lock</c> in an output folder, <c>.NAME.sam3.lock</c> beside an
@@ -43,7 +41,7 @@ internal sealed class RunLock : IDisposable
         }
         catch (IOException e) when (e is not FileNotFoundException and not DirectoryNotFoundException && File.Exists(lockPath))
         {
-            throw new Sam3Exception($"{what} is in use by another sam3 run (lock {lockPath}); wait for it to finish or choose another output", e);
+            throw new Sam3Exception($"{what} is in use by another sam3 run (or fine-tuning call) (lock {lockPath}); wait for it to finish or choose another output", e);
         }
         catch (UnauthorizedAccessException e)
         {
