@@ -33,16 +33,16 @@ internal static class ComputeProfile
 {
     private static readonly Process Self = Process.GetCurrentProcess();
 
-    private static double CpuSeconds()
+    internal static double CpuSeconds()
     {
         Self.Refresh();
         return Self.TotalProcessorTime.TotalSeconds;
     }
 
-    private static string Uptime() => File.Exists("/proc/loadavg") ? File.ReadAllText("/proc/loadavg").Trim() : "n/a";
+    internal static string Uptime() => File.Exists("/proc/loadavg") ? File.ReadAllText("/proc/loadavg").Trim() : "n/a";
 
     /// <summary>Runs <paramref name="action"/> <paramref name="reps"/> times; returns the minimum wall and CPU seconds.</summary>
-    private static (double Wall, double Cpu) Time(int reps, Action action)
+    internal static (double Wall, double Cpu) Time(int reps, Action action)
     {
         double bestWall = double.MaxValue, bestCpu = double.MaxValue;
         for (int r = 0; r < reps; r++)

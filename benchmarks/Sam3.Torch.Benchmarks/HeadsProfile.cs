@@ -18,30 +18,11 @@ namespace Sam3.Torch.Benchmarks;
 /// </summary>
 internal static class HeadsProfile
 {
-    private static readonly Process Self = Process.GetCurrentProcess();
+    private static double CpuSeconds() => ComputeProfile.CpuSeconds();
 
-    private static double CpuSeconds()
-    {
-        Self.Refresh();
-        return Self.TotalProcessorTime.TotalSeconds;
-    }
+    private static string Load() => ComputeProfile.Uptime();
 
-    private static string Load() => File.Exists("/proc/loadavg") ? File.ReadAllText("/proc/loadavg").Trim() : "n/a";
-
-    private static (double Wall, double Cpu) Time(int reps, Action action)
-    {
-        double bestWall = double.MaxValue, bestCpu = double.MaxValue;
-        for (int r = 0; r < reps; r++)
-        {
-            double c0 = CpuSeconds();
-            var sw = Stopwatch.StartNew();
-            action();
-            sw.Stop();
-            bestWall = Math.Min(bestWall, sw.Elapsed.TotalSeconds);
-            bestCpu = Math.Min(bestCpu, CpuSeconds() - c0);
-        }
-        return (bestWall, bestCpu);
-    }
+    private static (double Wall, double Cpu) Time(int reps, Action action) => ComputeProfile.Time(reps, action);
 
     public static int Run(string[] args)
     {

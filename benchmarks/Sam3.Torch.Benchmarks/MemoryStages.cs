@@ -152,7 +152,8 @@ internal static class MemoryStages
     }
 
     /// <summary>kB fields of /proc/self/status, in bytes.</summary>
-    private static Dictionary<string, long> Status()
+    /// <summary>The byte figures of /proc/self/status (VmHWM, VmRSS, RssAnon, RssFile, …), by field name.</summary>
+    internal static Dictionary<string, long> Status()
     {
         var d = new Dictionary<string, long>();
         foreach (var line in File.ReadAllLines("/proc/self/status"))

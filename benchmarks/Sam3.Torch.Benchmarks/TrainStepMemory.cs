@@ -211,24 +211,12 @@ internal static class TrainStepMemory
         {
             double wall = _wall.Elapsed.TotalSeconds;
             var cpuNow = Process.GetCurrentProcess().TotalProcessorTime;
-            var st = Status();
+            var st = MemoryStages.Status();
             long live = DisposeScopeManager.Statistics.ThreadTotalLiveCount;
             Console.WriteLine($"{name,-28} {wall,8:F1} {(cpuNow - _cpu).TotalSeconds,8:F1} {st["VmHWM"] / 1e9,8:F3} {st["VmRSS"] / 1e9,8:F3} {st["RssAnon"] / 1e9,8:F3} {live,7}");
             File.WriteAllText("/proc/self/clear_refs", "5");
             _cpu = Process.GetCurrentProcess().TotalProcessorTime;
             _wall.Restart();
-        }
-
-        private static Dictionary<string, long> Status()
-        {
-            var d = new Dictionary<string, long>();
-            foreach (var line in File.ReadAllLines("/proc/self/status"))
-            {
-                int colon = line.IndexOf(':');
-                if (colon < 0 || !line.EndsWith(" kB")) continue;
-                if (long.TryParse(line[(colon + 1)..^3].Trim(), out long kb)) d[line[..colon]] = kb * 1000;
-            }
-            return d;
         }
     }
 }
