@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Copies what autocast_contract.py needs on the device machine into .devrun/ (ignored by git; carry ".devrun").
 # Usage, from the repository root:  benchmarks/reference/gpu/populate_devrun.sh [SAM3_TREE] [SHARED]
-#   SAM3_TREE: a checkout of facebookresearch/sam3 at the fixture commit (default /work/sam3src)
-#   SHARED:    the shared folder with pyref/ and parity/ (default ../shared)
+#   SAM3_TREE: a checkout of facebookresearch/sam3 at the fixture commit (default $SAM3_SRC; as for run.sh: `fetch`
+#              it, then ../shared/pyref/checkout_sam3.sh GIT_DIR)
+#   SHARED:    the shared folder with pyref/ and parity/ (default $SAM3_SHARED, else ../shared)
 set -euo pipefail
-SAM3=${1:-/work/sam3src}
-SHARED=${2:-../shared}
+SAM3=${1:-${SAM3_SRC:-}}
+SHARED=${2:-${SAM3_SHARED:-../shared}}
+if [ -z "$SAM3" ]; then echo "populate_devrun.sh: give the sam3 checkout (argument 1 or SAM3_SRC)" >&2; exit 2; fi
 rm -rf .devrun
 mkdir -p .devrun/sam3src .devrun/pyref .devrun/parity/tiny .devrun/parity/inputs
 cp -r "$SAM3/sam3" .devrun/sam3src/                       # the python package only (no assets/, examples/)
@@ -18,6 +20,8 @@ chmod -R u+w .devrun
 du -sh .devrun
 # the fixtures' final outputs (fp32, official code on torch 1.13 CPU) as one small npz, so the device run also
 # compares against the fixtures themselves (its own cpu_fp32 way runs on the device's torch)
+SCRATCH=$(mktemp -d)
+trap 'rm -rf "$SCRATCH"' EXIT
 /usr/bin/python3 benchmarks/reference/gpu/autocast_contract.py --sam3-src .devrun/sam3src --pyref .devrun/pyref \
-    --parity "$SHARED/parity" --out /tmp --extract-fixtures .devrun/parity/fixture_outputs.npz
+    --parity "$SHARED/parity" --out "$SCRATCH" --extract-fixtures .devrun/parity/fixture_outputs.npz
 du -sh .devrun
