@@ -40,9 +40,18 @@ Task("Test").IsDependentOn("Build").Does(() =>
     // The CI of this workplace reads a final "N passed, N failed" line, not dotnet's summary.
     int passed = 0, failed = 0, skipped = 0;
     var badSkips = new List<string>();
+    var failures = new List<string>();
     foreach (var trx in GetFiles(resultsDir + "/**/*.trx"))
     {
         var doc = XDocument.Load(trx.FullPath);
+        // Failed tests are listed again just above the summary: a reader that keeps only the tail of the log still sees
+        // which test failed and why.
+        foreach (var r in doc.Descendants().Where(e => e.Name.LocalName == "UnitTestResult" && (string)e.Attribute("outcome") is "Failed" or "Error" or "Timeout"))
+        {
+            string message = string.Concat(r.Descendants().Where(e => e.Name.LocalName == "Message").Select(e => e.Value)).Trim();
+            var lines = message.Split('\n').Select(l => l.TrimEnd()).Where(l => l.Length > 0).Take(6);
+            failures.Add($"FAILED {(string)r.Attribute("testName")}: {string.Join(" | ", lines)}");
+        }
         // The only accepted skip is a GPU-only test on a machine without CUDA (reason "GPU-only: ..."; see
         // tests/.../Infrastructure/TestPolicy.cs). Any other skip (a missing fixture, an Ignore) fails the run.
         foreach (var r in doc.Descendants().Where(e => e.Name.LocalName == "UnitTestResult" && (string)e.Attribute("outcome") == "NotExecuted"))
@@ -62,6 +71,7 @@ Task("Test").IsDependentOn("Build").Does(() =>
     failed += badSkips.Count; // counted as failures: a run that skipped what it must run is not green
     // Plain text on its own line (Cake's log colours it, which would hide it from line-based readers).
     System.Console.Out.Flush();
+    foreach (var f in failures) System.Console.WriteLine(f.Length > 1500 ? f.Substring(0, 1500) + " ..." : f);
     System.Console.WriteLine($"{passed} passed, {failed} failed, {skipped} skipped");
     if (failure != null || failed > 0) throw new Exception($"{failed} test(s) failed");
 });
