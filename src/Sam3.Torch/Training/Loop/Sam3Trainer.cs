@@ -181,7 +181,9 @@ internal sealed class Sam3Trainer
     /// <see cref="SaveCheckpoint"/> with the same data set size, batch settings and epochs.
     /// </summary>
     /// <remarks>The CSV log (when set) loses the rows of steps after the checkpoint's (those of a killed run that the
-    /// resumed run does again) and any partly written last line.</remarks>
+    /// resumed run does again) and any partly written last line; the TensorBoard log gets a new events file that starts
+    /// with a restart marker at the next step (<see cref="TensorBoardLog"/>), so TensorBoard drops the killed run's
+    /// events of those steps.</remarks>
     public void Resume(string directory)
     {
         TrainerCheckpoint.Restore(this, directory);
@@ -204,6 +206,7 @@ internal sealed class Sam3Trainer
     private void AttachCsv()
     {
         _csv ??= Options.CsvLogPath is { } p ? new CsvLossLog(p) : null;
-        _tensorBoard ??= Options.TensorBoardDirectory is { } d ? new TensorBoardLog(d) : null;
+        // the session's START event at the first step it logs: TensorBoard drops what a killed session logged from there on
+        _tensorBoard ??= Options.TensorBoardDirectory is { } d ? new TensorBoardLog(d, sessionStartStep: Step + 1) : null;
     }
 }

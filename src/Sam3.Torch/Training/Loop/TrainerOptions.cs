@@ -48,8 +48,9 @@ internal sealed record TrainerOptions
     public string? CsvLogPath { get; init; }
 
     /// <summary>
-    /// A folder for TensorBoard event files (TorchSharp's <c>SummaryWriter</c>): every loss term, the gradient norm and each
-    /// group's learning rate as scalars per optimizer step. Null = none.
+    /// A folder for TensorBoard event files (<see cref="TensorBoardLog"/>): every loss term, the gradient norm and each
+    /// group's learning rate as scalars per optimizer step; a resumed run marks its restart so TensorBoard shows the steps
+    /// it redoes once. Null = none.
     /// </summary>
     public string? TensorBoardDirectory { get; init; }
 
