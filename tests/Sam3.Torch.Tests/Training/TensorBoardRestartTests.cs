@@ -78,6 +78,23 @@ public class TensorBoardRestartTests
         Assert.That(view["eval/box_AP"], Is.EqualTo(new (long, float)[] { (0, 0.1f) }));
     }
 
+}
+
+/// <summary>The trainer's side of <see cref="TensorBoardRestartTests"/> (tiny model, 6 optimizer steps, about a minute).</summary>
+[TestFixture, Category("Slow")]
+public class TensorBoardRestartTrainerTests
+{
+    private string _dir = null!;
+
+    [SetUp]
+    public void SetUp() => _dir = Directory.CreateTempSubdirectory("sam3-tb-trainer-").FullName;
+
+    [TearDown]
+    public void TearDown()
+    {
+        try { Directory.Delete(_dir, recursive: true); } catch (IOException) { }
+    }
+
     /// <summary>
     /// The trainer end to end on the tiny model: a session that checkpoints after step 1 and is "killed" after step 3, then
     /// a new trainer resumed from the checkpoint that runs to the end (step 4): TensorBoard shows steps 1–4 once each, the
