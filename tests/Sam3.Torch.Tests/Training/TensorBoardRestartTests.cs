@@ -69,7 +69,7 @@ public class TensorBoardRestartTests
         var files = TfEventReader.RunFiles(_dir);
         Assert.That(files, Has.Length.EqualTo(3));
         Assert.That(files.Take(2), Is.EqualTo(new[] { killed.FilePath, resumed.FilePath }), "each session's file sorts after the earlier ones");
-        var raw = files.SelectMany(TfEventReader.Read).Where(e => e.SessionStatus is not null).ToList();
+        var raw = files.SelectMany(f => TfEventReader.Read(f)).Where(e => e.SessionStatus is not null).ToList();
         Assert.That(raw.Select(e => (e.SessionStatus, e.Step)), Is.EqualTo(new[] { ((int?)TfEventReader.Start, 1L), (TfEventReader.Start, 3L) }));
 
         var view = TfEventReader.Accumulate(_dir);
@@ -130,7 +130,7 @@ public class TensorBoardRestartTrainerTests
 
         var files = TfEventReader.RunFiles(board);
         Assert.That(files, Has.Length.EqualTo(2));
-        var raw = files.SelectMany(TfEventReader.Read).SelectMany(e => e.Values.Where(v => v.Tag == "loss/core").Select(_ => e.Step)).ToList();
+        var raw = files.SelectMany(f => TfEventReader.Read(f)).SelectMany(e => e.Values.Where(v => v.Tag == "loss/core").Select(_ => e.Step)).ToList();
         Assert.That(raw, Is.EqualTo(new long[] { 1, 2, 3, 2, 3, 4 }), "both sessions' points are in the files");
         var view = TfEventReader.Accumulate(board);
         Assert.That(view["loss/core"].Select(p => p.Step), Is.EqualTo(new long[] { 1, 2, 3, 4 }), "each step once after TensorBoard's purge");

@@ -17,19 +17,30 @@ internal static class TfEventReader
     /// <summary>SessionLog.SessionStatus.START (event.proto).</summary>
     public const int Start = 1;
 
-    public static List<Event> Read(string path)
+    /// <param name="path">An event file.</param>
+    /// <param name="tolerateTruncatedTail">Stop at a truncated last record (what a killed writer can leave) instead of
+    /// throwing, as TensorBoard's readers do; a CRC mismatch still throws.</param>
+    public static List<Event> Read(string path, bool tolerateTruncatedTail = false)
     {
         var bytes = File.ReadAllBytes(path);
         var events = new List<Event>();
         int pos = 0;
         while (pos < bytes.Length)
         {
-            if (bytes.Length - pos < 12) throw new InvalidDataException($"{path}: truncated record header at {pos}");
+            if (bytes.Length - pos < 12)
+            {
+                if (tolerateTruncatedTail) break;
+                throw new InvalidDataException($"{path}: truncated record header at {pos}");
+            }
             ulong len = BinaryPrimitives.ReadUInt64LittleEndian(bytes.AsSpan(pos));
             if (BinaryPrimitives.ReadUInt32LittleEndian(bytes.AsSpan(pos + 8)) != MaskedCrc(bytes.AsSpan(pos, 8)))
                 throw new InvalidDataException($"{path}: length CRC of record {events.Count}");
             int start = pos + 12;
-            if ((ulong)(bytes.Length - start) < len + 4) throw new InvalidDataException($"{path}: truncated record {events.Count}");
+            if ((ulong)(bytes.Length - start) < len + 4)
+            {
+                if (tolerateTruncatedTail) break;
+                throw new InvalidDataException($"{path}: truncated record {events.Count}");
+            }
             var data = bytes.AsSpan(start, (int)len);
             if (BinaryPrimitives.ReadUInt32LittleEndian(bytes.AsSpan(start + (int)len)) != MaskedCrc(data))
                 throw new InvalidDataException($"{path}: data CRC of record {events.Count}");
@@ -46,7 +57,7 @@ internal static class TfEventReader
 
     /// <summary>
     /// The scalar points TensorBoard's event accumulator (plugin_event_accumulator.py) keeps for a run folder: files in
-    /// name order; with a <c>file_version</c> of 2 or more, the first <c>SessionLog.START</c> marks the start and every later
+    /// name order (a truncated last record ends a file); with a <c>file_version</c> of 2 or more, the first <c>SessionLog.START</c> marks the start and every later
     /// one purges the points read so far whose step is ≥ its step (<c>_CheckForRestartAndMaybePurge</c>); without one,
     /// an out-of-order summary step purges that tag's later points (<c>_CheckForOutOfOrderStepAndMaybePurge</c>).
     /// </summary>
@@ -57,7 +68,7 @@ internal static class TfEventReader
         bool seenStart = false;
         long mostRecentStep = -1;
         foreach (var path in RunFiles(directory))
-            foreach (var e in Read(path))
+            foreach (var e in Read(path, tolerateTruncatedTail: true))
             {
                 if (e.FileVersion is { } v) fileVersion = double.Parse(v["brain.Event:".Length..], System.Globalization.CultureInfo.InvariantCulture);
                 if (fileVersion >= 2)
