@@ -35,10 +35,12 @@ internal static class TrainingMode
         var cfg = model.Config;
         double dropPathRate = options.DropPathRate ?? cfg.Vit.DropPathRate;
         if (dropPathRate < 0 || dropPathRate >= 1)
-            throw new ArgumentOutOfRangeException(nameof(options), dropPathRate, "drop_path_rate must be in [0, 1)");
+            throw new ArgumentOutOfRangeException($"{nameof(options)}.{nameof(TrainingModelOptions.DropPathRate)}", dropPathRate,
+                $"drop_path_rate must be in [0, 1), got {dropPathRate}" + (options.DropPathRate is null ? " (the model config's)" : ""));
         if (options.ActivationCheckpointing && !options.Deterministic && dropPathRate > 0)
             throw new ArgumentException($"activation checkpointing needs drop-path 0 (drop_path_rate is {dropPathRate}): the recomputed " +
-                                        "blocks would draw another stochastic-depth mask; set DropPathRate = 0 or Deterministic", nameof(options));
+                                        "blocks would draw another stochastic-depth mask; set DropPathRate = 0 or Deterministic",
+                $"{nameof(options)}.{nameof(TrainingModelOptions.ActivationCheckpointing)}");
         model.train();
         model.inst_interactive_predictor?.eval();
         model.backbone.vision_backbone.trunk.use_act_checkpoint = options.ActivationCheckpointing;

@@ -212,8 +212,13 @@ public sealed class Sam3VideoPredictor : IDisposable
     /// unbounded stream (see <see cref="Sam3VideoStream"/>).
     /// </summary>
     /// <param name="text">The text prompt ("person").</param>
-    /// <param name="options">Memory retention.</param>
-    public Sam3VideoStream StartStream(string text, Sam3VideoStreamOptions? options = null)
+    public Sam3VideoStream StartStream(string text) => StartStream(text, null);
+
+    // no optional parameter: one overload of a public method may have them, the box one (analyzer rule RS0026)
+    /// <inheritdoc cref="StartStream(string)"/>
+    /// <param name="text">The text prompt ("person").</param>
+    /// <param name="options">Memory retention and device; null: defaults.</param>
+    public Sam3VideoStream StartStream(string text, Sam3VideoStreamOptions? options)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
         if (string.IsNullOrWhiteSpace(text)) throw new ArgumentException("the text prompt is empty", nameof(text));

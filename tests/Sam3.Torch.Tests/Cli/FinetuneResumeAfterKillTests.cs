@@ -85,6 +85,10 @@ public class FinetuneResumeAfterKillTests
         var expected = Rows(reference);
         Assert.That(expected, Has.Length.EqualTo(1 + steps));
         Assert.That(Rows(killed), Is.EqualTo(expected));
+        // TensorBoard's view (its restart purge replayed): each step once, the uninterrupted run's values
+        var board = TfEventReader.Accumulate(Path.Combine(reference, "tensorboard"))["loss/core"];
+        Assert.That(board.Select(p => p.Step), Is.EqualTo(Enumerable.Range(1, steps).Select(i => (long)i)));
+        Assert.That(TfEventReader.Accumulate(Path.Combine(killed, "tensorboard"))["loss/core"], Is.EqualTo(board));
 
         // byte-identical final weights (every tensor of the released layout)
         using (var a = SafetensorsFile.Open(Path.Combine(reference, "model.safetensors")))

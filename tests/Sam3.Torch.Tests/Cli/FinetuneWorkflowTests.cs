@@ -1,6 +1,4 @@
-using System.Buffers.Binary;
 using System.Diagnostics;
-using System.Text;
 using System.Text.Json.Nodes;
 using NUnit.Framework;
 using Sam3.Cli;
@@ -129,86 +127,8 @@ public class FinetuneWorkflowTests
     }
 
     /// <summary>
-    /// The tags of every summary value in a TensorBoard events file: TFRecord records (u64 length, masked CRC-32C of the
-    /// length, data, masked CRC-32C of the data; both checked) holding <c>Event</c> protos; field 5 (<c>summary</c>) →
-    /// repeated field 1 (<c>value</c>) → field 1 (<c>tag</c>).
+    /// The tags of every summary value in a TensorBoard events file (<see cref="TfEventReader"/>: CRC-checked TFRecord
+    /// records, <c>Event.summary.value.tag</c>).
     /// </summary>
-    internal static IEnumerable<string> TensorBoardTags(string path)
-    {
-        var bytes = File.ReadAllBytes(path);
-        var tags = new List<string>();
-        int pos = 0, records = 0;
-        while (pos < bytes.Length)
-        {
-            Assert.That(bytes.Length - pos, Is.GreaterThanOrEqualTo(12), $"{path}: truncated record header at {pos}");
-            ulong len = BinaryPrimitives.ReadUInt64LittleEndian(bytes.AsSpan(pos));
-            uint lenCrc = BinaryPrimitives.ReadUInt32LittleEndian(bytes.AsSpan(pos + 8));
-            Assert.That(lenCrc, Is.EqualTo(MaskedCrc(bytes.AsSpan(pos, 8))), $"{path}: length CRC of record {records}");
-            int start = pos + 12;
-            Assert.That((ulong)(bytes.Length - start), Is.GreaterThanOrEqualTo(len + 4), $"{path}: truncated record {records}");
-            var data = bytes.AsSpan(start, (int)len);
-            Assert.That(BinaryPrimitives.ReadUInt32LittleEndian(bytes.AsSpan(start + (int)len)), Is.EqualTo(MaskedCrc(data)), $"{path}: data CRC of record {records}");
-            foreach (var (field, value) in ProtoFields(data.ToArray()))
-                if (field == 5)
-                    foreach (var (vf, v) in ProtoFields(value))
-                        if (vf == 1)
-                            foreach (var (tf, t) in ProtoFields(v))
-                                if (tf == 1) tags.Add(Encoding.UTF8.GetString(t));
-            pos = start + (int)len + 4;
-            records++;
-        }
-        return tags;
-    }
-
-    /// <summary>Length-delimited fields (wire type 2) of a protobuf message; other wire types skipped.</summary>
-    private static IEnumerable<(int Field, byte[] Value)> ProtoFields(byte[] m)
-    {
-        int p = 0;
-        ulong Varint()
-        {
-            ulong r = 0;
-            for (int shift = 0; ; shift += 7)
-            {
-                byte b = m[p++];
-                r |= (ulong)(b & 0x7f) << shift;
-                if (b < 0x80) return r;
-            }
-        }
-        var list = new List<(int, byte[])>();
-        while (p < m.Length)
-        {
-            ulong key = Varint();
-            int field = (int)(key >> 3), wire = (int)(key & 7);
-            switch (wire)
-            {
-                case 0: Varint(); break;
-                case 1: p += 8; break;
-                case 5: p += 4; break;
-                case 2:
-                    int n = (int)Varint();
-                    list.Add((field, m.AsSpan(p, n).ToArray()));
-                    p += n;
-                    break;
-                default: throw new InvalidDataException($"wire type {wire}");
-            }
-        }
-        return list;
-    }
-
-    private static uint MaskedCrc(ReadOnlySpan<byte> data)
-    {
-        uint crc = Crc32C(data);
-        return ((crc >> 15) | (crc << 17)) + 0xa282ead8u;
-    }
-
-    private static uint Crc32C(ReadOnlySpan<byte> data)
-    {
-        uint crc = 0xffffffffu;
-        foreach (byte b in data)
-        {
-            crc ^= b;
-            for (int k = 0; k < 8; k++) crc = (crc & 1) != 0 ? (crc >> 1) ^ 0x82f63b78u : crc >> 1;
-        }
-        return ~crc;
-    }
+    internal static IEnumerable<string> TensorBoardTags(string path) => TfEventReader.Read(path).SelectMany(e => e.Values.Select(v => v.Tag));
 }

@@ -29,8 +29,8 @@ public static class Sam3Evaluation
     /// <param name="cancellationToken">Checked between images; a cancelled call throws <see cref="OperationCanceledException"/>.</param>
     /// <exception cref="ArgumentException">An option is invalid (its name is the exception's <see cref="ArgumentException.ParamName"/>) or the data folder is empty.</exception>
     /// <exception cref="Sam3Exception">The split is missing or its annotations are invalid, or an image cannot be read.</exception>
-    public static Sam3EvaluationResult Evaluate(Sam3Model model, string dataDirectory, Sam3EvaluationOptions? options = null,
-        CancellationToken cancellationToken = default)
+    public static Sam3EvaluationResult Evaluate(Sam3Model model, string dataDirectory, Sam3EvaluationOptions? options,
+        CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(model);
         ArgumentException.ThrowIfNullOrWhiteSpace(dataDirectory);
@@ -39,6 +39,20 @@ public static class Sam3Evaluation
         string split = options.Split ?? DefaultSplit(dataDirectory);
         return Run(model, dataDirectory, split, options.MaxImages ?? int.MaxValue, TextWriter.Null, cancellationToken);
     }
+
+    // The loaded-model overloads take no optional parameter (one overload of a public method may have them, the checkpoint
+    // one with the most parameters — analyzer rules RS0026/RS0027); these three cover the calls the optional ones allowed.
+
+    /// <inheritdoc cref="Evaluate(Sam3Model, string, Sam3EvaluationOptions?, CancellationToken)"/>
+    public static Sam3EvaluationResult Evaluate(Sam3Model model, string dataDirectory) => Evaluate(model, dataDirectory, null, CancellationToken.None);
+
+    /// <inheritdoc cref="Evaluate(Sam3Model, string, Sam3EvaluationOptions?, CancellationToken)"/>
+    public static Sam3EvaluationResult Evaluate(Sam3Model model, string dataDirectory, Sam3EvaluationOptions? options) =>
+        Evaluate(model, dataDirectory, options, CancellationToken.None);
+
+    /// <inheritdoc cref="Evaluate(Sam3Model, string, Sam3EvaluationOptions?, CancellationToken)"/>
+    public static Sam3EvaluationResult Evaluate(Sam3Model model, string dataDirectory, CancellationToken cancellationToken) =>
+        Evaluate(model, dataDirectory, null, cancellationToken);
 
     /// <summary>Loads a checkpoint (as <see cref="Sam3Model.Load"/>, without the interactive heads), evaluates it, disposes it.</summary>
     /// <param name="checkpointPath">A checkpoint file or a folder holding one.</param>

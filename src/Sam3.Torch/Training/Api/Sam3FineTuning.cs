@@ -215,7 +215,23 @@ public static class Sam3FineTuning
         {
             throw new ArgumentException($"FrozenModules: {e.Message.Split(" (Parameter")[0]}", nameof(Sam3FineTuningOptions.FrozenModules), e);
         }
+        catch (ArgumentException e) when (PublicOption(e.ParamName) is { } name)
+        {
+            // a trainer option error (options.X) names the public option the caller set
+            throw new ArgumentException(e.Message.Split(" (Parameter")[0], name, e);
+        }
     }
+
+    /// <summary>The <see cref="Sam3FineTuningOptions"/> property behind a <see cref="TrainerOptions"/> error's ParamName (<c>options.X</c>).</summary>
+    private static string? PublicOption(string? trainerParam) => trainerParam switch
+    {
+        "options." + nameof(TrainerOptions.BatchSize) => nameof(Sam3FineTuningOptions.BatchSize),
+        "options." + nameof(TrainerOptions.AccumulationSteps) => nameof(Sam3FineTuningOptions.AccumulationSteps),
+        "options." + nameof(TrainerOptions.Epochs) => nameof(Sam3FineTuningOptions.Epochs),
+        "options." + nameof(TrainerOptions.ExtraFrozen) => nameof(Sam3FineTuningOptions.FrozenModules),
+        "options." + nameof(TrainerOptions.Freeze) => nameof(Sam3FineTuningOptions.Freeze),
+        _ => null,
+    };
 
     /// <summary>Mean core loss per epoch of losses.csv (columns <c>step,epoch,where,core_loss,…</c>), epochs in order.</summary>
     internal static IReadOnlyList<double> EpochLosses(string csvPath)

@@ -44,7 +44,8 @@ internal sealed class CocoDataset
         Options = options;
         var catIds = annotations.Categories.Select(c => c.Id).ToArray();
         int chunk = options.CategoryChunkSize ?? Math.Max(1, catIds.Length);
-        if (chunk <= 0) throw new ArgumentOutOfRangeException(nameof(options), $"CategoryChunkSize must be positive, got {chunk}");
+        if (chunk <= 0)
+            throw new ArgumentOutOfRangeException($"{nameof(options)}.{nameof(CocoDatasetOptions.CategoryChunkSize)}", chunk, $"CategoryChunkSize must be positive, got {chunk}");
         _categoryChunks = [];
         for (int i = 0; i < catIds.Length; i += chunk) _categoryChunks.Add(catIds[i..Math.Min(catIds.Length, i + chunk)]);
         if (options.Prompts != null)

@@ -79,13 +79,21 @@ internal sealed class Sam3Trainer
         var loraParams = lora is null ? [] : LoraTraining.OptimizerEntries(model, lora);
         TrainedParameters = model.named_parameters().Where(x => x.parameter.requires_grad).Select(x => x.name)
             .Concat(loraParams.Select(x => x.Name)).ToList();
-        if (TrainedParameters.Count == 0) throw new ArgumentException("the freezing settings leave no parameter to train", nameof(options));
+        if (TrainedParameters.Count == 0)
+        {
+            string setting = options.Trainable is not null ? nameof(TrainerOptions.Trainable)
+                : options.ExtraFrozen is { Count: > 0 } ? nameof(TrainerOptions.ExtraFrozen) : nameof(TrainerOptions.Freeze);
+            throw new ArgumentException($"the freezing settings (Freeze {options.Freeze?.ToString() ?? "null"}, ExtraFrozen " +
+                                        $"[{string.Join(", ", options.ExtraFrozen ?? [])}]{(options.Trainable is null ? "" : ", Trainable")}) " +
+                                        "leave no parameter to train", $"{nameof(options)}.{setting}");
+        }
 
         MicroBatchesPerEpoch = data.EpochBatches(0, options.BatchSize, options.Shuffle, options.DropLast).Count;
         StepsPerEpoch = MicroBatchesPerEpoch / options.AccumulationSteps;
         if (StepsPerEpoch == 0)
             throw new ArgumentException($"{data.Count} datapoints in batches of {options.BatchSize} give {MicroBatchesPerEpoch} micro-batches, " +
-                                        $"fewer than the {options.AccumulationSteps} of one optimizer step", nameof(options));
+                                        $"fewer than the {options.AccumulationSteps} of one optimizer step",
+                $"{nameof(options)}.{(MicroBatchesPerEpoch == 0 ? nameof(TrainerOptions.BatchSize) : nameof(TrainerOptions.AccumulationSteps))}");
         TotalSteps = checked(StepsPerEpoch * options.Epochs);
         _epochBatches = new List<int[]>?[options.Epochs];
 
@@ -181,7 +189,9 @@ internal sealed class Sam3Trainer
     /// <see cref="SaveCheckpoint"/> with the same data set size, batch settings and epochs.
     /// </summary>
     /// <remarks>The CSV log (when set) loses the rows of steps after the checkpoint's (those of a killed run that the
-    /// resumed run does again) and any partly written last line.</remarks>
+    /// resumed run does again) and any partly written last line; the TensorBoard log gets a new events file that starts
+    /// with a restart marker at the next step (<see cref="TensorBoardLog"/>), so TensorBoard drops the killed run's
+    /// events of those steps.</remarks>
     public void Resume(string directory)
     {
         TrainerCheckpoint.Restore(this, directory);
@@ -204,6 +214,7 @@ internal sealed class Sam3Trainer
     private void AttachCsv()
     {
         _csv ??= Options.CsvLogPath is { } p ? new CsvLossLog(p) : null;
-        _tensorBoard ??= Options.TensorBoardDirectory is { } d ? new TensorBoardLog(d) : null;
+        // the session's START event at the first step it logs: TensorBoard drops what a killed session logged from there on
+        _tensorBoard ??= Options.TensorBoardDirectory is { } d ? new TensorBoardLog(d, sessionStartStep: Step + 1) : null;
     }
 }

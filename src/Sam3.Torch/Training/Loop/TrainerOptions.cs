@@ -48,8 +48,9 @@ internal sealed record TrainerOptions
     public string? CsvLogPath { get; init; }
 
     /// <summary>
-    /// A folder for TensorBoard event files (TorchSharp's <c>SummaryWriter</c>): every loss term, the gradient norm and each
-    /// group's learning rate as scalars per optimizer step. Null = none.
+    /// A folder for TensorBoard event files (<see cref="TensorBoardLog"/>): every loss term, the gradient norm and each
+    /// group's learning rate as scalars per optimizer step; a resumed run marks its restart so TensorBoard shows the steps
+    /// it redoes once. Null = none.
     /// </summary>
     public string? TensorBoardDirectory { get; init; }
 
@@ -60,11 +61,15 @@ internal sealed record TrainerOptions
     /// </summary>
     public string? SourceCheckpoint { get; init; }
 
+    private static string Param(string property) => "options." + property;
+
     public void Validate()
     {
-        if (Epochs <= 0) throw new ArgumentOutOfRangeException(nameof(Epochs), Epochs, "epochs must be positive");
-        if (BatchSize <= 0) throw new ArgumentOutOfRangeException(nameof(BatchSize), BatchSize, "batch size must be positive");
-        if (AccumulationSteps <= 0) throw new ArgumentOutOfRangeException(nameof(AccumulationSteps), AccumulationSteps, "accumulation steps must be positive");
+        // ParamName as the trainer's parameter sees it: options.Epochs, ...
+        if (Epochs <= 0) throw new ArgumentOutOfRangeException(Param(nameof(Epochs)), Epochs, $"Epochs must be positive, got {Epochs}");
+        if (BatchSize <= 0) throw new ArgumentOutOfRangeException(Param(nameof(BatchSize)), BatchSize, $"BatchSize must be positive, got {BatchSize}");
+        if (AccumulationSteps <= 0)
+            throw new ArgumentOutOfRangeException(Param(nameof(AccumulationSteps)), AccumulationSteps, $"AccumulationSteps must be positive, got {AccumulationSteps}");
     }
 }
 

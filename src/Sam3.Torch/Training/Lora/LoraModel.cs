@@ -84,7 +84,8 @@ internal sealed class LoraModel : IDisposable
         var targets = Targets(model);
         foreach (var part in options.Parts)
             if (!targets.Any(t => part.Patterns.Any(p => ParameterFreezing.Matches(t.Name, p))))
-                throw new ArgumentException($"LoRA part '{part.Name}' matches no adaptable projection", nameof(options));
+                throw new ArgumentException($"LoRA part '{part.Name}' (patterns {string.Join(", ", part.Patterns)}) matches no adaptable projection",
+                    $"{nameof(options)}.{nameof(LoraOptions.Parts)}");
         var chosen = new List<(Target, int, double)>();
         foreach (var t in targets)
         {
