@@ -83,7 +83,7 @@ public class Bf16TrackerModulesTests
         var x = torch.rand(2, 1, 16, 16);
         var a = seq.forward(x);
         var b = PrecisionPolicy.ForwardSequential(seq, x);
-        Assert.That(torch.equal(a, b), Is.True, "fp32: exactly Sequential.forward");
+        Assert.That(a.eq(b).all().item<bool>(), Is.True, "fp32: exactly Sequential.forward");
     }
 
     [Test]
