@@ -26,6 +26,6 @@ internal sealed partial class ParityRunner
             if (!hf.Config.SameArchitecture(Config))
                 throw new Sam3Exception($"{CheckpointOverride}: its config.json does not describe the fixture's architecture ({Config.Name})");
         }
-        return Sam3ModelLoader.LoadImageModel(CheckpointPath, Config);
+        return WithPolicy(Sam3ModelLoader.LoadImageModel(CheckpointPath, Config));
     }
 }

@@ -268,6 +268,7 @@ internal sealed partial class ParityRunner
             string key = name + "_packbits";
             if (!fx.Has(key) || _compared.Contains(key)) return;
             _compared.Add(key);
+            runner.Capture?.Invoke(name, mask);
             using var scope = NewDisposeScope();
             var packed = fx.Get(key);
             var reference = Unpack(packed, mask.shape[^1]);

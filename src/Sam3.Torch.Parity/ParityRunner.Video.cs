@@ -14,8 +14,8 @@ internal sealed partial class ParityRunner
     private Sam3ImageModel? _videoModel;
 
     /// <summary>The checkpoint loaded as the video model's detector (joint scores) with the tracker heads.</summary>
-    private Sam3ImageModel VideoModel => _videoModel ??= Sam3ModelLoader.LoadImageModel(Path.Combine(ModelDirectory, "model.safetensors"), Config,
-        new Sam3LoadOptions { Grounding = GroundingOptions.VideoDetector });
+    private Sam3ImageModel VideoModel => _videoModel ??= WithPolicy(Sam3ModelLoader.LoadImageModel(Path.Combine(ModelDirectory, "model.safetensors"), Config,
+        new Sam3LoadOptions { Grounding = GroundingOptions.VideoDetector }));
 
     /// <summary>Pipeline settings of a video scenario: the configuration's video section overridden by the scenario's recorded values.</summary>
     /// <summary>

@@ -296,6 +296,7 @@ internal sealed partial class ParityRunner : IDisposable
             string key = k == 1 ? name : $"{name}#{k}";
             if (!fx.Has(key) || _compared.Contains(key)) return;
             _compared.Add(key);
+            runner.Capture?.Invoke(key, actual);
             using var scope = NewDisposeScope();
             var info = fx.Tensors.TryGetValue(key, out var i) ? i : null;
             Comparisons.Add(runner.Tolerance.Compare(key, actual, fx.Get(key), info?.ObservedMaxAbsDiff));

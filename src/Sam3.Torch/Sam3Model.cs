@@ -244,13 +244,11 @@ public sealed class Sam3Model : IDisposable
     }
 
     /// <summary>The SAM2-style video tracker (upstream <c>build_sam3_video_model().tracker</c>) on these weights.</summary>
-    /// <exception cref="Sam3StateException">The model was loaded without the interactive (tracker) heads, or with <see cref="Sam3Precision.BFloat16"/>.</exception>
+    /// <exception cref="Sam3StateException">The model was loaded without the interactive (tracker) heads.</exception>
     public Video.VideoTracker CreateVideoTracker()
     {
         ObjectDisposedException.ThrowIf(IsDisposed, this);
         if (!HasInteractivePredictor) throw new Sam3StateException("the video tracker needs the tracker heads: load with EnableInteractivePredictor = true");
-        if (Precision == Sam3Precision.BFloat16)
-            throw new Sam3StateException("the video tracker does not run under the bf16 policy yet (its memory attention and encoder are not covered): load with Precision = Float32");
         return new Video.VideoTracker(Network);
     }
 

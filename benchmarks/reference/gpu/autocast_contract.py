@@ -334,9 +334,20 @@ def worker(a):
     ctx = _Ctx()
     ctx.device, ctx.notes = device, []
     ctx.cpu_preprocess = way != "cuda_bf16_gpuprep"
-    cfg, ctx.model = _load_tiny_image_model(a, device)
-    ctx.S = cfg["image_size"]
-    if cuda:
+    fp32_cuda = way in ("cuda_fp32", "cuda_fp32_tf32")
+    if any(k in VIDEO_KEYS for k in a.scenarios):
+        import gen_video_extra
+
+        gen_video_extra._install_extra_patches()  # pyref's e2 patch (bf16 memory prompt cast up; lossless)
+        info["video_extra_patches"] = list(gen_video_extra.EXTRA_PATCHES)
+        _install_video_build_patch(device, fp32_cuda)
+    image = any(k in FIXTURES for k in a.scenarios)
+    if image:
+        cfg, ctx.model = _load_tiny_image_model(a, device)
+        ctx.S = cfg["image_size"]
+    if cuda and not image and fp32_cuda:
+        torch.autocast("cuda", enabled=False).__enter__()
+    if cuda and image:
         # Sam3TrackerPredictor.__init__ (the interactive predictor inside the image model) enters CUDA bf16 autocast
         # "for the entire model process" (sam3_tracking_predictor.py:50-51): upstream's image model built with
         # enable_inst_interactivity=True runs under bf16 autocast on CUDA whatever the caller does. Record it, and
@@ -378,6 +389,14 @@ def worker(a):
             save_safetensors(os.path.join(a.out, "intermediates", f"a_{way}.safetensors"), inter,
                              metadata={"way": way, "note": "float32 copies; recorded dtypes in results.json"})
             info["a_intermediate_dtypes"] = dtypes
+        elif key in VIDEO_KEYS:
+            try:
+                _run_video_scenario(a, ctx, key, out)
+            except Exception:  # noqa: BLE001 - record it and go on with the other scenarios
+                traceback.print_exc()
+                info.setdefault("failed_scenarios", {})[key] = traceback.format_exc()[-4000:]
+            if cuda:
+                info.setdefault("autocast_cuda_after_video", {})[key] = bool(torch.is_autocast_enabled("cuda"))
         else:
             SCENARIO_FNS[key](a, ctx, out)
         if cuda:
@@ -391,6 +410,189 @@ def worker(a):
     with open(os.path.join(a.out, "outputs", f"{way}.info.json"), "w") as f:
         json.dump(info, f, indent=1)
     print(f"[{way}] done in {info['worker_seconds']} s; scenarios {timings}", flush=True)
+
+
+# ======================================================================================================
+# video scenarios e, e2, f: pyref's own generator functions, run on the device; outputs normalised per step
+# ======================================================================================================
+VIDEO_FIXTURES = {"e": "e_tracker_video", "e2": "e2_tracker_interactive", "f": "f_video_predictor_text"}
+VIDEO_KEYS = tuple(VIDEO_FIXTURES)
+
+
+def _cpu_np(t):
+    import torch
+
+    if isinstance(t, torch.Tensor):
+        t = t.detach().cpu()
+        return t.float().numpy() if t.is_floating_point() else t.numpy()
+    return np.asarray(t)
+
+
+def video_steps(key, tensors, params):
+    """One scenario's per-step outputs in one layout, from a Recorder's tensors + the generator's returned
+    parameters (a worker) or from a fixture's safetensors + json parameters (extract/check): OrderedDict
+    step -> (obj_ids int64 [O], masks bool [O,H,W] at video resolution, scores float32 [O] or None).
+    e/e2: scores = the tracker's object-score logits (obj_scores); f: the predictor's out_probs."""
+    steps = OrderedDict()
+    if key == "e":
+        per_frame = params["per_frame"]
+        all_ids = per_frame[0]["obj_ids"] if per_frame else [1, 2]
+        for tag, ids in (("add_obj1", all_ids[:1]), ("add_obj2", all_ids)):
+            m = _cpu_np(tensors[tag + ".video_res_masks"])
+            steps[tag] = (np.asarray(ids, np.int64), m.reshape(len(ids), *m.shape[-2:]).astype(bool), None)
+        for pf in per_frame:
+            s = f"frame{pf['frame_idx']}"
+            m = _cpu_np(tensors[s + ".video_res_masks"])
+            steps[s] = (np.asarray(pf["obj_ids"], np.int64), m.reshape(m.shape[0], *m.shape[-2:]).astype(bool),
+                        _cpu_np(tensors[s + ".obj_scores"]).reshape(-1).astype(np.float32))
+    elif key == "e2":
+        W = int(params["video_hw"][1])
+
+        def unpack(k):
+            p = _cpu_np(tensors[k]).astype(np.uint8)
+            return np.unpackbits(p, axis=-1, bitorder="big")[..., :W].astype(bool)
+
+        for c in params["calls"]:
+            name = c["call"]
+            if "per_frame" in c:
+                for pf in c["per_frame"]:
+                    s = f"{name}.frame{pf['frame_idx']}"
+                    m = unpack(s + ".video_res_masks_packbits")
+                    steps[s] = (np.asarray(pf["obj_ids"], np.int64), m.reshape(m.shape[0], *m.shape[-2:]),
+                                _cpu_np(tensors[s + ".obj_scores"]).reshape(-1).astype(np.float32))
+            elif "obj_ids" in c and (name + ".video_res_masks_packbits") in tensors:
+                m = unpack(name + ".video_res_masks_packbits")
+                steps[name] = (np.asarray(c["obj_ids"], np.int64), m.reshape(m.shape[0], *m.shape[-2:]), None)
+            elif "returned_obj_ids" in c:
+                for u in c.get("updated_frames", []):
+                    fidx = u["frame_idx"] if isinstance(u, dict) else u
+                    s = f"{name}.frame{fidx}"
+                    if s + ".video_res_masks_packbits" in tensors:
+                        m = unpack(s + ".video_res_masks_packbits")
+                        steps[s] = (np.asarray(c["returned_obj_ids"], np.int64), m.reshape(m.shape[0], *m.shape[-2:]), None)
+    elif key == "f":
+        tags = ["add_prompt"] + [f"frame{k}" for k in range(len(params["frame_stats"]) - 1)]
+        for s in tags:
+            m = _cpu_np(tensors[s + ".out_binary_masks"]).astype(bool)
+            steps[s] = (_cpu_np(tensors[s + ".out_obj_ids"]).astype(np.int64).reshape(-1), m,
+                        _cpu_np(tensors[s + ".out_probs"]).reshape(-1).astype(np.float32))
+    return steps
+
+
+def put_video_steps(out, key, steps):
+    out[f"{key}|steps"] = np.array(list(steps))
+    for s, (ids, masks, scores) in steps.items():
+        out[f"{key}|{s}|ids"] = ids
+        out[f"{key}|{s}|masks"] = masks
+        if scores is not None:
+            out[f"{key}|{s}|scores"] = scores
+
+
+def get_video_steps(d, key):
+    if f"{key}|steps" not in d:
+        return None
+    return OrderedDict((str(s), (d[f"{key}|{s}|ids"], d[f"{key}|{s}|masks"], d.get(f"{key}|{s}|scores")))
+                       for s in d[f"{key}|steps"])
+
+
+def video_contract(ref, test, key):
+    """Per step: the same object ids (in order), mask IoU per object at video resolution, score max |d|."""
+    r, t = get_video_steps(ref, key), get_video_steps(test, key)
+    if r is None or t is None:
+        return None
+    rows = OrderedDict()
+    all_ious, same_all, dmax = [], True, 0.0
+    for s, (rid, rm, rsc) in r.items():
+        if s not in t:
+            rows[s] = {"missing": True}
+            same_all = False
+            continue
+        tid, tm, tsc = t[s]
+        same = rid.tolist() == tid.tolist()
+        same_all &= same
+        ious = []
+        for i, oid in enumerate(rid.tolist()):
+            j = tid.tolist().index(oid) if oid in tid.tolist() else None
+            if j is not None and rm[i].shape == tm[j].shape:
+                ious.append(_mask_iou(rm[i], tm[j]))
+        row = {"ids": rid.tolist(), "test_ids": tid.tolist(), "same_ids": same, "ious": [round(v, 5) for v in ious]}
+        if rsc is not None and tsc is not None and same and len(rsc) == len(tsc):
+            d = float(np.abs(rsc.astype(np.float64) - tsc).max()) if len(rsc) else 0.0
+            row["score_max"] = d
+            dmax = max(dmax, d)
+        all_ious += ious
+        rows[s] = row
+    summ = {"steps": len(r), "same_ids_everywhere": same_all, "masks": len(all_ious),
+            "mean_iou": float(np.mean(all_ious)) if all_ious else None,
+            "min_iou": float(np.min(all_ious)) if all_ious else None, "score_max": dmax}
+    return {"summary": summ, "steps": rows}
+
+
+def _fmt_video(key, res, per_step):
+    s = res["summary"]
+    what = "out_probs" if key == "f" else "obj-score logits"
+    lines = [f"  {key:<8} {s['steps']} steps, {s['masks']} masks, same ids everywhere: {s['same_ids_everywhere']}   "
+             f"IoU mean {s['mean_iou']:.4f} min {s['min_iou']:.4f}   {what} max|d| {s['score_max']:.4g}"
+             if s["mean_iou"] is not None else f"  {key:<8} no masks compared"]
+    if per_step:
+        for st, r in res["steps"].items():
+            if r.get("missing"):
+                lines.append(f"      {st:<22} MISSING")
+                continue
+            sc = f"  {what} |d| {r['score_max']:.4g}" if "score_max" in r else ""
+            lines.append(f"      {st:<22} ids {r['ids']}{'' if r['same_ids'] else ' vs ' + str(r['test_ids'])}  "
+                         f"IoU {r['ious']}{sc}")
+    return lines
+
+
+class _Args:
+    pass
+
+
+def _run_video_scenario(a, ctx, key, out):
+    """Runs pyref's generator function for `key` (gen_scenarios.scenario_e / scenario_f,
+    gen_video_extra.scenario_e2): the same calls, arguments and thresholds as the fixtures."""
+    import gen_scenarios
+    import gen_tiny
+    import gen_video_extra
+    from common import seed_all
+    from recorder import Recorder
+
+    args = _Args()
+    args.out, args.sam3_src = a.parity, a.sam3_src  # tiny/model.safetensors, inputs/video_0001, sam3/assets/bpe
+    seed_all(0)
+    rec = Recorder()
+    rec.unpacked_shape = {}
+    gctx = gen_scenarios.Ctx()
+    gctx.args = args
+    if key == "e2":
+        del gen_video_extra._PROMPT_CASTS[:]
+        params = gen_video_extra.scenario_e2(gctx, rec)
+        ctx.notes.append(f"e2: bf16 memory prompts cast up by pyref's extra patch: {len(gen_video_extra._PROMPT_CASTS)}")
+    else:
+        gctx.cfg, _, gctx.video_model = gen_tiny.build_tiny_models(args, need_image=False, need_video=True)
+        params = (gen_scenarios.scenario_e if key == "e" else gen_scenarios.scenario_f)(gctx, rec)
+    rec.remove()
+    put_video_steps(out, key, video_steps(key, rec.tensors, params))
+
+
+def _install_video_build_patch(device, fp32_cuda):
+    """Every tiny video model pyref builds (gen_tiny.build_tiny_models, gen_video_extra.build_video_model) goes
+    to `device` (load_state_dict then copies into it; upstream's predictor does build(...).cuda() likewise).
+    Constructing Sam3TrackerPredictor enters CUDA bf16 autocast for the process (sam3_tracking_predictor.py:50-51):
+    the fp32 CUDA ways switch it off again after every build."""
+    import torch
+    import sam3_config
+
+    orig = sam3_config.build_video_model
+
+    def build(*args, **kw):
+        m = orig(*args, **kw)
+        if fp32_cuda:
+            torch.autocast("cuda", enabled=False).__enter__()
+        return m.to(device)
+
+    sam3_config.build_video_model = build
 
 
 # ======================================================================================================
@@ -526,6 +728,14 @@ def check_fixtures(a, outputs, scenarios):
 
     res = OrderedDict()
     for key in scenarios:
+        if key in VIDEO_KEYS:
+            fxd = {}
+            put_video_steps(fxd, key, _fixture_video_steps(a, key))
+            v = video_contract(fxd, outputs, key)
+            res[f"{key}:video"] = ({"mismatch": 0 if (v["summary"]["same_ids_everywhere"] and v["summary"]["min_iou"] == 1.0) else 1,
+                                    "of": v["summary"]["masks"], "min_iou": v["summary"]["min_iou"],
+                                    "score_max_abs_diff": v["summary"]["score_max"]} if v else "missing")
+            continue
         fx, _ = load_safetensors(os.path.join(a.parity, "tiny", FIXTURES[key] + ".safetensors"))
         for k, v in outputs.items():
             if k.endswith("_dtype") or k.endswith(".best") or k not in fx:
@@ -585,11 +795,24 @@ def extract_fixtures(a, path):
 
     out = {}
     for key in a.scenarios:
+        if key in VIDEO_KEYS:
+            put_video_steps(out, key, _fixture_video_steps(a, key))
+            continue
         fx, _ = load_safetensors(os.path.join(a.parity, "tiny", FIXTURES[key] + ".safetensors"))
         for k in FIXTURE_KEYS[key]:
             out[k] = fx[k].numpy()
     np.savez_compressed(path, **out)
     print(f"wrote {path} ({os.path.getsize(path) / 1e6:.1f} MB, {len(out)} tensors)")
+
+
+def _fixture_video_steps(a, key):
+    sys.path.insert(0, a.pyref)
+    from common import load_safetensors
+
+    fx, _ = load_safetensors(os.path.join(a.parity, "tiny", VIDEO_FIXTURES[key] + ".safetensors"))
+    with open(os.path.join(a.parity, "tiny", VIDEO_FIXTURES[key] + ".json")) as f:
+        params = json.load(f)["parameters"]
+    return video_steps(key, fx, params)
 
 
 def _load_outputs(a, way):
@@ -613,7 +836,8 @@ def main():
     ap.add_argument("--out", required=True)
     ap.add_argument("--ways", default=None,
                     help=f"comma list of {ALL_WAYS} (default: all but cpu_bf16; CPU ways only with --no-cuda)")
-    ap.add_argument("--scenarios", default="a,b,c,d")
+    ap.add_argument("--scenarios", default="a,b,c,d", help="comma list of a, b, c, d, e, e2, f")
+    ap.add_argument("--per-step-e2", action="store_true", help="print e2's 40 steps one by one too")
     ap.add_argument("--no-cuda", action="store_true", help="skip the CUDA ways (a CPU-only check of the script)")
     ap.add_argument("--check-fixtures", action="store_true", help="compare cpu_fp32 with the fixture .safetensors")
     ap.add_argument("--fixture-npz", default=None,
@@ -678,6 +902,12 @@ def main():
         ti = os.path.join(a.out, "intermediates", f"a_{test}.safetensors")
         if "a" in a.scenarios and os.path.exists(ri) and os.path.exists(ti):
             results["relative_error_a"][name] = relative_errors(ri, ti)
+    results["video"] = OrderedDict()
+    for test, ref in pairs:
+        vrows = OrderedDict((k, video_contract(outputs[ref], outputs[test], k)) for k in a.scenarios if k in VIDEO_KEYS)
+        vrows = OrderedDict((k, v) for k, v in vrows.items() if v is not None)
+        if vrows:
+            results["video"][f"{test} vs {ref}"] = vrows
     if a.check_fixtures and "cpu_fp32" in outputs:
         results["cpu_fp32_vs_fixtures"] = check_fixtures(a, outputs["cpu_fp32"], a.scenarios)
     results["total_seconds"] = round(time.time() - t0, 1)
@@ -689,10 +919,19 @@ def main():
     print(f"\nbf16 contract (issue 15 item 4): same kept, mask IoU mean >= {CONTRACT['mean_iou']} and min >= "
           f"{CONTRACT['min_iou']}, boxes <= {CONTRACT['box_px']} px, scores <= {CONTRACT['score']}")
     for name_, rows in results["comparisons"].items():
+        if not rows:
+            continue
         s = results["summaries"][name_]
         print(f"\n{name_}   (contract {'MET' if s['contract_met'] else 'NOT met'})")
         for g, r in rows.items():
             print(_fmt_row(g, r))
+    if results["video"]:
+        print("\nvideo scenarios (e/e2: tracker obj-score logits, f: predictor out_probs), per step at video resolution:")
+        for name_, vrows in results["video"].items():
+            print(f"\n{name_}")
+            for k, v in vrows.items():
+                for line in _fmt_video(k, v, per_step=(k != "e2" or a.per_step_e2)):
+                    print(line)
     key_tensors = ["image_input", "vit.out.0", "neck.sam3_fpn.2", "text.out.1", "enc.out.memory", "dec.out.0",
                    "grounding.out.pred_logits", "grounding.out.pred_boxes", "seg.pixel_decoder", "seg.instance_embeds",
                    "seg.out.pred_masks"]

@@ -9,12 +9,14 @@ SAM3=${1:-${SAM3_SRC:-}}
 SHARED=${2:-${SAM3_SHARED:-../shared}}
 if [ -z "$SAM3" ]; then echo "populate_devrun.sh: give the sam3 checkout (argument 1 or SAM3_SRC)" >&2; exit 2; fi
 rm -rf .devrun
-mkdir -p .devrun/sam3src .devrun/pyref .devrun/parity/tiny .devrun/parity/inputs
+mkdir -p .devrun/sam3src .devrun/pyref .devrun/parity/tiny .devrun/parity/inputs/video_0001
 cp -r "$SAM3/sam3" .devrun/sam3src/                       # the python package only (no assets/, examples/)
 find .devrun/sam3src -name __pycache__ -type d -prune -exec rm -rf {} +
 cp "$SHARED"/pyref/*.py .devrun/pyref/
 cp "$SHARED"/parity/tiny/{model.safetensors,config.json,model_manifest.json} .devrun/parity/tiny/
 cp "$SHARED"/parity/tiny/{a_image_text,b_image_batch_text,c_geometric_prompts,d_predict_inst}.json .devrun/parity/tiny/
+cp "$SHARED"/parity/tiny/{e_tracker_video,e2_tracker_interactive,f_video_predictor_text}.json .devrun/parity/tiny/
+cp "$SHARED"/parity/inputs/video_0001/*.jpg .devrun/parity/inputs/video_0001/   # scenarios e, e2, f
 cp "$SHARED"/parity/inputs/{test_image.jpg,groceries.jpg,truck.jpg,bpe_simple_vocab_16e6.txt.gz} .devrun/parity/inputs/
 chmod -R u+w .devrun
 du -sh .devrun
@@ -23,5 +25,5 @@ du -sh .devrun
 SCRATCH=$(mktemp -d)
 trap 'rm -rf "$SCRATCH"' EXIT
 /usr/bin/python3 benchmarks/reference/gpu/autocast_contract.py --sam3-src .devrun/sam3src --pyref .devrun/pyref \
-    --parity "$SHARED/parity" --out "$SCRATCH" --extract-fixtures .devrun/parity/fixture_outputs.npz
+    --parity "$SHARED/parity" --out "$SCRATCH" --scenarios a,b,c,d,e,e2,f --extract-fixtures .devrun/parity/fixture_outputs.npz
 du -sh .devrun

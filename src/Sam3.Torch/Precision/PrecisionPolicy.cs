@@ -126,6 +126,24 @@ internal static class PrecisionPolicy
     }
 
     /// <summary>
+    /// <c>seq.forward(x)</c> with the op-level cast in front of each GEMM child (<see cref="IsGemmModule"/>): inside a
+    /// <c>Sequential</c>, a norm that returns fp32 as autocast does (<see cref="Modeling.Common.LayerNorm2d"/>) feeds the
+    /// next convolution fp32, which autocast casts to bf16 per call. In fp32 models this is exactly <c>seq.forward(x)</c>.
+    /// </summary>
+    public static Tensor ForwardSequential(Sequential seq, Tensor x)
+    {
+        ArgumentNullException.ThrowIfNull(seq);
+        using var scope = NewDisposeScope();
+        foreach (var child in seq.children())
+        {
+            if (child is not nn.Module<Tensor, Tensor> m)
+                throw new InvalidOperationException($"ForwardSequential: child {child.GetName()} is not a tensor-to-tensor module");
+            x = m.forward(IsGemmModule(child) ? ToModuleDtype(x, child) : x);
+        }
+        return x.MoveToOuterDisposeScope();
+    }
+
+    /// <summary>
     /// <c>torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True</c> (upstream sets both in
     /// <c>model_builder._setup_tf32</c> on Ampere or newer GPUs). Returns false when LibTorch has no CUDA.
     /// </summary>

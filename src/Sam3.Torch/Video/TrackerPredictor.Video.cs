@@ -37,10 +37,14 @@ internal sealed partial class TrackerPredictor
         using var scope = NewDisposeScope();
         int n = sam2Fpn.Count, levels = _hc.TrackerNumFeatureLevels;
         if (n < levels) throw new Sam3StateException($"the SAM2 neck gives {n} levels, the tracker needs {levels}");
-        var fpn = sam2Fpn.Skip(n - levels).Select(t => roundToBFloat16 ? t.to(ScalarType.BFloat16).to(ScalarType.Float32) : t.alias()).ToArray();
+        // bf16 policy: the gather path's bf16 tensors are kept as they are (as under autocast, where the tracker gets
+        // them in bf16); fp32 models keep the rounded values in fp32
+        bool policy = Net.sam_mask_decoder.conv_s0!.weight!.dtype == ScalarType.BFloat16;
+        var fpn = sam2Fpn.Skip(n - levels).Select(t => !roundToBFloat16 ? t.alias()
+                                                       : policy ? t.to(ScalarType.BFloat16) : t.to(ScalarType.BFloat16).to(ScalarType.Float32)).ToArray();
         var pos = sam2Pos.Skip(sam2Pos.Count - levels).Select(t => t.alias()).ToArray();
-        fpn[0] = Net.sam_mask_decoder.conv_s0!.forward(fpn[0]);
-        fpn[1] = Net.sam_mask_decoder.conv_s1!.forward(fpn[1]);
+        fpn[0] = Net.sam_mask_decoder.conv_s0!.forward(Precision.PrecisionPolicy.ToWeightDtype(fpn[0], Net.sam_mask_decoder.conv_s0!.weight!));
+        fpn[1] = Net.sam_mask_decoder.conv_s1!.forward(Precision.PrecisionPolicy.ToWeightDtype(fpn[1], Net.sam_mask_decoder.conv_s1!.weight!));
         foreach (var t in fpn.Concat(pos)) t.DetachFromDisposeScope();
         return new FrameFeatures { FrameIndex = frameIdx, Fpn = fpn, Pos = pos };
     }
@@ -88,7 +92,7 @@ internal sealed partial class TrackerPredictor
         AddOutputPerObject(st, frameIdx, current, isCond);
         st.FramesAlreadyTracked[frameIdx] = reverse;
         var lowRes = predMasks.to(st.Device).clone().DetachFromDisposeScope();
-        var scores = current.ObjectScoreLogits.clone().DetachFromDisposeScope();
+        var scores = current.ObjectScoreLogits.to(ScalarType.Float32).clone().DetachFromDisposeScope(); // obj_scores.float() (sam3_video_base.py:433)
         var ids = st.ObjIds.ToArray();
         st.Sweep();
         return (ids, lowRes, scores);

@@ -479,7 +479,7 @@ internal sealed partial class TrackerPredictor
                 st.FramesAlreadyTracked[f] = reverse;
                 var lowRes = predMasks.to(st.Device).clone();
                 var video = GetOrigVideoResOutput(st, lowRes);
-                var scores = current.ObjectScoreLogits.clone();
+                var scores = current.ObjectScoreLogits.to(ScalarType.Float32).clone(); // fp32 outputs under the bf16 policy too
                 st.Sweep();
                 result = new TrackerFrameResult(f, objIds, lowRes.DetachFromDisposeScope(), video.DetachFromDisposeScope(), scores.DetachFromDisposeScope());
             }
@@ -661,7 +661,7 @@ internal sealed partial class TrackerPredictor
                 {
                     replaced.Add(o.IouScore);
                     o.IouScore = Sel(o.IouScore);
-                    o.EffIouScore = Sam3TrackerBase.CalMemScore(o.ObjectScoreLogits, o.IouScore).item<float>();
+                    o.EffIouScore = Sam3TrackerBase.CalMemScore(o.ObjectScoreLogits, o.IouScore).to(ScalarType.Float32).item<float>();
                 }
                 foreach (var t in replaced) t.Dispose();
                 AddOutputPerObject(st, f, o, isCond);
@@ -706,8 +706,8 @@ internal sealed partial class TrackerPredictor
             if (n < levels) throw new Sam3StateException($"the SAM2 neck gives {n} levels, the tracker needs {levels}");
             var fpn = sam2.BackboneFpn.Skip(n - levels).Select(t => t.alias()).ToArray();
             var pos = sam2.VisionPosEnc.Skip(n - levels).Select(t => t.alias()).ToArray();
-            fpn[0] = Net.sam_mask_decoder.conv_s0!.forward(fpn[0]);
-            fpn[1] = Net.sam_mask_decoder.conv_s1!.forward(fpn[1]);
+            fpn[0] = Net.sam_mask_decoder.conv_s0!.forward(Precision.PrecisionPolicy.ToWeightDtype(fpn[0], Net.sam_mask_decoder.conv_s0!.weight!));
+            fpn[1] = Net.sam_mask_decoder.conv_s1!.forward(Precision.PrecisionPolicy.ToWeightDtype(fpn[1], Net.sam_mask_decoder.conv_s1!.weight!));
             foreach (var t in fpn.Concat(pos)) t.DetachFromDisposeScope();
             st.Cached = new FrameFeatures { FrameIndex = frameIdx, Fpn = fpn, Pos = pos };
         }
@@ -787,7 +787,7 @@ internal sealed partial class TrackerPredictor
         {
             var iou = sam.Ious.max(-1).values;
             step.IouScore = iou;
-            step.EffIouScore = Sam3TrackerBase.CalMemScore(sam.ObjectScore, iou).item<float>();
+            step.EffIouScore = Sam3TrackerBase.CalMemScore(sam.ObjectScore, iou).to(ScalarType.Float32).item<float>() /* bf16 policy: computed in bf16 as under autocast */;
         }
         if (runMemEncoder && _numMaskmem > 0)
         {
@@ -861,7 +861,7 @@ internal sealed partial class TrackerPredictor
         var low = nn.functional.interpolate(high, [high.shape[^2] / stride * ratio, high.shape[^1] / stride * ratio],
                                             mode: InterpolationMode.Bilinear, align_corners: false, antialias: true);
         var ious = torch.ones(m.shape[0], 1, device: m.device);
-        var sam = ForwardSamHeads(backboneFeatures, null, null, Net.mask_downsample.forward(m), highRes, false);
+        var sam = ForwardSamHeads(backboneFeatures, null, null, Net.mask_downsample.forward(Precision.PrecisionPolicy.ToWeightDtype(m, Net.mask_downsample.weight!)), highRes, false);
         var appearing = m.flatten(1).gt(0.0).any(1).unsqueeze(-1);
         var lambda = appearing.to(ScalarType.Float32);
         var score = scale * lambda + bias;

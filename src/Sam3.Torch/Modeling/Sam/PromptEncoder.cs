@@ -109,7 +109,7 @@ internal sealed class PromptEncoder : nn.Module
     public Tensor EmbedMasks(Tensor masks)
     {
         using var scope = NewDisposeScope();
-        return mask_downscaling.forward(Precision.PrecisionPolicy.ToModuleDtype(masks, mask_downscaling)).MoveToOuterDisposeScope();
+        return Precision.PrecisionPolicy.ForwardSequential(mask_downscaling, masks).MoveToOuterDisposeScope(); // = mask_downscaling.forward(masks) with the bf16 policy's casts
     }
 
     /// <summary>

@@ -36,9 +36,11 @@ internal sealed class CXBlock : nn.Module<Tensor, Tensor>
     public override Tensor forward(Tensor x)
     {
         using var scope = NewDisposeScope();
-        var y = norm.forward(dwconv.forward(x));
+        // bf16 policy (no-ops in fp32): the convolution/linear take their input in the weight's dtype; LayerNorm2d
+        // returns fp32 as upstream's formula does under autocast; gamma (fp32) promotes the branch to fp32
+        var y = norm.forward(dwconv.forward(Precision.PrecisionPolicy.ToWeightDtype(x, dwconv.weight!)));
         y = y.permute(0, 2, 3, 1);
-        y = pwconv2.forward(nn.functional.gelu(pwconv1.forward(y)));
+        y = pwconv2.forward(nn.functional.gelu(pwconv1.forward(Precision.PrecisionPolicy.ToWeightDtype(y, pwconv1.weight!))));
         if (gamma is not null) y = gamma * y;
         y = y.permute(0, 3, 1, 2);
         return (x + y).MoveToOuterDisposeScope();

@@ -221,7 +221,7 @@ internal sealed class Sam3TrackerBase : nn.Module
         long lh = highRes.shape[^2] / backbone_stride * ratio, lw = highRes.shape[^1] / backbone_stride * ratio;
         var lowRes = nn.functional.interpolate(highRes, [lh, lw], mode: InterpolationMode.Bilinear, align_corners: false, antialias: true);
         var ious = torch.ones(m.shape[0], 1, device: m.device);
-        using var sam = ForwardSamHeads(backboneFeatures, maskInputs: mask_downsample.forward(m), highResFeatures: highResFeatures);
+        using var sam = ForwardSamHeads(backboneFeatures, maskInputs: mask_downsample.forward(Precision.PrecisionPolicy.ToWeightDtype(m, mask_downsample.weight!)), highResFeatures: highResFeatures);
         var isObj = m.flatten(1).gt(0.0).any(1).unsqueeze(-1);
         var lambda = isObj.to(ScalarType.Float32);
         var objectScore = _hc.MaskAsOutputScale * lambda + _hc.MaskAsOutputBias;
@@ -283,7 +283,7 @@ internal sealed class Sam3TrackerBase : nn.Module
         long tDiffMax = maxAbsPos is int m ? m - 1 : 1;
         var pos = torch.tensor(relPos.Select(x => (long)x).ToArray(), device: device ?? obj_ptr_tpos_proj.weight!.device) / tDiffMax;
         var pe = Get1dSinePe(pos, hidden_dim, _tposTemperature);
-        return obj_ptr_tpos_proj.forward(pe).MoveToOuterDisposeScope();
+        return obj_ptr_tpos_proj.forward(Precision.PrecisionPolicy.ToWeightDtype(pe, obj_ptr_tpos_proj.weight!)).MoveToOuterDisposeScope();
     }
 
     /// <summary>Features of a frame without memory (initial conditioning frame): <c>feats + no_mem_embed</c>, [HW, B, C] → [B, C, H, W].</summary>

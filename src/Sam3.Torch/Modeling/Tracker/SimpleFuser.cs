@@ -28,7 +28,7 @@ internal sealed class SimpleFuser : nn.Module<Tensor, Tensor>
     public override Tensor forward(Tensor x)
     {
         using var scope = NewDisposeScope();
-        if (proj is not null) x = proj.forward(x);
+        if (proj is not null) x = proj.forward(Precision.PrecisionPolicy.ToWeightDtype(x, proj.weight!));
         foreach (var l in layers) x = l.forward(x);
         return x.MoveToOuterDisposeScope();
     }

@@ -50,6 +50,6 @@ internal sealed class SimpleMaskDownSampler : nn.Module<Tensor, Tensor>
         if (interpol_size is not null && (x.shape[^2] != interpol_size[0] || x.shape[^1] != interpol_size[1]))
             x = nn.functional.interpolate(x.to(ScalarType.Float32), [interpol_size[0], interpol_size[1]],
                                           mode: InterpolationMode.Bilinear, align_corners: false, antialias: true);
-        return encoder.forward(x).MoveToOuterDisposeScope();
+        return Precision.PrecisionPolicy.ForwardSequential(encoder, x).MoveToOuterDisposeScope(); // = encoder.forward(x) with the bf16 policy's casts
     }
 }

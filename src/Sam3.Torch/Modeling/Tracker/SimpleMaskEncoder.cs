@@ -52,9 +52,9 @@ internal sealed class SimpleMaskEncoder : nn.Module
         if (!skipMaskSigmoid) masks = masks.sigmoid();
         masks = mask_downsampler.forward(masks);
         pixFeat = pixFeat.to(masks.device);
-        var x = pix_feat_proj.forward(pixFeat) + masks;
+        var x = pix_feat_proj.forward(Precision.PrecisionPolicy.ToWeightDtype(pixFeat, pix_feat_proj.weight!)) + masks;
         x = fuser.forward(x);
-        if (out_proj is not null) x = out_proj.forward(x);
+        if (out_proj is not null) x = out_proj.forward(Precision.PrecisionPolicy.ToWeightDtype(x, out_proj.weight!));
         var pos = position_encoding.forward(x).to(x.dtype);
         return new MaskMemory(x.MoveToOuterDisposeScope(), pos.MoveToOuterDisposeScope());
     }

@@ -62,14 +62,14 @@ internal sealed class TransformerDecoderLayerv2 : nn.Module
 
     private Tensor ForwardSa(Tensor tgt, Tensor? queryPos)
     {
-        var t2 = norm1.forward(tgt);
+        var t2 = Precision.PrecisionPolicy.Norm(norm1, tgt);
         var qk = pos_enc_at_attn && queryPos is not null ? t2 + queryPos : t2;
         return tgt + Dropout(self_attn.forward(qk, qk, t2));
     }
 
     private Tensor ForwardCa(Tensor tgt, Tensor memory, Tensor? queryPos, Tensor? pos, int numKExcludeRope)
     {
-        var t2 = norm2.forward(tgt);
+        var t2 = Precision.PrecisionPolicy.Norm(norm2, tgt);
         var q = pos_enc_at_cross_attn_queries && queryPos is not null ? t2 + queryPos : t2;
         var k = pos_enc_at_cross_attn_keys && pos is not null ? memory + pos : memory;
         return tgt + Dropout(cross_attn_image.forward(q, k, memory, numKExcludeRope));
@@ -93,7 +93,8 @@ internal sealed class TransformerDecoderLayerv2 : nn.Module
             tgt = ForwardSa(tgt, queryPos);
             tgt = ForwardCa(tgt, memory, queryPos, pos, numKExcludeRope);
         }
-        var t2 = linear2.forward(Dropout(activation(linear1.forward(norm3.forward(tgt)))));
+        // bf16 policy (a no-op in fp32): norm3 on autocast's fp32 list, linear1 takes its input in the weight's dtype
+        var t2 = linear2.forward(Dropout(activation(linear1.forward(Precision.PrecisionPolicy.ToWeightDtype(Precision.PrecisionPolicy.Norm(norm3, tgt), linear1.weight!)))));
         return (tgt + Dropout(t2)).MoveToOuterDisposeScope();
     }
 }

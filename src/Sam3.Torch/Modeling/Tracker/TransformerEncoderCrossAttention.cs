@@ -62,7 +62,7 @@ internal sealed class TransformerEncoderCrossAttention : nn.Module
         var mPos = promptPos?.transpose(0, 1);
         foreach (var layer in layers)
             output = layer.forward(output, mem, mPos, qPos, numObjPtrTokens);
-        var normed = norm.forward(output).transpose(0, 1);
+        var normed = Precision.PrecisionPolicy.Norm(norm, output).transpose(0, 1); // fp32 under the bf16 policy, as autocast
         return new MemoryAttentionOutput(normed.MoveToOuterDisposeScope(), srcPos?.alias().MoveToOuterDisposeScope());
     }
 }
