@@ -40,6 +40,7 @@ internal static class ReferenceMode
                 "ours" => Ours(opts),
                 "gemm" => Gemm(opts),
                 "flops" => Flops(opts),
+                PostProcessProfile.Mode => PostProcessProfile.Run(opts),
                 _ => Usage(),
             };
         }
@@ -56,6 +57,7 @@ internal static class ReferenceMode
             usage: Sam3.Torch.Benchmarks reference ours  --checkpoint PT --tokenizer BPE --image JPG --prompt TEXT --threads N --out PREFIX [--threshold 0.5] [--api-only true]
                    Sam3.Torch.Benchmarks reference gemm  --threads N --out JSON [--seconds 2]
                    Sam3.Torch.Benchmarks reference flops --out JSON [--prompt-tokens 33]
+                   Sam3.Torch.Benchmarks reference post  [--k 1,5,20,50,200] [--height 1200] [--width 1800] [--low 288] [--threads 2] [--chunk-elements N] [--out JSON]
             """);
         return 2;
     }
