@@ -34,9 +34,15 @@ internal static class PostProcessProfile
         int[] ks = (o.TryGetValue("k", out var kk) ? kk : "1,5,20,50,200").Split(',').Select(s => int.Parse(s, CultureInfo.InvariantCulture)).ToArray();
         long pixels = (long)height * width;
         long perChunk = Math.Max(1, chunkElements / pixels);
+        if (o.TryGetValue("diagnose", out var dg) && dg == "true")
+        {
+            foreach (var line in BilinearThreshold.Diagnose()) Console.WriteLine(line);
+            return 0;
+        }
+        Console.WriteLine($"fused upsampling + threshold: {(BilinearThreshold.Variant is { } v ? v.ToString() : "not available (LibTorch's interpolate is used)")}");
         Console.WriteLine($"post-processing of K masks {lowSize}x{lowSize} -> {width}x{height}, {threads} threads, chunk {perChunk} masks ({chunkElements} floats); uptime: {Uptime()}");
-        Console.WriteLine("| K | old: interpolate | sigmoid_ | gt | cpu().contiguous() | copy to arrays | old total | new (MasksInto) | new, RLE | floor: interpolate | floor: memcpy K·H·W | old/new | equal |");
-        Console.WriteLine("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+        Console.WriteLine("| K | old: interpolate | sigmoid_ | gt | cpu().contiguous() | copy to arrays | old total | new (MasksInto) | new, RLE | LibTorch interpolate + logit compare | floor: interpolate | floor: memcpy K·H·W | old/new | equal |");
+        Console.WriteLine("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
         var rows = new JsonArray();
         using var inference = torch.inference_mode();
         torch.manual_seed(1234);
@@ -81,6 +87,15 @@ internal static class PostProcessProfile
                 return 0;
             });
             bool equal = Enumerable.Range(0, k).All(i => oldArrays[i].AsSpan().SequenceEqual(newArrays[i]));
+            newArrays = new byte[k][];
+            Collect();
+            var (_, chunked) = Measure.Of(() =>
+            {
+                MaskUpsampler.MasksInto(low, height, width, 0.5, chunkElements, _ => GC.AllocateUninitializedArray<byte>((int)pixels), (i, a) => newArrays[i] = a,
+                    allowFused: false);
+                return 0;
+            });
+            equal &= Enumerable.Range(0, k).All(i => oldArrays[i].AsSpan().SequenceEqual(newArrays[i]));
             newArrays = null!;
             Collect();
             var rles = new CocoRle[k];
@@ -122,10 +137,10 @@ internal static class PostProcessProfile
 
             string F(Measure m) => $"{m.Wall:F3} s ({m.Cpu:F2} CPU, {m.Faults / 1000}k flt)";
             Console.WriteLine($"| {k} | {F(ops["interpolate"])} | {F(ops["sigmoid_"])} | {F(ops["gt"])} | {F(ops["cpu_contiguous"])} | {F(ops["copy"])} | " +
-                              $"{F(oldTotal)} | {F(fresh)} | {F(rle)} | {F(interp)} | {F(memcpy)} | {oldTotal.Wall / fresh.Wall:F2}x wall, {oldTotal.Cpu / Math.Max(1e-9, fresh.Cpu):F2}x CPU | {equal && rleEqual} |");
+                              $"{F(oldTotal)} | {F(fresh)} | {F(rle)} | {F(chunked)} | {F(interp)} | {F(memcpy)} | {oldTotal.Wall / fresh.Wall:F2}x wall, {oldTotal.Cpu / Math.Max(1e-9, fresh.Cpu):F2}x CPU | {equal && rleEqual} |");
             var row = new JsonObject { ["k"] = k, ["equal"] = equal, ["rle_equal"] = rleEqual };
             foreach (var (name, m) in ops) row["old_" + name] = m.ToJson();
-            row["old_total"] = oldTotal.ToJson(); row["new"] = fresh.ToJson(); row["new_rle"] = rle.ToJson();
+            row["old_total"] = oldTotal.ToJson(); row["new"] = fresh.ToJson(); row["new_rle"] = rle.ToJson(); row["new_unfused"] = chunked.ToJson();
             row["floor_interpolate"] = interp.ToJson(); row["floor_memcpy"] = memcpy.ToJson();
             rows.Add(row);
             if (!equal || !rleEqual) Console.Error.WriteLine($"K={k}: the new masks differ from the old ones");
