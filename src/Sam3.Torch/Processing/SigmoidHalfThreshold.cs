@@ -81,6 +81,17 @@ internal static class SigmoidHalfThreshold
         }
     }
 
+    /// <summary><see cref="Apply(float*, IReadOnlyList{nint}, long, int)"/> of one managed run of logits (tests).</summary>
+    internal static unsafe byte[] Apply(float[] logits, int threads)
+    {
+        var dst = new byte[logits.Length];
+        if (logits.Length == 0) return dst;
+        fixed (float* s = logits)
+        fixed (byte* d = dst)
+            Apply(s, [(nint)d], logits.Length, threads);
+        return dst;
+    }
+
     /// <summary>LibTorch's own <c>sigmoid(x) &gt; 0.5</c> of the given logits, as bytes 0/1.</summary>
     internal static byte[] Decide(float[] logits)
     {

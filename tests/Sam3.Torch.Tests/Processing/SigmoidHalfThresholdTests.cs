@@ -27,14 +27,7 @@ public class SigmoidHalfThresholdTests
         return (vec, sca);
     }
 
-    private static unsafe byte[] Ours(float[] x, int threads = 1)
-    {
-        var dst = new byte[x.Length];
-        fixed (float* s = x)
-        fixed (byte* d = dst)
-            SigmoidHalfThreshold.Apply(s, [(nint)d], x.Length, threads);
-        return dst;
-    }
+    private static byte[] Ours(float[] x, int threads = 1) => SigmoidHalfThreshold.Apply(x, threads);
 
     private static float Next(float x) => MathF.BitIncrement(x);
     private static float Prev(float x) => MathF.BitDecrement(x);
@@ -124,6 +117,40 @@ public class SigmoidHalfThresholdTests
             var got = torch.tensor(arrays.SelectMany(a => a).ToArray()).reshape(3, h, w).to(ScalarType.Bool);
             Assert.That(got.eq(expected).all().item<bool>(), Is.True, $"MasksInto, chunk {chunk}");
         }
+    }
+
+    [TestCase(288, 288, 1200, 1800)]
+    [TestCase(288, 288, 1801, 1199)]
+    [TestCase(17, 23, 100, 211)]
+    [TestCase(64, 64, 65, 300)]
+    public void FusedUpsamplingEqualsLibTorchInterpolate(int h, int w, int height, int width)
+    {
+        var variant = BilinearThreshold.Variant;
+        Assume.That(variant, Is.Not.Null, "no arithmetic variant reproduces this LibTorch build (the fused path is off)");
+        using var scope = NewDisposeScope();
+        torch.manual_seed(h * 31 + width);
+        var low = torch.randn(h, w) * 10;
+        var expected = nn.functional.interpolate(low.reshape(1, 1, h, w), [height, width], mode: InterpolationMode.Bilinear, align_corners: false)
+            .contiguous().data<float>().ToArray();
+        var ours = BilinearThreshold.Upsample(low.contiguous().data<float>().ToArray(), h, w, height, width, variant!.Value);
+        int differ = Enumerable.Range(0, ours.Length).Count(i => BitConverter.SingleToInt32Bits(ours[i]) != BitConverter.SingleToInt32Bits(expected[i]));
+        Assert.That(differ, Is.EqualTo(0), $"{variant}: pixels differing from LibTorch");
+        Assert.That(BilinearThreshold.VariantFor(h, w, height, width), Is.EqualTo(variant), "the geometry passes its own check");
+        // and the fused masks equal LibTorch's interpolate → sigmoid → gt(0.5)
+        var masks = MaskUpsampler.Masks(low.unsqueeze(0), height, width, 0.5);
+        var reference = torch.tensor(expected).reshape(1, height, width).sigmoid().gt(0.5);
+        Assert.That(masks.eq(reference).all().item<bool>(), Is.True, "fused masks");
+    }
+
+    [Test]
+    public void AnUnchangedAxisIsLeftToLibTorch()
+    {
+        Assert.That(BilinearThreshold.VariantFor(288, 288, 288, 1800), Is.Null);
+        Assert.That(BilinearThreshold.VariantFor(288, 288, 1200, 288), Is.Null);
+        using var scope = NewDisposeScope();
+        var low = torch.randn(2, 30, 40);
+        var expected = nn.functional.interpolate(low.unsqueeze(1), [30, 97], mode: InterpolationMode.Bilinear, align_corners: false).squeeze(1).sigmoid().gt(0.5);
+        Assert.That(MaskUpsampler.Masks(low, 30, 97, 0.5).eq(expected).all().item<bool>(), Is.True);
     }
 
     [Test]
