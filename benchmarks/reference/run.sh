@@ -4,7 +4,7 @@
 # and thread count. See benchmarks/README.md ("Side-by-side with the official code").
 #
 #   benchmarks/reference/run.sh [--sam3-src DIR] [--threads N] [--images "a.jpg:noun b.jpg:noun" | --all]
-#                               [--cache DIR] [--checkpoint PT] [--out DIR] [--lock FILE] [--no-build] [--api-only] [--threshold T]
+#                               [--cache DIR] [--checkpoint PT] [--out DIR] [--lock FILE] [--no-build] [--api-only] [--threshold T] [--linearity 1,5,20,50,200]
 #
 # SAM3_SRC: a work tree of github.com/facebookresearch/sam3 (the fixtures' commit). Get one with the fetch tool
 # (`fetch github:facebookresearch/sam3` prints a git dir) and `../shared/pyref/checkout_sam3.sh GIT_DIR [DEST]`,
