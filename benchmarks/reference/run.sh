@@ -4,7 +4,7 @@
 # and thread count. See benchmarks/README.md ("Side-by-side with the official code").
 #
 #   benchmarks/reference/run.sh [--sam3-src DIR] [--threads N] [--images "a.jpg:noun b.jpg:noun" | --all]
-#                               [--cache DIR] [--checkpoint PT] [--out DIR] [--lock FILE] [--no-build] [--api-only] [--threshold T]
+#                               [--cache DIR] [--checkpoint PT] [--out DIR] [--lock FILE] [--no-build] [--api-only] [--threshold T] [--linearity 1,5,20,50,200]
 #
 # SAM3_SRC: a work tree of github.com/facebookresearch/sam3 (the fixtures' commit). Get one with the fetch tool
 # (`fetch github:facebookresearch/sam3` prints a git dir) and `../shared/pyref/checkout_sam3.sh GIT_DIR [DEST]`,
@@ -25,6 +25,7 @@ LOCK=${SAM3_HEAVY_LOCK:-}
 BUILD=1
 API_ONLY=false
 THRESHOLD=0.5
+LINEARITY=""
 PY=/usr/bin/python3
 
 while [ $# -gt 0 ]; do
@@ -39,6 +40,7 @@ while [ $# -gt 0 ]; do
     --lock) LOCK=$2; shift 2 ;;
     --no-build) BUILD=0; shift ;;
     --api-only) API_ONLY=true; shift ;;
+    --linearity) LINEARITY=$2; shift 2 ;;   # ours: also time set_text_prompt at about K = 1,5,20,... detections after one set_image
     --threshold) THRESHOLD=$2; shift 2 ;;   # score threshold of both sides (random weights score ~0.19: 0.15 keeps all 200)   # ours: skip the staged (per-stage) second pass
     -h|--help) sed -n 2,12p "$0"; exit 0 ;;
     *) echo "run.sh: unknown argument $1 (--help)" >&2; exit 2 ;;
@@ -129,7 +131,7 @@ for spec in $IMAGES; do
     || { tail -20 "$OUT/official.$name.log"; exit 1; }
   say "ours: $img \"$noun\" ($(uptime | sed 's/.*load/load/'))"
   heavy dotnet "$BENCH_DLL" reference ours --checkpoint "$CHECKPOINT" --tokenizer "$BPE" --image "$INPUTS/$img" --prompt "$noun" \
-    --threads "$THREADS" --threshold "$THRESHOLD" --api-only "$API_ONLY" --out "$OUT/ours.$name" 2>"$OUT/ours.$name.log" || { tail -20 "$OUT/ours.$name.log"; exit 1; }
+    --threads "$THREADS" --threshold "$THRESHOLD" --api-only "$API_ONLY" ${LINEARITY:+--linearity "$LINEARITY"} --out "$OUT/ours.$name" 2>"$OUT/ours.$name.log" || { tail -20 "$OUT/ours.$name.log"; exit 1; }
 done
 
 UPTIME_AFTER=$(uptime)

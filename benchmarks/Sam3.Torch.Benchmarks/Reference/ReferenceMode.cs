@@ -25,7 +25,7 @@ namespace Sam3.Torch.Benchmarks.Reference;
 /// <item><c>reference flops --out JSON [--prompt-tokens P]</c>: FLOPs per stage from <see cref="Sam3Config.Full"/>.</item>
 /// </list>
 /// </summary>
-internal static class ReferenceMode
+internal static partial class ReferenceMode
 {
     public const string Verb = "reference";
 
@@ -40,6 +40,7 @@ internal static class ReferenceMode
                 "ours" => Ours(opts),
                 "gemm" => Gemm(opts),
                 "flops" => Flops(opts),
+                PostProcessProfile.Mode => PostProcessProfile.Run(opts),
                 _ => Usage(),
             };
         }
@@ -53,9 +54,10 @@ internal static class ReferenceMode
     private static int Usage()
     {
         Console.Error.WriteLine("""
-            usage: Sam3.Torch.Benchmarks reference ours  --checkpoint PT --tokenizer BPE --image JPG --prompt TEXT --threads N --out PREFIX [--threshold 0.5] [--api-only true]
+            usage: Sam3.Torch.Benchmarks reference ours  --checkpoint PT --tokenizer BPE --image JPG --prompt TEXT --threads N --out PREFIX [--threshold 0.5] [--api-only true] [--linearity 1,5,20,50,200]
                    Sam3.Torch.Benchmarks reference gemm  --threads N --out JSON [--seconds 2]
                    Sam3.Torch.Benchmarks reference flops --out JSON [--prompt-tokens 33]
+                   Sam3.Torch.Benchmarks reference post  [--k 1,5,20,50,200] [--height 1200] [--width 1800] [--low 288] [--threads 2] [--chunk-elements N] [--out JSON]
             """);
         return 2;
     }
@@ -155,30 +157,15 @@ internal static class ReferenceMode
         using (var inference = torch.inference_mode())
         {
             using var state = api.Time("set_image", () => predictor.SetImage(image));
-            // what SetTextPrompt does: the detector, then the caller-owned results (masks streamed into them); the tensor
-            // form is kept for the dumps below (its full-resolution masks are made only when Dump asks for them)
-            IReadOnlyList<ImageDetections> publicResults = [];
-            var results = api.Time("set_text_prompt", () =>
-            {
-                var core = predictor.SetTextPromptCore(state, prompt);
-                publicResults = core.Select(r => r.ToDetections()).ToList();
-                return core;
-            });
+            // the public call itself (its C-heap trim and the masks written into the results included), so that the
+            // peak below is the user's; the dumps are made from its results
+            var publicResults = api.Time("set_text_prompt", () => predictor.SetTextPrompt(state, prompt));
             var (_, hwmApi) = Memory();
-            GC.KeepAlive(publicResults);
             report["api"] = api.ToJson();
             report["vmhwm_api_bytes"] = hwmApi;
-            try
-            {
-                var r = results[0];
-                report["detections"] = r.Count;
-                Dump(prefix, r);
-                DumpAllQueries(prefix, state.RawOutput!);
-            }
-            finally
-            {
-                foreach (var r in results) r.Dispose();
-            }
+            report["detections"] = publicResults[0].Count;
+            Dump(prefix, publicResults[0]);
+            DumpAllQueries(prefix, state.RawOutput!);
         }
         GC.Collect();
         report["rss_between_passes_bytes"] = Memory().Rss;
@@ -197,6 +184,12 @@ internal static class ReferenceMode
         var (_, hwm) = Memory();
         report["vmhwm_bytes"] = hwm;
         report["staged_detections"] = stagedScores.Length;
+        // FLOPs of the text row for the prompt's real tokens (what the staged pass and the predictor run)
+        int textTokens = TextTokens(model, prompt);
+        report["text_tokens"] = textTokens;
+        report["stage_flops"] = new JsonObject { ["text"] = StageFlops.Text(model.Config.Text, textTokens) };
+        if (o.TryGetValue("linearity", out var ks))
+            report["linearity"] = Linearity(model, predictor, image, prompt, ks.Split(',').Select(v => int.Parse(v, CultureInfo.InvariantCulture)).ToArray());
         File.WriteAllText(prefix + ".json", report.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
         Console.WriteLine($"ours {Path.GetFileName(imagePath)} '{prompt}': set_image {Wall(api, "set_image"):F1} s, set_text_prompt {Wall(api, "set_text_prompt"):F1} s, " +
                           $"{report["detections"]} detections, VmHWM {hwm / 1e9:F2} GB");
@@ -228,10 +221,11 @@ internal static class ReferenceMode
             return new BackboneOutput(neck.Sam3Out.Take(keep).ToArray(), neck.Sam3Pos.Take(keep).ToArray(), sam2);
         });
         trunk.Dispose();
+        // the image predictor's text path: the encoder runs over the prompt's real tokens only (skipPaddedPositions)
         var (feats, mask) = clock.Time("text", () =>
         {
             var (ids, pad) = owner.Tokenizer.TokenizeToTensors([prompt]);
-            var enc = net.backbone.ForwardText(ids.to(device), pad.to(device));
+            var enc = net.backbone.ForwardText(ids.to(device), pad.to(device), skipPaddedPositions: true);
             return (enc.LanguageFeatures, enc.LanguageMask);
         });
         var imgIds = torch.zeros(1, dtype: ScalarType.Int64, device: device);
@@ -274,6 +268,28 @@ internal static class ReferenceMode
         backbone.Dispose();
         _ = promptTokens;
         return kept;
+    }
+
+    /// <summary>
+    /// The public results as .npy files: scores f4 [K], boxes f4 [K,4] xyxy pixels, masks = np.packbits(bool [K,H,W]) u1
+    /// (big-endian bit order, zero-padded to whole bytes).
+    /// </summary>
+    private static void Dump(string prefix, ImageDetections r)
+    {
+        int k = r.Count, h = r.Height, w = r.Width;
+        Npy.Write(prefix + ".scores.npy", r.Select(d => d.Score).ToArray(), [k]);
+        Npy.Write(prefix + ".boxes.npy", r.SelectMany(d => new[] { d.Box.A, d.Box.B, d.Box.C, d.Box.D }).ToArray(), [k, 4]);
+        long n = (long)k * h * w;
+        var packed = new byte[(n + 7) / 8];
+        long bit = 0;
+        foreach (var d in r)
+            foreach (byte v in d.Mask.Data)
+            {
+                if (v != 0) packed[bit >> 3] |= (byte)(0x80 >> (int)(bit & 7));
+                bit++;
+            }
+        Npy.Write(prefix + ".masks.npy", packed, [packed.Length]);
+        File.WriteAllText(prefix + ".masks.shape", $"{k} {h} {w}");
     }
 
     /// <summary>Detections as .npy files: scores f4 [K], boxes f4 [K,4] xyxy pixels, masks = np.packbits(bool [K,H,W]) u1.</summary>

@@ -77,10 +77,13 @@ internal static class StageFlops
         return cfg.Neck.AddSam2Neck ? 2 * one : one;
     }
 
-    /// <summary>The text transformer on the full context (upstream runs all context_length tokens) and the 1024→256 resizer.</summary>
-    public static double Text(TextConfig t)
+    /// <summary>
+    /// The text transformer and the 1024→256 resizer over <paramref name="tokens"/> positions: by default the full
+    /// context (upstream runs all context_length tokens); the image predictor runs only the prompt's real tokens.
+    /// </summary>
+    public static double Text(TextConfig t, int? tokens = null)
     {
-        double l = t.ContextLength, w = t.Width, hidden = w * t.MlpRatio;
+        double l = tokens ?? t.ContextLength, w = t.Width, hidden = w * t.MlpRatio;
         double layer = Gemm(l, w, 3 * w) + Gemm(l, w, w) + Attention(l, l, w) + Gemm(l, w, hidden) + Gemm(l, hidden, w);
         return t.Layers * layer + Gemm(l, w, t.DModel);
     }

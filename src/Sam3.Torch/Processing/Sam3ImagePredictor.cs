@@ -657,9 +657,10 @@ internal sealed class DetectionTensors : IDisposable
     }
 
     /// <summary>
-    /// Copies into the public immutable form. The masks go straight from the upsampler's chunks (bool, one byte a
-    /// pixel) into each detection's own storage: H×W bytes per mask, or its COCO RLE when <paramref name="compactMasks"/>
-    /// (decoded on first access of <see cref="BinaryMask.Data"/>). Peak: the results plus one chunk.
+    /// Copies into the public immutable form. The upsampler writes each mask's bytes 0/1 straight into the detection's
+    /// own array (<see cref="MaskUpsampler.MasksInto"/>): H×W bytes per mask, or its COCO RLE when
+    /// <paramref name="compactMasks"/> (decoded on first access of <see cref="BinaryMask.Data"/>). Peak: the results plus
+    /// one chunk of float logits.
     /// </summary>
     public ImageDetections ToDetections(bool compactMasks = false)
     {
@@ -690,9 +691,21 @@ internal sealed class DetectionTensors : IDisposable
                     Take(start, _masks.slice(0, start, Math.Min(Count, start + perChunk), 1).clone());
                 }
             }
+            else if (compactMasks)
+            {
+                // one reused array per mask of a chunk: each mask is RLE-encoded as soon as its bytes are written
+                long perChunk = Math.Max(1, _chunkElements / pixels);
+                var scratch = new byte[Math.Min(Count, perChunk)][];
+                MaskUpsampler.MasksInto(_lowResLogits, Height, Width, _maskThreshold, _chunkElements,
+                    k => scratch[k % scratch.Length] ??= GC.AllocateUninitializedArray<byte>(pixels),
+                    (k, bytes) => masks[k] = BinaryMask.FromRleOf(bytes, Width, Height));
+            }
             else
             {
-                MaskUpsampler.MaskChunks(_lowResLogits, Height, Width, _maskThreshold, _chunkElements, Take);
+                // the masks' own arrays are written in place (uninitialised: every byte is overwritten)
+                MaskUpsampler.MasksInto(_lowResLogits, Height, Width, _maskThreshold, _chunkElements,
+                    _ => GC.AllocateUninitializedArray<byte>(pixels),
+                    (k, bytes) => masks[k] = BinaryMask.Own(bytes, Width, Height));
             }
         }
         for (int k = 0; k < Count; k++)

@@ -93,6 +93,14 @@ public sealed class BinaryMask
         return new BinaryMask(width, height, zeroOne.ToArray());
     }
 
+    /// <summary>Takes ownership of row-major bytes already 0 or 1 (no copy): the caller must not keep or change the array.</summary>
+    internal static BinaryMask Own(byte[] zeroOne, int width, int height)
+    {
+        ArgumentNullException.ThrowIfNull(zeroOne);
+        CheckSize(zeroOne.Length, width, height);
+        return new BinaryMask(width, height, zeroOne);
+    }
+
     /// <summary>The compact form: the COCO RLE of row-major bytes (nonzero = foreground), decoded on first use of <see cref="Data"/>.</summary>
     internal static BinaryMask FromRleOf(ReadOnlySpan<byte> rowMajor, int width, int height)
     {
