@@ -126,12 +126,21 @@ public class SigmoidHalfThresholdTests
     public void FusedUpsamplingEqualsLibTorchInterpolate(int h, int w, int height, int width)
     {
         var variant = BilinearThreshold.Variant;
-        Assume.That(variant, Is.Not.Null, "no arithmetic variant reproduces this LibTorch build (the fused path is off)");
         using var scope = NewDisposeScope();
         torch.manual_seed(h * 31 + width);
         var low = torch.randn(h, w) * 10;
         var expected = nn.functional.interpolate(low.reshape(1, 1, h, w), [height, width], mode: InterpolationMode.Bilinear, align_corners: false)
             .contiguous().data<float>().ToArray();
+        if (variant is null)
+        {
+            // no arithmetic variant reproduces this machine's LibTorch kernels: the fused path is off, and the masks come
+            // from LibTorch's interpolate (a skip here would hide that path from CI)
+            TestContext.Out.WriteLine("no fused variant matches this LibTorch build: checking the fallback");
+            Assert.That(BilinearThreshold.VariantFor(h, w, height, width), Is.Null);
+            var fallback = MaskUpsampler.Masks(low.unsqueeze(0), height, width, 0.5);
+            Assert.That(fallback.eq(torch.tensor(expected).reshape(1, height, width).sigmoid().gt(0.5)).all().item<bool>(), Is.True, "fallback masks");
+            return;
+        }
         var ours = BilinearThreshold.Upsample(low.contiguous().data<float>().ToArray(), h, w, height, width, variant!.Value);
         int differ = Enumerable.Range(0, ours.Length).Count(i => BitConverter.SingleToInt32Bits(ours[i]) != BitConverter.SingleToInt32Bits(expected[i]));
         Assert.That(differ, Is.EqualTo(0), $"{variant}: pixels differing from LibTorch");
