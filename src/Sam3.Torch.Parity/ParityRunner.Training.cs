@@ -106,11 +106,18 @@ internal sealed partial class ParityRunner
             {
                 if (fx.Has("updated_rows." + name) && tokenRows is not null)
                     ctx.Offer("updated_rows." + name, param.detach().index_select(0, tokenRows), updatedTol);
-                else ctx.Offer("updated." + name, param.detach(), NoiseOnlyGradient(name)
+                else if (NoiseOnlyGradient(name))
                     // Adam's first step moves such a parameter by lr·g·c/(|g·c| + eps) with g·c ≪ eps: gradient noise Δg
                     // (the 1e-4 bar above) moves it by up to lr·Δg·c/eps — a bar from the update rule, not from our output
-                    ? updatedTol with { Atol = 1e-6 + LearningRateOf(p, name) * 1e-4 * clipCoef / config.Optimizer.Eps }
-                    : updatedTol);
+                    ctx.Offer("updated." + name, param.detach(), updatedTol with { Atol = 1e-6 + LearningRateOf(p, name) * 1e-4 * clipCoef / config.Optimizer.Eps });
+                else
+                {
+                    using var boundScope = NewDisposeScope();
+                    ctx.Offer("updated." + name, param.detach(), updatedTol with
+                    {
+                        ElementAtol = AdamFirstStepBound(fx, "grad." + name, LearningRateOf(p, name), clipCoef, config.Optimizer.Eps),
+                    });
+                }
             }
         }
         finally
@@ -118,6 +125,22 @@ internal sealed partial class ParityRunner
             foreach (var d in datapoints) d.Dispose();
             try { Directory.Delete(tmp, recursive: true); } catch (IOException) { }
         }
+    }
+
+    /// <summary>
+    /// How far the gradient bar lets Adam's first step move each element: the step is lr·u(g) with u(g) = g/(|g| + eps)
+    /// (m̂ = g, v̂ = g² after bias correction; g the clipped gradient c·g_ref), and a gradient within Δg of the reference
+    /// changes u by at most min(2, Δg·eps/(max(|g| − Δg, 0) + eps)²) (the derivative eps/(|g| + eps)² at the point of the
+    /// interval nearest 0). Elements whose gradient is near eps are sensitive: on other CPU kernels a gradient well
+    /// inside its bar moved such weights by 3e-6 against a flat 1e-6. Null where the fixture has no gradient.
+    /// </summary>
+    private static Tensor? AdamFirstStepBound(ScenarioFixture fx, string gradName, double lr, double clipCoef, double eps)
+    {
+        if (!fx.Has(gradName)) return null;
+        var g = fx.Get(gradName).to(ScalarType.Float64) * clipCoef;
+        double dg = GradientTolerance(fx, gradName).Atol * clipCoef;
+        var near = (g.abs() - dg).clamp(min: 0);
+        return ((dg * eps) / (near + eps).square()).clamp(max: 2.0) * lr;
     }
 
     /// <summary>README-h: |Δ| ≤ 1e-4·max|g| per gradient tensor; atol 1e-4 where the gradient is zero up to float noise.</summary>

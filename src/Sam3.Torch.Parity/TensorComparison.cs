@@ -18,6 +18,12 @@ internal sealed record Tolerance(double Atol = 1e-4, double Rtol = 1e-4, double 
 {
     public static Tolerance Default { get; } = new();
 
+    /// <summary>
+    /// An extra absolute bar per element (broadcast to the reference's shape), for tensors whose sensitivity differs by
+    /// element and is known from mathematics (e.g. an optimizer update from the gradient bar); owned by the caller.
+    /// </summary>
+    public Tensor? ElementAtol { get; init; }
+
     public ComparisonResult Compare(string name, Tensor actual, Tensor expected, double? observedNoise = null)
     {
         using var scope = NewDisposeScope();
@@ -40,6 +46,7 @@ internal sealed record Tolerance(double Atol = 1e-4, double Rtol = 1e-4, double 
         double atol = Atol;
         if (observedNoise is double n && n * NoiseFactor > atol) atol = n * NoiseFactor;
         var bound = atol + Rtol * ef.abs();
+        if (ElementAtol is { } extra) bound = bound + extra.detach().cpu().to(ScalarType.Float64);
         var nanMismatch = af.isnan().logical_xor(ef.isnan());
         var bad = diff.gt(bound).logical_and(ef.isnan().logical_not()).logical_or(nanMismatch);
         long mismatches = bad.sum().item<long>();
