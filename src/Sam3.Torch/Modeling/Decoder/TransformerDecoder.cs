@@ -200,8 +200,9 @@ internal sealed class TransformerDecoder : nn.Module
                 dy = cat([dy, LogDeltas(dy)], -1);
                 break;
         }
-        var ex = boxRPB_embed_x.forward(dx); // B,Q,W,heads
-        var ey = boxRPB_embed_y.forward(dy); // B,Q,H,heads
+        bool blocked = UseInferenceFastPaths && !training && !torch.is_grad_enabled();
+        var ex = blocked ? RpbMlpInRowBlocks(boxRPB_embed_x, dx) : boxRPB_embed_x.forward(dx); // B,Q,W,heads
+        var ey = blocked ? RpbMlpInRowBlocks(boxRPB_embed_y, dy) : boxRPB_embed_y.forward(dy); // B,Q,H,heads
         if (presenceRow)
         {
             ex = cat([zeros_like(ex[.., TensorIndex.Slice(0, 1)]), ex], 1); // B,1+Q,W,heads
@@ -212,6 +213,53 @@ internal sealed class TransformerDecoder : nn.Module
         var eyT = ey.permute(0, 3, 1, 2).contiguous(); // B,heads,Q',H
         var bias = eyT.unsqueeze(4) + exT.unsqueeze(3); // B,heads,Q',H,W
         return bias.flatten(3, 4).MoveToOuterDisposeScope(); // B,heads,Q',HW
+    }
+
+    /// <summary>
+    /// Inference fast paths (default true; they apply only when gradients are off and the module is in eval mode): the boxRPB
+    /// MLPs run in row blocks with the ReLU in place (<see cref="RpbMlpRowBlock"/>), the memory's key input
+    /// <c>memory + pos</c> is added once for all layers, the FFN's ReLU is in place. Every element goes through the same
+    /// operations as in the plain path; false runs the plain path (A/B checks and tests).
+    /// </summary>
+    public bool UseInferenceFastPaths { get; set; } = true;
+
+    /// <summary>
+    /// Rows per block of the boxRPB MLPs on the inference fast path. Each axis's MLP maps B·Q·W rows (14,400 at full size)
+    /// through a hidden layer of d_model: as one call the [rows, 256] hidden tensor (15 MB) is written, rectified and read
+    /// back from main memory; in blocks of this many rows it stays in the cache (1024 rows = 1 MB).
+    /// </summary>
+    public int RpbMlpRowBlock { get; set; } = DefaultRpbMlpRowBlock;
+
+    /// <summary>Default of <see cref="RpbMlpRowBlock"/>.</summary>
+    public const int DefaultRpbMlpRowBlock = 1024;
+
+    /// <summary>
+    /// A boxRPB MLP (Linear → ReLU → … → Linear, as <see cref="Mlp.forward"/> without dropout) over the rows of
+    /// <paramref name="x"/> [..., in] in blocks of <see cref="RpbMlpRowBlock"/> rows, ReLU in place; no autograd.
+    /// </summary>
+    private Tensor RpbMlpInRowBlocks(Mlp mlp, Tensor x)
+    {
+        using var scope = NewDisposeScope();
+        var lead = x.shape[..^1];
+        var flat = x.reshape(-1, x.shape[^1]);
+        long rows = flat.shape[0];
+        long block = Math.Max(1, RpbMlpRowBlock);
+        int depth = mlp.layers.Count;
+        var parts = new List<Tensor>();
+        for (long start = 0; start < rows; start += block)
+        {
+            using var blockScope = NewDisposeScope();
+            var h = flat[TensorIndex.Slice(start, Math.Min(rows, start + block))];
+            for (int i = 0; i < depth; i++)
+            {
+                var linear = mlp.layers[i];
+                h = linear.forward(Precision.PrecisionPolicy.ToWeightDtype(h, linear.weight!));
+                if (i < depth - 1) h = h.relu_();
+            }
+            parts.Add(h.MoveToOuterDisposeScope());
+        }
+        var y = parts.Count == 1 ? parts[0] : cat(parts, 0);
+        return y.view([.. lead, y.shape[1]]).MoveToOuterDisposeScope();
     }
 
     /// <summary>
@@ -260,6 +308,10 @@ internal sealed class TransformerDecoder : nn.Module
         var kpm = memoryKeyPaddingMask?.transpose(0, 1);
         Tensor? ratios4 = validRatios is null ? null : cat([validRatios, validRatios], -1)[TensorIndex.None]; // 1,B,levels,4
 
+        // inference: the image cross-attention's key input memory + pos is the same for every layer, added once here
+        bool fastPaths = UseInferenceFastPaths && !training && !torch.is_grad_enabled();
+        Tensor? memoryKey = fastPaths && pos is not null ? memory + pos : null;
+
         var output = tgt;
         for (int i = 0; i < num_layers; i++)
         {
@@ -287,7 +339,8 @@ internal sealed class TransformerDecoder : nn.Module
             }
             else
                 (output, presenceOut) = layers[i].forward(output, queryPos, memory, pos, memoryText, textAttentionMask, kpm,
-                    tgtMask, memoryMask, useDac, dac_use_selfatt_ln, presenceOut, crossAttnMaskHasPresenceRow: withPresenceRow);
+                    tgtMask, memoryMask, useDac, dac_use_selfatt_ln, presenceOut, crossAttnMaskHasPresenceRow: withPresenceRow,
+                    memoryKey: memoryKey, inPlaceActivation: fastPaths);
             probe?.Invoke($"layer{i}.0", output);
             if (presenceOut is not null) probe?.Invoke($"layer{i}.1", presenceOut);
 

@@ -31,6 +31,7 @@ internal sealed class TransformerDecoderLayer : nn.Module
     /// <summary>Dropout of the residual branches (upstream dropout1..4, catext_dropout); active only in training, settable.</summary>
     public double dropout { get; set; }
     private readonly Func<Tensor, Tensor> activation;
+    private readonly bool reluActivation;
 
     /// <summary>Whether the layer has the text cross-attention (<c>use_text_cross_attention</c>).</summary>
     public bool UseTextCrossAttention => ca_text is not null;
@@ -39,6 +40,7 @@ internal sealed class TransformerDecoderLayer : nn.Module
     {
         dropout = hc.DecoderDropout;
         activation = Activations.Get(d.Activation);
+        reluActivation = string.Equals(d.Activation, "relu", StringComparison.OrdinalIgnoreCase);
         cross_attn = new MultiheadAttention(d.DModel, d.NumHeads, dropout);
         norm1 = nn.LayerNorm(d.DModel, hc.LayerNormEps);
         if (d.UseTextCrossAttention)
@@ -64,13 +66,17 @@ internal sealed class TransformerDecoderLayer : nn.Module
     /// additive (boxRPB; a zero row is prepended here for the presence token, unless
     /// <paramref name="crossAttnMaskHasPresenceRow"/> says the mask is already [B·heads,1+Q,HW] with that zero row first),
     /// <paramref name="presenceToken"/> [1,B,d].
+    /// <paramref name="memoryKey"/>, if given, is <c>memory + memoryPos</c> already added (the decoder adds it once for all
+    /// layers in inference); <paramref name="inPlaceActivation"/> rectifies the FFN's hidden tensor in place (inference only:
+    /// no autograd, ReLU).
     /// Returns the queries [Q,B,d] (un-normed) and the presence token [1,B,d] (null without one).
     /// </summary>
     public (Tensor tgt, Tensor? presence) forward(
         Tensor tgt, Tensor queryPos, Tensor memory,
         Tensor? memoryPos = null, Tensor? memoryText = null, Tensor? textAttentionMask = null,
         Tensor? memoryKeyPaddingMask = null, Tensor? selfAttnMask = null, Tensor? crossAttnMask = null,
-        bool dac = false, bool dacUseSelfattLn = true, Tensor? presenceToken = null, bool crossAttnMaskHasPresenceRow = false)
+        bool dac = false, bool dacUseSelfattLn = true, Tensor? presenceToken = null, bool crossAttnMaskHasPresenceRow = false,
+        Tensor? memoryKey = null, bool inPlaceActivation = false)
     {
         using var scope = NewDisposeScope();
 
@@ -127,12 +133,14 @@ internal sealed class TransformerDecoderLayer : nn.Module
             var zeroRow = zeros_like(crossAttnMask[.., TensorIndex.Slice(0, 1), ..]);
             crossAttnMask = cat([zeroRow, crossAttnMask], 1); // (B·heads, 1+Q, HW)
         }
-        var key = memoryPos is null ? memory : memory + memoryPos;
+        var key = memoryKey ?? (memoryPos is null ? memory : memory + memoryPos);
         var xa = cross_attn.forward(tgt + queryPos, key, memory, key_padding_mask: memoryKeyPaddingMask, attn_mask: crossAttnMask);
         tgt = norm1.forward(tgt + Drop(xa));
 
         // ---- FFN (upstream runs it with autocast disabled, i.e. in fp32), then norm3
-        var ffn = LoraHooks.Linear(linear2, Drop(activation(LoraHooks.Linear(linear1, tgt))));
+        var hidden = LoraHooks.Linear(linear1, tgt);
+        hidden = inPlaceActivation && reluActivation && !training && !torch.is_grad_enabled() ? hidden.relu_() : activation(hidden);
+        var ffn = LoraHooks.Linear(linear2, Drop(hidden));
         tgt = norm3.forward(tgt + Drop(ffn));
 
         Tensor? presenceOut = null;
