@@ -159,6 +159,26 @@ internal static class HeadsProfile
             }
             return cat(parts, 0).MoveToOuterDisposeScope();
         }
+        // the decoder's memory projections: 6 layers × (k, v) GEMMs [5184,256]·[256,256] against two [5184,256]·[256,1536]
+        {
+            var mem = torch.randn(5184, 256);
+            var ws = Enumerable.Range(0, 6).Select(_ => torch.randn(256, 256)).ToArray();
+            var bs = Enumerable.Range(0, 6).Select(_ => torch.randn(256)).ToArray();
+            var wAll = cat(ws, 0); var bAll = cat(bs, 0);
+            void PerLayer() { for (int i = 0; i < 6; i++) nn.functional.linear(mem, ws[i], bs[i]).Dispose(); }
+            void Fused() => nn.functional.linear(mem, wAll, bAll).Dispose();
+            PerLayer(); Fused();
+            (double W, double C) pl = (9e9, 9e9), fu = (9e9, 9e9);
+            for (int r = 0; r < 5; r++)
+            {
+                var a = Time(1, PerLayer); var b = Time(1, Fused);
+                pl = (Math.Min(pl.W, a.Wall), Math.Min(pl.C, a.Cpu)); fu = (Math.Min(fu.W, b.Wall), Math.Min(fu.C, b.Cpu));
+            }
+            using var one = nn.functional.linear(mem, ws[3], bs[3]);
+            using var all = nn.functional.linear(mem, wAll, bAll);
+            bool same = all[.., TensorIndex.Slice(768, 1024)].eq(one).all().item<bool>();
+            Console.WriteLine($"# memory projections (one of k/v): 6 GEMMs N=256 {pl.W * 1e3:F1} ms wall / {pl.C * 1e3:F1} ms CPU; one GEMM N=1536 {fu.W * 1e3:F1} / {fu.C * 1e3:F1}; slice bit-identical: {same}; loadavg {Load()}");
+        }
         var reference = Plain();
         var variants = new (string Name, Func<Tensor> Run)[]
         {

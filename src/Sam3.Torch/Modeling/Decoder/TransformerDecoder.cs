@@ -263,6 +263,30 @@ internal sealed class TransformerDecoder : nn.Module
     }
 
     /// <summary>
+    /// The image cross-attention's k and v in-projections of every layer at once: <paramref name="keyInput"/>
+    /// (<c>memory + pos</c>) and <paramref name="valueInput"/> (<c>memory</c>), seq-first [HW,B,d], times the layers' stacked
+    /// k (v) weights → batch-first [B,HW,layers·d]; layer i's projection is the column slice [i·d, (i+1)·d). Each output
+    /// element is the same dot product over d as in the per-layer GEMM.
+    /// </summary>
+    private (Tensor k, Tensor v) ProjectMemoryForAllLayers(Tensor keyInput, Tensor valueInput)
+    {
+        using var scope = NewDisposeScope();
+        var wk = new List<Tensor>(); var bk = new List<Tensor>(); var wv = new List<Tensor>(); var bv = new List<Tensor>();
+        foreach (var layer in layers)
+        {
+            var w = layer.cross_attn.in_proj_weight.chunk(3, 0);
+            var b = layer.cross_attn.in_proj_bias.chunk(3, 0);
+            wk.Add(w[1]); bk.Add(b[1]); wv.Add(w[2]); bv.Add(b[2]);
+        }
+        var weight = layers[0].cross_attn.in_proj_weight;
+        var k = nn.functional.linear(Precision.PrecisionPolicy.ToWeightDtype(keyInput.transpose(0, 1), weight), cat(wk, 0), cat(bk, 0));
+        var v = nn.functional.linear(Precision.PrecisionPolicy.ToWeightDtype(valueInput.transpose(0, 1), weight), cat(wv, 0), cat(bv, 0));
+        return (k.MoveToOuterDisposeScope(), v.MoveToOuterDisposeScope());
+    }
+
+    private Tensor Slice(Tensor all, int layer) => all[.., .., TensorIndex.Slice(layer * d_model, (layer + 1) * d_model)];
+
+    /// <summary>
     /// Runs the decoder. Seq-first inputs as upstream: <paramref name="tgt"/> [Q,B,d] (Sam3ImageModel passes query_embed repeated
     /// over the batch), <paramref name="memory"/>/<paramref name="pos"/> [HW,B,d] (single feature level of size
     /// <paramref name="featH"/>×<paramref name="featW"/>), <paramref name="memoryText"/> [S,B,d] (the prompt) with
@@ -311,6 +335,9 @@ internal sealed class TransformerDecoder : nn.Module
         // inference: the image cross-attention's key input memory + pos is the same for every layer, added once here
         bool fastPaths = UseInferenceFastPaths && !training && !torch.is_grad_enabled();
         Tensor? memoryKey = fastPaths && pos is not null ? memory + pos : null;
+        // inference: the k and v projections of the memory (the same inputs in every layer, per-layer weights) for all
+        // layers in two GEMMs of N = layers·d instead of 2·layers GEMMs of N = d; each layer reads its column slice
+        var (kAll, vAll) = fastPaths && !useDac && num_layers > 1 ? ProjectMemoryForAllLayers(memoryKey ?? memory, memory) : (null, null);
 
         var output = tgt;
         for (int i = 0; i < num_layers; i++)
@@ -340,7 +367,8 @@ internal sealed class TransformerDecoder : nn.Module
             else
                 (output, presenceOut) = layers[i].forward(output, queryPos, memory, pos, memoryText, textAttentionMask, kpm,
                     tgtMask, memoryMask, useDac, dac_use_selfatt_ln, presenceOut, crossAttnMaskHasPresenceRow: withPresenceRow,
-                    memoryKey: memoryKey, inPlaceActivation: fastPaths);
+                    memoryKey: memoryKey, inPlaceActivation: fastPaths,
+                    memoryKvProjected: kAll is null ? null : (Slice(kAll, i), Slice(vAll!, i)));
             probe?.Invoke($"layer{i}.0", output);
             if (presenceOut is not null) probe?.Invoke($"layer{i}.1", presenceOut);
 
