@@ -230,6 +230,13 @@ internal sealed class TransformerDecoder : nn.Module
     /// </summary>
     public int RpbMlpRowBlock { get; set; } = DefaultRpbMlpRowBlock;
 
+    /// <summary>
+    /// Fewest rows of a block (smaller settings are raised to it; a shorter remainder joins the last block): LibTorch's GEMM
+    /// takes a matrix-vector kernel for a single row, which rounds differently (measured: one-row blocks change the output
+    /// in the last bit); from a few rows on the blocked results equal the one-call results bit for bit.
+    /// </summary>
+    public const int MinRpbMlpRowBlock = 64;
+
     /// <summary>Default of <see cref="RpbMlpRowBlock"/>.</summary>
     public const int DefaultRpbMlpRowBlock = 1024;
 
@@ -243,13 +250,16 @@ internal sealed class TransformerDecoder : nn.Module
         var lead = x.shape[..^1];
         var flat = x.reshape(-1, x.shape[^1]);
         long rows = flat.shape[0];
-        long block = Math.Max(1, RpbMlpRowBlock);
+        long block = Math.Max(MinRpbMlpRowBlock, RpbMlpRowBlock);
         int depth = mlp.layers.Count;
         var parts = new List<Tensor>();
-        for (long start = 0; start < rows; start += block)
+        for (long start = 0, end; start < rows; start = end)
         {
+            // a short remainder joins the last block: a GEMM of very few rows (one: a matrix-vector product) may take a
+            // kernel that rounds differently
+            end = rows - (start + block) < MinRpbMlpRowBlock ? rows : start + block;
             using var blockScope = NewDisposeScope();
-            var h = flat[TensorIndex.Slice(start, Math.Min(rows, start + block))];
+            var h = flat[TensorIndex.Slice(start, end)];
             for (int i = 0; i < depth; i++)
             {
                 var linear = mlp.layers[i];
