@@ -93,3 +93,44 @@ public class DecoderFastPathTests
         Assert.That(boxes.grad, Is.Not.Null);
     }
 }
+
+/// <summary>
+/// LoRA adapters on the decoder's cross-attention k/v projections in inference: the fused memory projections of the fast
+/// path add each layer's adapter as the module would, so a fine-tuned model's outputs equal the plain path's.
+/// </summary>
+[TestFixture, Category("Fast")]
+public class DecoderFastPathLoraTests
+{
+    [Test]
+    public void FastPathsWithAttachedAdaptersEqualThePlainPath()
+    {
+        using var fx = Fixtures.Tiny("a_image_text");
+        using var model = Sam3.Torch.Tests.Training.TrainingFixture.LoadTinyModel();
+        var lora = Sam3.Torch.Training.Lora.LoraModel.Attach(model, new Sam3.Torch.Training.Lora.LoraOptions
+            { Parts = [Sam3.Torch.Training.Lora.LoraPart.Attention(rank: 4, alpha: 8)] });
+        torch.manual_seed(7);
+        using (no_grad())
+            foreach (var (_, p) in lora.Parameters().Where(x => x.Name.EndsWith("lora_B"))) p.copy_(randn_like(p) * 0.05);
+        var dec = model.transformer.decoder;
+        dec.eval();
+        using var _ = no_grad();
+        using var scope = NewDisposeScope();
+        var memory = fx.Get("enc.out.memory");
+        var (h, w) = DetectorFixtures.FeatSize(fx, Sam3Config.Tiny);
+        var tgt = dec.query_embed.weight!.detach().unsqueeze(1).repeat(1, memory.shape[1], 1);
+        TransformerDecoderOutput Run(bool fast)
+        {
+            dec.UseInferenceFastPaths = fast;
+            return dec.forward(tgt, memory, fx.Get("enc.out.pos_embed"), h, w, fx.Get("enc.out.memory_text"),
+                DetectorFixtures.PromptMask(fx, ""), applyDac: false);
+        }
+        using var plain = Run(false);
+        using var fast = Run(true);
+        dec.UseInferenceFastPaths = true;
+        lora.Dispose();
+        using var bare = Run(true);
+        Assert.That((plain.Hs - bare.Hs).abs().max().item<float>(), Is.GreaterThan(1e-4f), "the adapters change the decoder's output");
+        Assert.That(fast.Hs.eq(plain.Hs).all().item<bool>(), Is.True, "hs");
+        Assert.That(fast.ReferenceBoxes.eq(plain.ReferenceBoxes).all().item<bool>(), Is.True, "boxes");
+    }
+}
