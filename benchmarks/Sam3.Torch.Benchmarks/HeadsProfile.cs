@@ -37,6 +37,7 @@ internal static class HeadsProfile
         if (sections.Contains("decoder")) Decoder(gemm);
         if (sections.Contains("text")) Text(gemm);
         if (sections.Contains("rpb")) RpbVariants();
+        if (sections.Contains("skinny")) SkinnyGemm();
         Console.WriteLine($"# loadavg after: {Load()}");
         return 0;
     }
@@ -203,6 +204,35 @@ internal static class HeadsProfile
             using var o = run();
             Console.WriteLine($"# {name}: {best[name].Wall * 1e3:F2} ms wall / {best[name].Cpu * 1e3:F2} ms CPU; bit-identical to Mlp.forward: {o.eq(reference).all().item<bool>()}, max |Δ| {(o - reference).abs().max().item<float>():G3}");
         }
+    }
+
+    /// <summary>
+    /// A weight-streaming GEMM at M = 3 (the text encoder's c_fc on a 3-token prompt, W [4096,1024], 16.8 MB): linear
+    /// (addmm, x·Wᵀ) against the transposed product W·xᵀ, in turns, with the read bandwidth; text-encoder lead only.
+    /// </summary>
+    private static void SkinnyGemm()
+    {
+        using var scope = NewDisposeScope();
+        torch.manual_seed(0);
+        var x = torch.randn(3, 1024);
+        var ws = Enumerable.Range(0, 8).Select(_ => torch.randn(4096, 1024)).ToArray(); // 134 MB: past the cache
+        var bs = Enumerable.Range(0, 8).Select(_ => torch.randn(4096)).ToArray();
+        void Linear() { for (int i = 0; i < 8; i++) nn.functional.linear(x, ws[i], bs[i]).Dispose(); }
+        void Transposed() { for (int i = 0; i < 8; i++) torch.addmm(bs[i].unsqueeze(1), ws[i], x.t(), 1, 1).t().Dispose(); }
+        void Sum() { for (int i = 0; i < 8; i++) ws[i].sum().Dispose(); }
+        Linear(); Transposed(); Sum();
+        (double W, double C) a = (9e9, 9e9), b = (9e9, 9e9), c = (9e9, 9e9);
+        for (int r = 0; r < 5; r++)
+        {
+            var ta = Time(1, Linear); var tb = Time(1, Transposed); var tc = Time(1, Sum);
+            a = (Math.Min(a.W, ta.Wall), Math.Min(a.C, ta.Cpu)); b = (Math.Min(b.W, tb.Wall), Math.Min(b.C, tb.Cpu)); c = (Math.Min(c.W, tc.Wall), Math.Min(c.C, tc.Cpu));
+        }
+        double bytes = 8 * 4096 * 1024 * 4.0;
+        using var la = nn.functional.linear(x, ws[0], bs[0]);
+        using var lb = torch.addmm(bs[0].unsqueeze(1), ws[0], x.t(), 1, 1).t();
+        Console.WriteLine($"## M = 3 GEMMs over 8 × [4096,1024] fp32 weights ({bytes / 1e6:F0} MB), best of 5, loadavg {Load()}: " +
+                          $"linear {a.W * 1e3:F1} ms ({bytes / a.W / 1e9:F1} GB/s, CPU {a.C * 1e3:F1}); W·xᵀ {b.W * 1e3:F1} ms ({bytes / b.W / 1e9:F1} GB/s, CPU {b.C * 1e3:F1}); " +
+                          $"sum of the weights {c.W * 1e3:F1} ms ({bytes / c.W / 1e9:F1} GB/s); max |Δ| linear vs W·xᵀ {(la - lb).abs().max().item<float>():G3}");
     }
 
     /// <summary>The previous boxRPB construction: [B,Q,H,W,heads] broadcast add, permuted to [B,heads,Q,HW] by a copy.</summary>
