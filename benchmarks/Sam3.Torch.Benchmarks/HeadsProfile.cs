@@ -33,9 +33,11 @@ internal static class HeadsProfile
         Console.WriteLine($"# heads profile  {DateTime.UtcNow:yyyy-MM-dd HH:mm} UTC  threads={threads}  loadavg before: {Load()}");
         using var mode = torch.inference_mode();
         var sections = args.Length == 0 ? new HashSet<string> { "decoder", "text" } : args.ToHashSet();
-        double gemm = Gemm();
+        double gemm = sections.Overlaps(["decoder", "text"]) ? Gemm() : 0;
         if (sections.Contains("decoder")) Decoder(gemm);
         if (sections.Contains("text")) Text(gemm);
+        if (sections.Contains("rpb")) RpbVariants();
+        if (sections.Contains("skinny")) SkinnyGemm();
         Console.WriteLine($"# loadavg after: {Load()}");
         return 0;
     }
@@ -72,6 +74,20 @@ internal static class HeadsProfile
         Console.WriteLine($"## text encoder ({cfg.Text.Layers} layers, width {cfg.Text.Width}, context {cfg.Text.ContextLength}): built in {sw.Elapsed.TotalSeconds:F1} s; loadavg {Load()}");
         var tokenizer = Sam3.Torch.Text.ClipBpeTokenizer.FromBpeGz(BenchEnvironment.BpeVocabulary());
         double flops = Reference.StageFlops.Text(cfg.Text);
+        var (readBw, copyBw) = MemoryBandwidth.Measure();
+        double weightBytes = MemoryBandwidth.TextWeightBytes(cfg.Text);
+        Console.WriteLine($"## memory bandwidth (sum over 512 MiB fp32): read {readBw / 1e9:F1} GB/s, copy {copyBw / 1e9:F1} GB/s (read + write); " +
+                          $"text weights {weightBytes / 1e9:F3} GB → bandwidth floor {weightBytes / readBw:F3} s; loadavg {Load()}");
+        using (var ls = NewDisposeScope())
+        {
+            // one weight-streaming GEMM at M = 3: how close a single c_fc linear gets to its bandwidth floor
+            var fc = enc.encoder.transformer.resblocks[0].mlp.children().OfType<TorchSharp.Modules.Linear>().First();
+            var x3 = torch.randn(1, 3, cfg.Text.Width);
+            fc.forward(x3).Dispose();
+            var lt = Time(5, () => fc.forward(x3).Dispose());
+            double fcBytes = fc.weight!.numel() * 4.0;
+            Console.WriteLine($"# one c_fc linear at M = 3: {lt.Wall * 1e3:F2} ms for {fcBytes / 1e6:F1} MB of weights → {fcBytes / lt.Wall / 1e9:F1} GB/s ({fcBytes / lt.Wall / readBw * 100:F0} % of the read bandwidth)");
+        }
         foreach (var prompt in new[] { "truck", "a red double-decker bus parked next to the curb" })
         {
             using var scope = NewDisposeScope();
@@ -91,11 +107,132 @@ internal static class HeadsProfile
             var keep = TensorIndex.Slice(0, real);
             double diff = (fo.LanguageFeatures[keep] - so.LanguageFeatures[keep]).abs().max().item<float>();
             double padded = so.LanguageFeatures[TensorIndex.Slice(real, null)].abs().max().item<float>();
+            var floorsReal = MemoryBandwidth.TextFloors(cfg.Text, real, gemm * 1e9, readBw);
+            var floorsAll = MemoryBandwidth.TextFloors(cfg.Text, cfg.Text.ContextLength, gemm * 1e9, readBw);
+            Console.WriteLine($"# \"{prompt}\" floors: real tokens GEMM {floorsReal.GemmFloorS:F3} s, bandwidth {floorsReal.BandwidthFloorS:F3} s → real-token run at " +
+                              $"{skip.Wall / floorsReal.FloorS:F2}× its floor; all {cfg.Text.ContextLength} positions GEMM {floorsAll.GemmFloorS:F3} s, bandwidth {floorsAll.BandwidthFloorS:F3} s → " +
+                              $"{full.Wall / floorsAll.FloorS:F2}× its floor");
             Console.WriteLine($"# \"{prompt}\" ({real} real tokens): first call {first.Wall:F3} s wall / {first.Cpu:F3} s CPU; all positions {full.Wall:F3} s / {full.Cpu:F3} s CPU " +
                               $"({flops / full.Wall / 1e9:F1} GFLOP/s = {flops / full.Wall / 1e9 / gemm * 100:F0} % of GEMM); real tokens only {skip.Wall:F3} s / {skip.Cpu:F3} s CPU " +
                               $"(ratio {skip.Wall / full.Wall:F2} wall, {skip.Cpu / full.Cpu:F2} CPU; {flops / skip.Wall / 1e9 / gemm * 100:F0} % of GEMM by upstream's FLOPs); " +
                               $"max |Δ| at the real positions {diff:G3}, max |value| at the padded ones {padded}; loadavg {Load()}");
         }
+    }
+
+    /// <summary>
+    /// Variants of one boxRPB axis MLP (Linear(2,256) → ReLU → Linear(256,8) over 14,400 rows), in turns, with bit checks
+    /// against <see cref="Mlp.forward"/>: the plain module call; row blocks with ReLU in place; the first layer as one
+    /// K = 3 matmul with the bias folded in (no addmm bias copy).
+    /// </summary>
+    private static void RpbVariants()
+    {
+        using var scope = NewDisposeScope();
+        torch.manual_seed(0);
+        var mlp = new Mlp(2, 256, 8, 2);
+        mlp.eval();
+        var x = torch.rand(200 * 72, 2) * 2 - 1;
+        var w1 = mlp.layers[0].weight!; var b1 = mlp.layers[0].bias!;
+        var w2 = mlp.layers[1].weight!; var b2 = mlp.layers[1].bias!;
+        var w1Folded = cat([w1, b1.unsqueeze(1)], 1).t().contiguous(); // [3,256]
+        Tensor Plain() => mlp.forward(x);
+        Tensor Blocked(long block)
+        {
+            using var s = NewDisposeScope();
+            var parts = new List<Tensor>();
+            for (long i = 0; i < x.shape[0]; i += block)
+            {
+                using var bs = NewDisposeScope();
+                var h = nn.functional.linear(x[TensorIndex.Slice(i, Math.Min(x.shape[0], i + block))], w1, b1).relu_();
+                parts.Add(nn.functional.linear(h, w2, b2).MoveToOuterDisposeScope());
+            }
+            return cat(parts, 0).MoveToOuterDisposeScope();
+        }
+        Tensor Folded(long block)
+        {
+            using var s = NewDisposeScope();
+            var x3 = cat([x, torch.ones(x.shape[0], 1)], 1);
+            var parts = new List<Tensor>();
+            for (long i = 0; i < x.shape[0]; i += block)
+            {
+                using var bs = NewDisposeScope();
+                var h = torch.mm(x3[TensorIndex.Slice(i, Math.Min(x.shape[0], i + block))], w1Folded).relu_();
+                parts.Add(nn.functional.linear(h, w2, b2).MoveToOuterDisposeScope());
+            }
+            return cat(parts, 0).MoveToOuterDisposeScope();
+        }
+        // the decoder's memory projections: 6 layers × (k, v) GEMMs [5184,256]·[256,256] against two [5184,256]·[256,1536]
+        {
+            var mem = torch.randn(5184, 256);
+            var ws = Enumerable.Range(0, 6).Select(_ => torch.randn(256, 256)).ToArray();
+            var bs = Enumerable.Range(0, 6).Select(_ => torch.randn(256)).ToArray();
+            var wAll = cat(ws, 0); var bAll = cat(bs, 0);
+            void PerLayer() { for (int i = 0; i < 6; i++) nn.functional.linear(mem, ws[i], bs[i]).Dispose(); }
+            void Fused() => nn.functional.linear(mem, wAll, bAll).Dispose();
+            PerLayer(); Fused();
+            (double W, double C) pl = (9e9, 9e9), fu = (9e9, 9e9);
+            for (int r = 0; r < 5; r++)
+            {
+                var a = Time(1, PerLayer); var b = Time(1, Fused);
+                pl = (Math.Min(pl.W, a.Wall), Math.Min(pl.C, a.Cpu)); fu = (Math.Min(fu.W, b.Wall), Math.Min(fu.C, b.Cpu));
+            }
+            using var one = nn.functional.linear(mem, ws[3], bs[3]);
+            using var all = nn.functional.linear(mem, wAll, bAll);
+            bool same = all[.., TensorIndex.Slice(768, 1024)].eq(one).all().item<bool>();
+            Console.WriteLine($"# memory projections (one of k/v): 6 GEMMs N=256 {pl.W * 1e3:F1} ms wall / {pl.C * 1e3:F1} ms CPU; one GEMM N=1536 {fu.W * 1e3:F1} / {fu.C * 1e3:F1}; slice bit-identical: {same}; loadavg {Load()}");
+        }
+        var reference = Plain();
+        var variants = new (string Name, Func<Tensor> Run)[]
+        {
+            ("plain Mlp.forward", Plain),
+            ("blocks 1024, ReLU in place", () => Blocked(1024)),
+            ("blocks 4096, ReLU in place", () => Blocked(4096)),
+            ("one block, ReLU in place", () => Blocked(x.shape[0])),
+            ("folded bias K=3, blocks 1024", () => Folded(1024)),
+            ("folded bias K=3, blocks 4096", () => Folded(4096)),
+            ("folded bias K=3, one block", () => Folded(x.shape[0])),
+        };
+        var best = variants.ToDictionary(v => v.Name, _ => (Wall: 9e9, Cpu: 9e9));
+        for (int r = 0; r < 5; r++)
+            foreach (var (name, run) in variants)
+            {
+                var t = Time(1, () => run().Dispose());
+                best[name] = (Math.Min(best[name].Wall, t.Wall), Math.Min(best[name].Cpu, t.Cpu));
+            }
+        Console.WriteLine($"## boxRPB axis MLP over {x.shape[0]} rows (best of 5, in turns), loadavg {Load()}");
+        foreach (var (name, run) in variants)
+        {
+            using var o = run();
+            Console.WriteLine($"# {name}: {best[name].Wall * 1e3:F2} ms wall / {best[name].Cpu * 1e3:F2} ms CPU; bit-identical to Mlp.forward: {o.eq(reference).all().item<bool>()}, max |Δ| {(o - reference).abs().max().item<float>():G3}");
+        }
+    }
+
+    /// <summary>
+    /// A weight-streaming GEMM at M = 3 (the text encoder's c_fc on a 3-token prompt, W [4096,1024], 16.8 MB): linear
+    /// (addmm, x·Wᵀ) against the transposed product W·xᵀ, in turns, with the read bandwidth; text-encoder lead only.
+    /// </summary>
+    private static void SkinnyGemm()
+    {
+        using var scope = NewDisposeScope();
+        torch.manual_seed(0);
+        var x = torch.randn(3, 1024);
+        var ws = Enumerable.Range(0, 8).Select(_ => torch.randn(4096, 1024)).ToArray(); // 134 MB: past the cache
+        var bs = Enumerable.Range(0, 8).Select(_ => torch.randn(4096)).ToArray();
+        void Linear() { for (int i = 0; i < 8; i++) nn.functional.linear(x, ws[i], bs[i]).Dispose(); }
+        void Transposed() { for (int i = 0; i < 8; i++) torch.addmm(bs[i].unsqueeze(1), ws[i], x.t(), 1, 1).t().Dispose(); }
+        void Sum() { for (int i = 0; i < 8; i++) ws[i].sum().Dispose(); }
+        Linear(); Transposed(); Sum();
+        (double W, double C) a = (9e9, 9e9), b = (9e9, 9e9), c = (9e9, 9e9);
+        for (int r = 0; r < 5; r++)
+        {
+            var ta = Time(1, Linear); var tb = Time(1, Transposed); var tc = Time(1, Sum);
+            a = (Math.Min(a.W, ta.Wall), Math.Min(a.C, ta.Cpu)); b = (Math.Min(b.W, tb.Wall), Math.Min(b.C, tb.Cpu)); c = (Math.Min(c.W, tc.Wall), Math.Min(c.C, tc.Cpu));
+        }
+        double bytes = 8 * 4096 * 1024 * 4.0;
+        using var la = nn.functional.linear(x, ws[0], bs[0]);
+        using var lb = torch.addmm(bs[0].unsqueeze(1), ws[0], x.t(), 1, 1).t();
+        Console.WriteLine($"## M = 3 GEMMs over 8 × [4096,1024] fp32 weights ({bytes / 1e6:F0} MB), best of 5, loadavg {Load()}: " +
+                          $"linear {a.W * 1e3:F1} ms ({bytes / a.W / 1e9:F1} GB/s, CPU {a.C * 1e3:F1}); W·xᵀ {b.W * 1e3:F1} ms ({bytes / b.W / 1e9:F1} GB/s, CPU {b.C * 1e3:F1}); " +
+                          $"sum of the weights {c.W * 1e3:F1} ms ({bytes / c.W / 1e9:F1} GB/s); max |Δ| linear vs W·xᵀ {(la - lb).abs().max().item<float>():G3}");
     }
 
     /// <summary>The previous boxRPB construction: [B,Q,H,W,heads] broadcast add, permuted to [B,heads,Q,HW] by a copy.</summary>
@@ -119,6 +256,67 @@ internal static class HeadsProfile
         var bias = ey.unsqueeze(3) + ex.unsqueeze(2);
         bias = bias.flatten(2, 3).permute(0, 3, 1, 2).contiguous();
         return bias.MoveToOuterDisposeScope();
+    }
+
+    /// <summary>
+    /// The decoder's inference fast paths (<see cref="TransformerDecoder.UseInferenceFastPaths"/>: boxRPB MLPs in row blocks
+    /// with ReLU in place, memory + pos added once, FFN ReLU in place) against the plain path, in turns, with the outputs'
+    /// max |Δ|; then GetRpbMatrix alone for several row-block sizes.
+    /// </summary>
+    private static void FastPathsAb(TransformerDecoder dec, Tensor tgt, Tensor memory, Tensor pos, Tensor prompt, Tensor promptMask,
+        Tensor refBoxes, long side, double flops, double gemm)
+    {
+        using var scope = NewDisposeScope();
+        TransformerDecoderOutput Run(bool fast)
+        {
+            dec.UseInferenceFastPaths = fast;
+            try { return dec.forward(tgt, memory, pos, side, side, prompt, promptMask, applyDac: false); }
+            finally { dec.UseInferenceFastPaths = true; }
+        }
+        using (var plainOut = Run(false))
+        using (var fastOut = Run(true))
+        {
+            double dh = (plainOut.Hs - fastOut.Hs).abs().max().item<float>();
+            double db = (plainOut.ReferenceBoxes - fastOut.ReferenceBoxes).abs().max().item<float>();
+            double dp = (plainOut.PresenceLogits! - fastOut.PresenceLogits!).abs().max().item<float>();
+            Console.WriteLine($"# fast paths vs plain: max |Δ| hs {dh:G3}, reference boxes {db:G3}, presence logits {dp:G3}; " +
+                              $"bit-identical hs: {plainOut.Hs.eq(fastOut.Hs).all().item<bool>()}");
+        }
+        (double Wall, double Cpu) plain = (9e9, 9e9), fast = (9e9, 9e9);
+        for (int r = 0; r < 3; r++)
+        {
+            var a = Time(1, () => Run(false).Dispose());
+            var b = Time(1, () => Run(true).Dispose());
+            plain = (Math.Min(plain.Wall, a.Wall), Math.Min(plain.Cpu, a.Cpu));
+            fast = (Math.Min(fast.Wall, b.Wall), Math.Min(fast.Cpu, b.Cpu));
+        }
+        Console.WriteLine($"# decoder fast paths A/B in turns (best of 3): plain {plain.Wall:F3} s wall / {plain.Cpu:F3} s CPU; fast {fast.Wall:F3} s / {fast.Cpu:F3} s CPU; " +
+                          $"ratio {fast.Wall / plain.Wall:F2} wall, {fast.Cpu / plain.Cpu:F2} CPU; fast ≈ {flops / fast.Wall / 1e9 / gemm * 100:F0} % of the GEMM rate (wall), loadavg {Load()}");
+
+        var blocks = new[] { 256, 512, 1024, 2048, 4096, int.MaxValue };
+        var best = blocks.ToDictionary(b => b, _ => (Wall: 9e9, Cpu: 9e9));
+        (double Wall, double Cpu) plainRpb = (9e9, 9e9);
+        using var reference = dec.GetRpbMatrix(refBoxes, side, side, presenceRow: true);
+        for (int r = 0; r < 3; r++)
+        {
+            dec.UseInferenceFastPaths = false;
+            var p = Time(1, () => dec.GetRpbMatrix(refBoxes, side, side, presenceRow: true).Dispose());
+            plainRpb = (Math.Min(plainRpb.Wall, p.Wall), Math.Min(plainRpb.Cpu, p.Cpu));
+            dec.UseInferenceFastPaths = true;
+            foreach (var b in blocks)
+            {
+                dec.RpbMlpRowBlock = b;
+                var t = Time(1, () => dec.GetRpbMatrix(refBoxes, side, side, presenceRow: true).Dispose());
+                best[b] = (Math.Min(best[b].Wall, t.Wall), Math.Min(best[b].Cpu, t.Cpu));
+            }
+        }
+        dec.RpbMlpRowBlock = TransformerDecoder.DefaultRpbMlpRowBlock;
+        dec.UseInferenceFastPaths = false;
+        using var plainMask = dec.GetRpbMatrix(refBoxes, side, side, presenceRow: true);
+        dec.UseInferenceFastPaths = true;
+        Console.WriteLine($"# GetRpbMatrix (best of 3, ms wall / CPU): plain {plainRpb.Wall * 1e3:F1} / {plainRpb.Cpu * 1e3:F1}; " +
+                          string.Join("; ", blocks.Select(b => $"blocks of {(b == int.MaxValue ? "all" : b.ToString())} rows {best[b].Wall * 1e3:F1} / {best[b].Cpu * 1e3:F1}")) +
+                          $"; max |Δ| blocked vs plain {(reference - plainMask).abs().max().item<float>():G3}; loadavg {Load()}");
     }
 
     private static void Decoder(double gemm)
@@ -148,6 +346,8 @@ internal static class HeadsProfile
         double flops = Reference.StageFlops.DecoderAndScoring(cfg, promptLen);
         Console.WriteLine($"# decoder.forward: {whole.Wall:F3} s wall, {whole.Cpu:F3} s CPU (best of 3); decoder + scoring ≈ {flops / 1e9:F1} GFLOP → " +
                           $"{flops / whole.Wall / 1e9:F1} GFLOP/s = {flops / whole.Wall / 1e9 / gemm * 100:F0} % of the GEMM rate");
+
+        FastPathsAb(dec, tgt, memory, pos, prompt, promptMask, refBoxes, side, flops, gemm);
 
         // ---- A/B in turns: the previous forward (boxRPB built query-major, permuted, presence row concatenated in the layer)
         Tensor Previous()

@@ -200,8 +200,9 @@ internal sealed class TransformerDecoder : nn.Module
                 dy = cat([dy, LogDeltas(dy)], -1);
                 break;
         }
-        var ex = boxRPB_embed_x.forward(dx); // B,Q,W,heads
-        var ey = boxRPB_embed_y.forward(dy); // B,Q,H,heads
+        bool blocked = UseInferenceFastPaths && !training && !torch.is_grad_enabled();
+        var ex = blocked ? RpbMlpInRowBlocks(boxRPB_embed_x, dx) : boxRPB_embed_x.forward(dx); // B,Q,W,heads
+        var ey = blocked ? RpbMlpInRowBlocks(boxRPB_embed_y, dy) : boxRPB_embed_y.forward(dy); // B,Q,H,heads
         if (presenceRow)
         {
             ex = cat([zeros_like(ex[.., TensorIndex.Slice(0, 1)]), ex], 1); // B,1+Q,W,heads
@@ -213,6 +214,87 @@ internal sealed class TransformerDecoder : nn.Module
         var bias = eyT.unsqueeze(4) + exT.unsqueeze(3); // B,heads,Q',H,W
         return bias.flatten(3, 4).MoveToOuterDisposeScope(); // B,heads,Q',HW
     }
+
+    /// <summary>
+    /// Inference fast paths (default true; they apply only when gradients are off and the module is in eval mode): the boxRPB
+    /// MLPs run in row blocks with the ReLU in place (<see cref="RpbMlpRowBlock"/>), the memory's key input
+    /// <c>memory + pos</c> is added once for all layers, the FFN's ReLU is in place. Every element goes through the same
+    /// operations as in the plain path; false runs the plain path (A/B checks and tests).
+    /// </summary>
+    public bool UseInferenceFastPaths { get; set; } = true;
+
+    /// <summary>
+    /// Rows per block of the boxRPB MLPs on the inference fast path. Each axis's MLP maps B·Q·W rows (14,400 at full size)
+    /// through a hidden layer of d_model: as one call the [rows, 256] hidden tensor (15 MB) is written, rectified and read
+    /// back from main memory; in blocks of this many rows it stays in the cache (1024 rows = 1 MB).
+    /// </summary>
+    public int RpbMlpRowBlock { get; set; } = DefaultRpbMlpRowBlock;
+
+    /// <summary>
+    /// Fewest rows of a block (smaller settings are raised to it; a shorter remainder joins the last block): LibTorch's GEMM
+    /// takes a matrix-vector kernel for a single row, which rounds differently (measured: one-row blocks change the output
+    /// in the last bit); from a few rows on the blocked results equal the one-call results bit for bit.
+    /// </summary>
+    public const int MinRpbMlpRowBlock = 64;
+
+    /// <summary>Default of <see cref="RpbMlpRowBlock"/>.</summary>
+    public const int DefaultRpbMlpRowBlock = 1024;
+
+    /// <summary>
+    /// A boxRPB MLP (Linear → ReLU → … → Linear, as <see cref="Mlp.forward"/> without dropout) over the rows of
+    /// <paramref name="x"/> [..., in] in blocks of <see cref="RpbMlpRowBlock"/> rows, ReLU in place; no autograd.
+    /// </summary>
+    private Tensor RpbMlpInRowBlocks(Mlp mlp, Tensor x)
+    {
+        using var scope = NewDisposeScope();
+        var lead = x.shape[..^1];
+        var flat = x.reshape(-1, x.shape[^1]);
+        long rows = flat.shape[0];
+        long block = Math.Max(MinRpbMlpRowBlock, RpbMlpRowBlock);
+        int depth = mlp.layers.Count;
+        var parts = new List<Tensor>();
+        for (long start = 0, end; start < rows; start = end)
+        {
+            // a short remainder joins the last block: a GEMM of very few rows (one: a matrix-vector product) may take a
+            // kernel that rounds differently
+            end = rows - (start + block) < MinRpbMlpRowBlock ? rows : start + block;
+            using var blockScope = NewDisposeScope();
+            var h = flat[TensorIndex.Slice(start, end)];
+            for (int i = 0; i < depth; i++)
+            {
+                var linear = mlp.layers[i];
+                h = linear.forward(Precision.PrecisionPolicy.ToWeightDtype(h, linear.weight!));
+                if (i < depth - 1) h = h.relu_();
+            }
+            parts.Add(h.MoveToOuterDisposeScope());
+        }
+        var y = parts.Count == 1 ? parts[0] : cat(parts, 0);
+        return y.view([.. lead, y.shape[1]]).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>
+    /// The image cross-attention's k and v in-projections of every layer at once: <paramref name="keyInput"/>
+    /// (<c>memory + pos</c>) and <paramref name="valueInput"/> (<c>memory</c>), seq-first [HW,B,d], times the layers' stacked
+    /// k (v) weights → batch-first [B,HW,layers·d]; layer i's projection is the column slice [i·d, (i+1)·d). Each output
+    /// element is the same dot product over d as in the per-layer GEMM.
+    /// </summary>
+    private (Tensor k, Tensor v) ProjectMemoryForAllLayers(Tensor keyInput, Tensor valueInput)
+    {
+        using var scope = NewDisposeScope();
+        var wk = new List<Tensor>(); var bk = new List<Tensor>(); var wv = new List<Tensor>(); var bv = new List<Tensor>();
+        foreach (var layer in layers)
+        {
+            var w = layer.cross_attn.in_proj_weight.chunk(3, 0);
+            var b = layer.cross_attn.in_proj_bias.chunk(3, 0);
+            wk.Add(w[1]); bk.Add(b[1]); wv.Add(w[2]); bv.Add(b[2]);
+        }
+        var weight = layers[0].cross_attn.in_proj_weight;
+        var k = nn.functional.linear(Precision.PrecisionPolicy.ToWeightDtype(keyInput.transpose(0, 1), weight), cat(wk, 0), cat(bk, 0));
+        var v = nn.functional.linear(Precision.PrecisionPolicy.ToWeightDtype(valueInput.transpose(0, 1), weight), cat(wv, 0), cat(bv, 0));
+        return (k.MoveToOuterDisposeScope(), v.MoveToOuterDisposeScope());
+    }
+
+    private Tensor Slice(Tensor all, int layer) => all[.., .., TensorIndex.Slice(layer * d_model, (layer + 1) * d_model)];
 
     /// <summary>
     /// Runs the decoder. Seq-first inputs as upstream: <paramref name="tgt"/> [Q,B,d] (Sam3ImageModel passes query_embed repeated
@@ -260,6 +342,13 @@ internal sealed class TransformerDecoder : nn.Module
         var kpm = memoryKeyPaddingMask?.transpose(0, 1);
         Tensor? ratios4 = validRatios is null ? null : cat([validRatios, validRatios], -1)[TensorIndex.None]; // 1,B,levels,4
 
+        // inference: the image cross-attention's key input memory + pos is the same for every layer, added once here
+        bool fastPaths = UseInferenceFastPaths && !training && !torch.is_grad_enabled();
+        Tensor? memoryKey = fastPaths && pos is not null ? memory + pos : null;
+        // inference: the k and v projections of the memory (the same inputs in every layer, per-layer weights) for all
+        // layers in two GEMMs of N = layers·d instead of 2·layers GEMMs of N = d; each layer reads its column slice
+        var (kAll, vAll) = fastPaths && !useDac && num_layers > 1 ? ProjectMemoryForAllLayers(memoryKey ?? memory, memory) : (null, null);
+
         var output = tgt;
         for (int i = 0; i < num_layers; i++)
         {
@@ -287,7 +376,9 @@ internal sealed class TransformerDecoder : nn.Module
             }
             else
                 (output, presenceOut) = layers[i].forward(output, queryPos, memory, pos, memoryText, textAttentionMask, kpm,
-                    tgtMask, memoryMask, useDac, dac_use_selfatt_ln, presenceOut, crossAttnMaskHasPresenceRow: withPresenceRow);
+                    tgtMask, memoryMask, useDac, dac_use_selfatt_ln, presenceOut, crossAttnMaskHasPresenceRow: withPresenceRow,
+                    memoryKey: memoryKey, inPlaceActivation: fastPaths,
+                    memoryKvProjected: kAll is null ? null : (Slice(kAll, i), Slice(vAll!, i)));
             probe?.Invoke($"layer{i}.0", output);
             if (presenceOut is not null) probe?.Invoke($"layer{i}.1", presenceOut);
 

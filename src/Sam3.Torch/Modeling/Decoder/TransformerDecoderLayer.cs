@@ -31,6 +31,7 @@ internal sealed class TransformerDecoderLayer : nn.Module
     /// <summary>Dropout of the residual branches (upstream dropout1..4, catext_dropout); active only in training, settable.</summary>
     public double dropout { get; set; }
     private readonly Func<Tensor, Tensor> activation;
+    private readonly bool reluActivation;
 
     /// <summary>Whether the layer has the text cross-attention (<c>use_text_cross_attention</c>).</summary>
     public bool UseTextCrossAttention => ca_text is not null;
@@ -39,6 +40,7 @@ internal sealed class TransformerDecoderLayer : nn.Module
     {
         dropout = hc.DecoderDropout;
         activation = Activations.Get(d.Activation);
+        reluActivation = string.Equals(d.Activation, "relu", StringComparison.OrdinalIgnoreCase);
         cross_attn = new MultiheadAttention(d.DModel, d.NumHeads, dropout);
         norm1 = nn.LayerNorm(d.DModel, hc.LayerNormEps);
         if (d.UseTextCrossAttention)
@@ -54,6 +56,44 @@ internal sealed class TransformerDecoderLayer : nn.Module
         RegisterComponents();
     }
 
+    /// <summary>
+    /// <see cref="MultiheadAttention.forward"/> of <see cref="cross_attn"/> (seq-first, inference) with the k and v
+    /// in-projections already computed (<paramref name="kProjected"/>, <paramref name="vProjected"/> batch-first [B,S,d],
+    /// possibly column slices of a wider tensor; the decoder projects the memory for all layers at once). LoRA adapters of
+    /// the k/v projections are added here from <paramref name="key"/>/<paramref name="value"/>, as the module would.
+    /// </summary>
+    private Tensor CrossAttendProjected(Tensor query, Tensor key, Tensor value, Tensor kProjected, Tensor vProjected,
+        Tensor? keyPaddingMask, Tensor? attnMask)
+    {
+        using var scope = NewDisposeScope();
+        var att = cross_attn;
+        query = Precision.PrecisionPolicy.ToWeightDtype(query.transpose(0, 1), att.in_proj_weight);
+        long b = query.shape[0], l = query.shape[1], s = kProjected.shape[1];
+        int h = att.num_heads, e = att.embed_dim, hd = e / h;
+        var w = att.in_proj_weight.chunk(3, 0);
+        var bias = att.in_proj_bias.chunk(3, 0);
+        var q = LoraHooks.InProjection(att, 0, query, nn.functional.linear(query, w[0], bias[0])).view(b, l, h, hd).transpose(1, 2);
+        var k = LoraHooks.InProjection(att, 1, key.transpose(0, 1), kProjected).view(b, s, h, hd).transpose(1, 2);
+        var v = LoraHooks.InProjection(att, 2, value.transpose(0, 1), vProjected).view(b, s, h, hd).transpose(1, 2);
+        Tensor? mask = null;
+        if (attnMask is not null)
+        {
+            var am = attnMask.dtype == ScalarType.Bool
+                ? torch.zeros(attnMask.shape, dtype: q.dtype, device: q.device).masked_fill(attnMask, double.NegativeInfinity)
+                : attnMask.to(q.dtype);
+            mask = am.dim() == 3 ? am.view(b, h, l, s) : am.view(1, 1, l, s);
+        }
+        if (keyPaddingMask is not null)
+        {
+            var kp = torch.zeros(b, 1, 1, s, dtype: q.dtype, device: q.device)
+                .masked_fill(keyPaddingMask.to(ScalarType.Bool).view(b, 1, 1, s), double.NegativeInfinity);
+            mask = mask is null ? kp : mask + kp;
+        }
+        var o = nn.functional.scaled_dot_product_attention(q, k, v, mask);
+        o = LoraHooks.Linear(att.out_proj, o.transpose(1, 2).reshape(b, l, e));
+        return o.transpose(0, 1).MoveToOuterDisposeScope();
+    }
+
     private Tensor Drop(Tensor x) => training && dropout > 0 ? nn.functional.dropout(x, dropout, training) : x;
 
     /// <summary>
@@ -64,13 +104,17 @@ internal sealed class TransformerDecoderLayer : nn.Module
     /// additive (boxRPB; a zero row is prepended here for the presence token, unless
     /// <paramref name="crossAttnMaskHasPresenceRow"/> says the mask is already [B·heads,1+Q,HW] with that zero row first),
     /// <paramref name="presenceToken"/> [1,B,d].
+    /// <paramref name="memoryKey"/>, if given, is <c>memory + memoryPos</c> already added (the decoder adds it once for all
+    /// layers in inference); <paramref name="inPlaceActivation"/> rectifies the FFN's hidden tensor in place (inference only:
+    /// no autograd, ReLU).
     /// Returns the queries [Q,B,d] (un-normed) and the presence token [1,B,d] (null without one).
     /// </summary>
     public (Tensor tgt, Tensor? presence) forward(
         Tensor tgt, Tensor queryPos, Tensor memory,
         Tensor? memoryPos = null, Tensor? memoryText = null, Tensor? textAttentionMask = null,
         Tensor? memoryKeyPaddingMask = null, Tensor? selfAttnMask = null, Tensor? crossAttnMask = null,
-        bool dac = false, bool dacUseSelfattLn = true, Tensor? presenceToken = null, bool crossAttnMaskHasPresenceRow = false)
+        bool dac = false, bool dacUseSelfattLn = true, Tensor? presenceToken = null, bool crossAttnMaskHasPresenceRow = false,
+        Tensor? memoryKey = null, bool inPlaceActivation = false, (Tensor k, Tensor v)? memoryKvProjected = null)
     {
         using var scope = NewDisposeScope();
 
@@ -127,12 +171,16 @@ internal sealed class TransformerDecoderLayer : nn.Module
             var zeroRow = zeros_like(crossAttnMask[.., TensorIndex.Slice(0, 1), ..]);
             crossAttnMask = cat([zeroRow, crossAttnMask], 1); // (B·heads, 1+Q, HW)
         }
-        var key = memoryPos is null ? memory : memory + memoryPos;
-        var xa = cross_attn.forward(tgt + queryPos, key, memory, key_padding_mask: memoryKeyPaddingMask, attn_mask: crossAttnMask);
+        var key = memoryKey ?? (memoryPos is null ? memory : memory + memoryPos);
+        var xa = memoryKvProjected is { } kv
+            ? CrossAttendProjected(tgt + queryPos, key, memory, kv.k, kv.v, memoryKeyPaddingMask, crossAttnMask)
+            : cross_attn.forward(tgt + queryPos, key, memory, key_padding_mask: memoryKeyPaddingMask, attn_mask: crossAttnMask);
         tgt = norm1.forward(tgt + Drop(xa));
 
         // ---- FFN (upstream runs it with autocast disabled, i.e. in fp32), then norm3
-        var ffn = LoraHooks.Linear(linear2, Drop(activation(LoraHooks.Linear(linear1, tgt))));
+        var hidden = LoraHooks.Linear(linear1, tgt);
+        hidden = inPlaceActivation && reluActivation && !training && !torch.is_grad_enabled() ? hidden.relu_() : activation(hidden);
+        var ffn = LoraHooks.Linear(linear2, Drop(hidden));
         tgt = norm3.forward(tgt + Drop(ffn));
 
         Tensor? presenceOut = null;
