@@ -250,19 +250,10 @@ internal static class MaskUpsampler
         Action<long, Tensor> sink)
     {
         Validate(lowResLogits, height, width, chunkElements);
-        using var scope = NewDisposeScope();
-        var low = lowResLogits;
-        if (low.dim() == 3) low = low.unsqueeze(1);
-        if (low.dtype != ScalarType.Float32) low = low.to(ScalarType.Float32);
-        long k = low.shape[0];
-        long perChunk = Math.Max(1, chunkElements / ((long)height * width));
-        for (long start = 0; start < k; start += perChunk)
+        ForEachUpsampled(lowResLogits, height, width, chunkElements, (start, _, up) =>
         {
-            using var chunkScope = NewDisposeScope();
-            long end = Math.Min(k, start + perChunk);
-            var up = nn.functional.interpolate(low.slice(0, start, end, 1), [height, width], mode: InterpolationMode.Bilinear, align_corners: false);
             up.sigmoid_();
             sink(start, finish(up).squeeze(1));
-        }
+        });
     }
 }
