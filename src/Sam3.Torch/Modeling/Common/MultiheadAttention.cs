@@ -48,16 +48,58 @@ internal sealed class MultiheadAttention : nn.Module
             value = value.transpose(0, 1);
         }
         // bf16 policy: the in-projections take their inputs in the weight's dtype (no-op in fp32)
-        query = Precision.PrecisionPolicy.ToWeightDtype(query, in_proj_weight);
         key = Precision.PrecisionPolicy.ToWeightDtype(key, in_proj_weight);
         value = Precision.PrecisionPolicy.ToWeightDtype(value, in_proj_weight);
-        long b = query.shape[0], l = query.shape[1], s = key.shape[1];
+        var k = LoraHooks.InProjection(this, 1, key, nn.functional.linear(key, InProjWeight(1), InProjBias(1)));
+        var v = LoraHooks.InProjection(this, 2, value, nn.functional.linear(value, InProjWeight(2), InProjBias(2)));
+        var o = Attend(query, k, v, key_padding_mask, attn_mask);
+        if (!batch_first) o = o.transpose(0, 1);
+        return o.MoveToOuterDisposeScope();
+    }
+
+    /// <summary>
+    /// <see cref="forward"/> with the k and v in-projections already computed by the caller
+    /// (<paramref name="kProjected"/>, <paramref name="vProjected"/> batch-first [B,S,E], possibly column slices of a wider
+    /// tensor: the detector decoder projects its memory for all layers in one GEMM). <paramref name="key"/> and
+    /// <paramref name="value"/> are the un-projected inputs in the module's layout, read only by LoRA adapters of the k/v
+    /// projections, which are added here as <see cref="forward"/> adds them. Query, masks and output as <see cref="forward"/>.
+    /// </summary>
+    internal Tensor ForwardProjectedKv(Tensor query, Tensor key, Tensor value, Tensor kProjected, Tensor vProjected,
+        Tensor? key_padding_mask = null, Tensor? attn_mask = null)
+    {
+        using var scope = NewDisposeScope();
+        if (!batch_first)
+        {
+            query = query.transpose(0, 1);
+            key = key.transpose(0, 1);
+            value = value.transpose(0, 1);
+        }
+        var k = LoraHooks.InProjection(this, 1, Precision.PrecisionPolicy.ToWeightDtype(key, in_proj_weight), kProjected);
+        var v = LoraHooks.InProjection(this, 2, Precision.PrecisionPolicy.ToWeightDtype(value, in_proj_weight), vProjected);
+        var o = Attend(query, k, v, key_padding_mask, attn_mask);
+        if (!batch_first) o = o.transpose(0, 1);
+        return o.MoveToOuterDisposeScope();
+    }
+
+    /// <summary>Rows <paramref name="part"/>·E..(part+1)·E of the packed in-projection weight (0 = q, 1 = k, 2 = v).</summary>
+    private Tensor InProjWeight(int part) => in_proj_weight.narrow(0, part * embed_dim, embed_dim);
+
+    private Tensor InProjBias(int part) => in_proj_bias.narrow(0, part * embed_dim, embed_dim);
+
+    /// <summary>
+    /// The attention core, batch-first: projects <paramref name="query"/> [B,L,E] (q in-projection + its LoRA), splits
+    /// heads of q and the projected <paramref name="k"/>/<paramref name="v"/> [B,S,E], merges the masks into one additive
+    /// bias, runs scaled_dot_product_attention and the output projection. Returns [B,L,E] in the caller's scope.
+    /// </summary>
+    private Tensor Attend(Tensor query, Tensor k, Tensor v, Tensor? key_padding_mask, Tensor? attn_mask)
+    {
+        query = Precision.PrecisionPolicy.ToWeightDtype(query, in_proj_weight);
+        long b = query.shape[0], l = query.shape[1], s = k.shape[1];
         int h = num_heads, e = embed_dim, hd = e / h;
-        var w = in_proj_weight.chunk(3, 0);
-        var bias = in_proj_bias.chunk(3, 0);
-        var q = LoraHooks.InProjection(this, 0, query, nn.functional.linear(query, w[0], bias[0])).view(b, l, h, hd).transpose(1, 2);
-        var k = LoraHooks.InProjection(this, 1, key, nn.functional.linear(key, w[1], bias[1])).view(b, s, h, hd).transpose(1, 2);
-        var v = LoraHooks.InProjection(this, 2, value, nn.functional.linear(value, w[2], bias[2])).view(b, s, h, hd).transpose(1, 2);
+        var q = LoraHooks.InProjection(this, 0, query, nn.functional.linear(query, InProjWeight(0), InProjBias(0)))
+            .view(b, l, h, hd).transpose(1, 2);
+        k = k.view(b, s, h, hd).transpose(1, 2);
+        v = v.view(b, s, h, hd).transpose(1, 2);
 
         Tensor? mask = null;
         if (attn_mask is not null)
@@ -74,9 +116,6 @@ internal sealed class MultiheadAttention : nn.Module
             mask = mask is null ? kp : mask + kp;
         }
         var o = nn.functional.scaled_dot_product_attention(q, k, v, mask, p: training ? dropout : 0.0);
-        o = o.transpose(1, 2).reshape(b, l, e);
-        o = LoraHooks.Linear(out_proj, o);
-        if (!batch_first) o = o.transpose(0, 1);
-        return o.MoveToOuterDisposeScope();
+        return LoraHooks.Linear(out_proj, o.transpose(1, 2).reshape(b, l, e));
     }
 }

@@ -56,44 +56,6 @@ internal sealed class TransformerDecoderLayer : nn.Module
         RegisterComponents();
     }
 
-    /// <summary>
-    /// <see cref="MultiheadAttention.forward"/> of <see cref="cross_attn"/> (seq-first, inference) with the k and v
-    /// in-projections already computed (<paramref name="kProjected"/>, <paramref name="vProjected"/> batch-first [B,S,d],
-    /// possibly column slices of a wider tensor; the decoder projects the memory for all layers at once). LoRA adapters of
-    /// the k/v projections are added here from <paramref name="key"/>/<paramref name="value"/>, as the module would.
-    /// </summary>
-    private Tensor CrossAttendProjected(Tensor query, Tensor key, Tensor value, Tensor kProjected, Tensor vProjected,
-        Tensor? keyPaddingMask, Tensor? attnMask)
-    {
-        using var scope = NewDisposeScope();
-        var att = cross_attn;
-        query = Precision.PrecisionPolicy.ToWeightDtype(query.transpose(0, 1), att.in_proj_weight);
-        long b = query.shape[0], l = query.shape[1], s = kProjected.shape[1];
-        int h = att.num_heads, e = att.embed_dim, hd = e / h;
-        var w = att.in_proj_weight.chunk(3, 0);
-        var bias = att.in_proj_bias.chunk(3, 0);
-        var q = LoraHooks.InProjection(att, 0, query, nn.functional.linear(query, w[0], bias[0])).view(b, l, h, hd).transpose(1, 2);
-        var k = LoraHooks.InProjection(att, 1, key.transpose(0, 1), kProjected).view(b, s, h, hd).transpose(1, 2);
-        var v = LoraHooks.InProjection(att, 2, value.transpose(0, 1), vProjected).view(b, s, h, hd).transpose(1, 2);
-        Tensor? mask = null;
-        if (attnMask is not null)
-        {
-            var am = attnMask.dtype == ScalarType.Bool
-                ? torch.zeros(attnMask.shape, dtype: q.dtype, device: q.device).masked_fill(attnMask, double.NegativeInfinity)
-                : attnMask.to(q.dtype);
-            mask = am.dim() == 3 ? am.view(b, h, l, s) : am.view(1, 1, l, s);
-        }
-        if (keyPaddingMask is not null)
-        {
-            var kp = torch.zeros(b, 1, 1, s, dtype: q.dtype, device: q.device)
-                .masked_fill(keyPaddingMask.to(ScalarType.Bool).view(b, 1, 1, s), double.NegativeInfinity);
-            mask = mask is null ? kp : mask + kp;
-        }
-        var o = nn.functional.scaled_dot_product_attention(q, k, v, mask);
-        o = LoraHooks.Linear(att.out_proj, o.transpose(1, 2).reshape(b, l, e));
-        return o.transpose(0, 1).MoveToOuterDisposeScope();
-    }
-
     private Tensor Drop(Tensor x) => training && dropout > 0 ? nn.functional.dropout(x, dropout, training) : x;
 
     /// <summary>
@@ -173,7 +135,7 @@ internal sealed class TransformerDecoderLayer : nn.Module
         }
         var key = memoryKey ?? (memoryPos is null ? memory : memory + memoryPos);
         var xa = memoryKvProjected is { } kv
-            ? CrossAttendProjected(tgt + queryPos, key, memory, kv.k, kv.v, memoryKeyPaddingMask, crossAttnMask)
+            ? cross_attn.ForwardProjectedKv(tgt + queryPos, key, memory, kv.k, kv.v, memoryKeyPaddingMask, crossAttnMask)
             : cross_attn.forward(tgt + queryPos, key, memory, key_padding_mask: memoryKeyPaddingMask, attn_mask: crossAttnMask);
         tgt = norm1.forward(tgt + Drop(xa));
 
