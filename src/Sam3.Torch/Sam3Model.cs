@@ -149,7 +149,7 @@ public sealed class Sam3Model : IDisposable
     {
         ArgumentException.ThrowIfNullOrWhiteSpace(path);
         options ??= new Sam3ModelOptions();
-        var device = ParseDevice(options.Device);
+        var device = ParseDevice(options.Device, $"{nameof(options)}.{nameof(Sam3ModelOptions.Device)}");
         progress?.Report(new LoadProgress("locating files", 0, 3, path));
         var files = ModelFolder.Locate(path, options);
         ct.ThrowIfCancellationRequested();
@@ -182,7 +182,7 @@ public sealed class Sam3Model : IDisposable
         ArgumentNullException.ThrowIfNull(config);
         ArgumentException.ThrowIfNullOrWhiteSpace(tokenizerPath);
         options ??= new Sam3ModelOptions();
-        var device = ParseDevice(options.Device);
+        var device = ParseDevice(options.Device, $"{nameof(options)}.{nameof(Sam3ModelOptions.Device)}");
         var tokenizer = ModelFolder.LoadTokenizer(tokenizerPath, config);
         var network = Sam3ModelLoader.Build(config, options.EnableInteractivePredictor, device);
         var notes = new List<string>();
@@ -206,16 +206,16 @@ public sealed class Sam3Model : IDisposable
             Precision = network.parameters().Any(p => p.dtype == ScalarType.BFloat16) ? Sam3Precision.BFloat16 : Sam3Precision.Float32,
         });
 
-    private static torch.Device ParseDevice(string device)
+    private static torch.Device ParseDevice(string device, string paramName)
     {
-        ArgumentException.ThrowIfNullOrWhiteSpace(device);
+        ArgumentException.ThrowIfNullOrWhiteSpace(device, paramName);
         try
         {
             return torch.device(device);
         }
         catch (Exception e) when (e is not OutOfMemoryException)
         {
-            throw new ArgumentException($"unknown device '{device}' (expected cpu, cuda or cuda:N)", nameof(device), e);
+            throw new ArgumentException($"unknown device '{device}' (expected cpu, cuda or cuda:N)", paramName, e);
         }
     }
 

@@ -72,11 +72,13 @@ public sealed class Sam3ImagePredictor : IDisposable
     internal Sam3ImagePredictor(Sam3Model owner, ImagePredictorOptions options)
     {
         _owner = owner;
-        CheckThreshold(options.ConfidenceThreshold, nameof(options.ConfidenceThreshold));
+        CheckThreshold(options.ConfidenceThreshold, $"{nameof(options)}.{nameof(ImagePredictorOptions.ConfidenceThreshold)}");
         if (options.TextCacheCapacity < 1)
-            throw new ArgumentOutOfRangeException(nameof(options), options.TextCacheCapacity, "TextCacheCapacity must be at least 1");
+            throw new ArgumentOutOfRangeException($"{nameof(options)}.{nameof(ImagePredictorOptions.TextCacheCapacity)}", options.TextCacheCapacity,
+                $"TextCacheCapacity must be at least 1, got {options.TextCacheCapacity}");
         if (options.MaskChunkElements < 1)
-            throw new ArgumentOutOfRangeException(nameof(options), options.MaskChunkElements, "MaskChunkElements must be at least 1");
+            throw new ArgumentOutOfRangeException($"{nameof(options)}.{nameof(ImagePredictorOptions.MaskChunkElements)}", options.MaskChunkElements,
+                $"MaskChunkElements must be at least 1, got {options.MaskChunkElements}");
         ConfidenceThreshold = options.ConfidenceThreshold;
         _textCacheCapacity = options.TextCacheCapacity;
         _compactMasks = options.CompactMasks;
@@ -514,6 +516,18 @@ public sealed class Sam3ImagePredictor : IDisposable
         {
             foreach (var r in results) r.Dispose();
         }
+    }
+
+    /// <summary>
+    /// The post-processing of the public detector calls (<see cref="SetTextPrompt"/>, <see cref="Predict"/>, ...) on
+    /// given raw outputs of <paramref name="state"/>'s images: threshold, boxes, masks upsampled straight into the public
+    /// results (the same calls those methods make after the model). For the benchmarks' staged pass.
+    /// </summary>
+    internal IReadOnlyList<ImageDetections> PostProcessToPublic(Sam3ImageState state, GroundingOutput raw, double threshold)
+    {
+        CheckAlive();
+        CheckThreshold(threshold, nameof(threshold));
+        return ToPublic(PostProcess(state, raw, threshold, _maskChunkElements));
     }
 
     /// <summary>

@@ -44,9 +44,12 @@ public sealed class Sam3InteractivePredictor
         MaskThreshold = options.MaskThreshold ?? hc.Sam1MaskThreshold;
         MaxHoleArea = options.MaxHoleArea ?? hc.Sam1MaxHoleArea;
         MaxSprinkleArea = options.MaxSprinkleArea ?? hc.Sam1MaxSprinkleArea;
-        if (!double.IsFinite(MaskThreshold)) throw new ArgumentOutOfRangeException(nameof(options), MaskThreshold, "MaskThreshold must be finite");
-        if (!double.IsFinite(MaxHoleArea)) throw new ArgumentOutOfRangeException(nameof(options), MaxHoleArea, "MaxHoleArea must be finite");
-        if (!double.IsFinite(MaxSprinkleArea)) throw new ArgumentOutOfRangeException(nameof(options), MaxSprinkleArea, "MaxSprinkleArea must be finite");
+        if (!double.IsFinite(MaskThreshold)) throw new ArgumentOutOfRangeException(
+            $"{nameof(options)}.{nameof(InteractivePredictorOptions.MaskThreshold)}", MaskThreshold, $"MaskThreshold must be finite, got {MaskThreshold}");
+        if (!double.IsFinite(MaxHoleArea)) throw new ArgumentOutOfRangeException(
+            $"{nameof(options)}.{nameof(InteractivePredictorOptions.MaxHoleArea)}", MaxHoleArea, $"MaxHoleArea must be finite, got {MaxHoleArea}");
+        if (!double.IsFinite(MaxSprinkleArea)) throw new ArgumentOutOfRangeException(
+            $"{nameof(options)}.{nameof(InteractivePredictorOptions.MaxSprinkleArea)}", MaxSprinkleArea, $"MaxSprinkleArea must be finite, got {MaxSprinkleArea}");
         _post = hc with { Sam1MaskThreshold = MaskThreshold, Sam1MaxHoleArea = MaxHoleArea, Sam1MaxSprinkleArea = MaxSprinkleArea };
         _resolution = Heads.image_size;
         _lowRes = Heads.low_res_mask_size;

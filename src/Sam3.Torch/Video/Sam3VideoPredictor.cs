@@ -92,13 +92,15 @@ public sealed class Sam3VideoPredictor : IDisposable
     /// <exception cref="Sam3ConfigException">The device is not available here, or the predictor cannot load another copy.</exception>
     internal Sam3ImageModel ModelFor(string? device)
     {
+        // every caller passes a session's or stream's options.Device: the argument errors name that property
+        const string paramName = "options.Device";
         if (device is null) return _model;
         // parsed here: torch.device("cuda:N") throws from LibTorch on a machine without CUDA
         var match = System.Text.RegularExpressions.Regex.Match(device.Trim(), "^(cpu|cuda)(?::([0-9]{1,4}))?$", System.Text.RegularExpressions.RegexOptions.IgnoreCase);
-        if (!match.Success) throw new ArgumentException($"unknown device '{device}' (expected cpu, cuda or cuda:N)", nameof(device));
+        if (!match.Success) throw new ArgumentException($"unknown device '{device}' (expected cpu, cuda or cuda:N)", paramName);
         bool cuda = match.Groups[1].Value.Equals("cuda", StringComparison.OrdinalIgnoreCase);
         int index = match.Groups[2].Success ? int.Parse(match.Groups[2].Value, System.Globalization.CultureInfo.InvariantCulture) : 0;
-        if (!cuda && index != 0) throw new ArgumentException($"unknown device '{device}' (expected cpu, cuda or cuda:N)", nameof(device));
+        if (!cuda && index != 0) throw new ArgumentException($"unknown device '{device}' (expected cpu, cuda or cuda:N)", paramName);
         if (cuda)
         {
             int count = torch.cuda.is_available() ? torch.cuda.device_count() : 0;

@@ -44,7 +44,8 @@ public sealed class Sam3VideoStream : IDisposable
         Text = text;
         Box = box;
         if (options.MemoryFrames < 1)
-            throw new ArgumentOutOfRangeException(nameof(options), options.MemoryFrames, "MemoryFrames must be at least 1");
+            throw new ArgumentOutOfRangeException($"{nameof(options)}.{nameof(Sam3VideoStreamOptions.MemoryFrames)}", options.MemoryFrames,
+                $"MemoryFrames must be at least 1, got {options.MemoryFrames}");
         _retention = new StreamRetention { NonCondFrames = options.MemoryFrames };
     }
 
