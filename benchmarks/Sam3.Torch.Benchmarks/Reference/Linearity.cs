@@ -54,7 +54,7 @@ internal static partial class ReferenceMode
 
             var parts = new StageClock();
             using (var scope = NewDisposeScope())
-                Heads(model, state.Backbone, prompt, parts);
+                Heads(model, state.Backbone, prompt, parts).Dispose();
             var post = new StageClock();
             var refiltered = post.Time("postprocess", () => predictor.SetConfidenceThreshold(threshold, state)!);
             if (refiltered[0].Count != got) Console.Error.WriteLine($"K={asked}: re-filtering gave {refiltered[0].Count} detections, the call {got}");
@@ -78,10 +78,12 @@ internal static partial class ReferenceMode
     }
 
     /// <summary>
-    /// The detector heads of set_text_prompt on an encoded image, stage by stage (as <see cref="Staged"/>): text over the
-    /// real tokens, fusion encoder, decoder + scoring, segmentation head.
+    /// The detector heads of set_text_prompt on an encoded image, stage by stage (<see cref="Staged"/> and
+    /// <see cref="Linearity"/>): text over the prompt's real tokens (the image predictor's text path,
+    /// skipPaddedPositions), fusion encoder, decoder + scoring, segmentation head. Returns the raw outputs (the caller
+    /// disposes them; their tensors live in the caller's dispose scope).
     /// </summary>
-    private static void Heads(Sam3Model owner, BackboneOutput backbone, string prompt, StageClock clock)
+    private static GroundingOutput Heads(Sam3Model owner, BackboneOutput backbone, string prompt, StageClock clock)
     {
         var net = owner.Network;
         var device = owner.TorchDevice;
@@ -106,13 +108,22 @@ internal static partial class ReferenceMode
             return new GroundingInputs(enc.Memory, enc.PosEmbed, h, w, p, pm, BackboneFpn: backbone.BackboneFpn, ImageIds: imgIds,
                 PaddingMask: enc.PaddingMask, ValidRatios: enc.ValidRatios);
         });
-        using var output = new GroundingOutput();
-        var hs = clock.Time("decoder_scoring", () => net.Grounding.RunDecoder(output, inputs));
-        clock.Time("segmentation_head", () =>
+        var output = new GroundingOutput();
+        try
         {
-            net.Grounding.RunSegmentationHeads(output, inputs.BackboneFpn!, inputs.ImageIds, inputs.Memory, inputs.Prompt, inputs.PromptMask, hs);
-            return 0;
-        });
+            var hs = clock.Time("decoder_scoring", () => net.Grounding.RunDecoder(output, inputs));
+            clock.Time("segmentation_head", () =>
+            {
+                net.Grounding.RunSegmentationHeads(output, inputs.BackboneFpn!, inputs.ImageIds, inputs.Memory, inputs.Prompt, inputs.PromptMask, hs);
+                return 0;
+            });
+            return output;
+        }
+        catch
+        {
+            output.Dispose();
+            throw;
+        }
     }
 
     /// <summary>Number of real tokens (start, words, end) of the prompt.</summary>

@@ -54,7 +54,7 @@ internal static partial class ReferenceMode
     private static int Usage()
     {
         Console.Error.WriteLine("""
-            usage: Sam3.Torch.Benchmarks reference ours  --checkpoint PT --tokenizer BPE --image JPG --prompt TEXT --threads N --out PREFIX [--threshold 0.5] [--api-only true] [--linearity 1,5,20,50,200]
+            usage: Sam3.Torch.Benchmarks reference ours  --checkpoint PT --tokenizer BPE --image JPG --prompt TEXT --threads N --out PREFIX [--threshold 0.5] [--api-only true] [--linearity 1,5,20,50,200] [--config CONFIG_JSON]
                    Sam3.Torch.Benchmarks reference gemm  --threads N --out JSON [--seconds 2]
                    Sam3.Torch.Benchmarks reference flops --out JSON [--prompt-tokens 33]
                    Sam3.Torch.Benchmarks reference post  [--k 1,5,20,50,200] [--height 1200] [--width 1800] [--low 288] [--threads 2] [--chunk-elements N] [--out JSON]
@@ -143,7 +143,9 @@ internal static partial class ReferenceMode
         report["rss_start_bytes"] = rss0;
 
         var load = new StageClock();
-        using var model = load.Time("load", () => Sam3Model.Load(checkpoint, new Sam3ModelOptions { Config = Sam3Config.Full, TokenizerPath = bpe }));
+        // --config CONFIG_JSON: another architecture than the released one (a quick run on the tiny checkpoint)
+        var config = o.TryGetValue("config", out var cfgPath) ? Sam3Config.Load(cfgPath) : Sam3Config.Full;
+        using var model = load.Time("load", () => Sam3Model.Load(checkpoint, new Sam3ModelOptions { Config = config, TokenizerPath = bpe }));
         var (rssLoaded, _) = Memory();
         report["load"] = load.ToJson();
         report["rss_after_load_bytes"] = rssLoaded;
@@ -154,6 +156,7 @@ internal static partial class ReferenceMode
 
         // Pass 1: the public pipeline, as a user calls it (first call of the process: warm-up included).
         var api = new StageClock();
+        int apiMasks;
         using (var inference = torch.inference_mode())
         {
             using var state = api.Time("set_image", () => predictor.SetImage(image));
@@ -166,6 +169,7 @@ internal static partial class ReferenceMode
             report["detections"] = publicResults[0].Count;
             Dump(prefix, publicResults[0]);
             DumpAllQueries(prefix, state.RawOutput!);
+            apiMasks = MasksFingerprint(publicResults[0]);
         }
         GC.Collect();
         report["rss_between_passes_bytes"] = Memory().Rss;
@@ -178,7 +182,10 @@ internal static partial class ReferenceMode
         {
             using var inference = torch.inference_mode();
             using var scope = NewDisposeScope();
-            stagedScores = Staged(model, predictor, image, prompt, threshold, staged);
+            stagedScores = Staged(model, predictor, image, prompt, threshold, staged, out int stagedMasks);
+            // the staged pass runs the public pass's work: its masks are the dumped ones, byte for byte
+            report["staged_masks_equal_api"] = stagedMasks == apiMasks;
+            if (stagedMasks != apiMasks) Console.Error.WriteLine("reference: the staged pass's masks differ from the public pass's");
         }
         report["stages"] = staged.ToJson();
         var (_, hwm) = Memory();
@@ -200,9 +207,11 @@ internal static partial class ReferenceMode
 
     /// <summary>
     /// Sam3ImagePredictor.SetImage + SetTextPrompt split into the stages of the table, each finishing its work before
-    /// the clock stops (eager LibTorch on CPU: every op is done when it returns). Returns the kept scores.
+    /// the clock stops (eager LibTorch on CPU: every op is done when it returns). Returns the kept scores and
+    /// <paramref name="masksFingerprint"/> of the kept masks (<see cref="MasksFingerprint"/>).
     /// </summary>
-    private static float[] Staged(Sam3Model owner, Sam3ImagePredictor predictor, RgbImage image, string prompt, double threshold, StageClock clock)
+    private static float[] Staged(Sam3Model owner, Sam3ImagePredictor predictor, RgbImage image, string prompt, double threshold, StageClock clock,
+        out int masksFingerprint)
     {
         var net = owner.Network;
         var device = owner.TorchDevice;
@@ -221,53 +230,23 @@ internal static partial class ReferenceMode
             return new BackboneOutput(neck.Sam3Out.Take(keep).ToArray(), neck.Sam3Pos.Take(keep).ToArray(), sam2);
         });
         trunk.Dispose();
-        // the image predictor's text path: the encoder runs over the prompt's real tokens only (skipPaddedPositions)
-        var (feats, mask) = clock.Time("text", () =>
-        {
-            var (ids, pad) = owner.Tokenizer.TokenizeToTensors([prompt]);
-            var enc = net.backbone.ForwardText(ids.to(device), pad.to(device), skipPaddedPositions: true);
-            return (enc.LanguageFeatures, enc.LanguageMask);
-        });
-        var imgIds = torch.zeros(1, dtype: ScalarType.Int64, device: device);
-        var textIds = torch.zeros(1, dtype: ScalarType.Int64, device: device);
-        var (inputs, promptTokens) = clock.Time("fusion_encoder", () =>
-        {
-            var txtFeats = feats.index_select(1, textIds);
-            var txtMask = mask.index_select(0, textIds);
-            var (f, pos, sizes) = net.GetImageFeatures(backbone, imgIds);
-            var (geoFeats, geoMask) = net.geometry_encoder.forward(Prompt.Empty(1, device), f, sizes, pos);
-            var p = torch.cat([txtFeats, geoFeats], 0);
-            var pm = torch.cat([txtMask, geoMask], 1);
-            var enc = net.transformer.encoder.forward(f, sizes, pos, p, pm);
-            var (h, w) = sizes[^1];
-            return (new GroundingInputs(enc.Memory, enc.PosEmbed, h, w, p, pm, BackboneFpn: backbone.BackboneFpn, ImageIds: imgIds,
-                PaddingMask: enc.PaddingMask, ValidRatios: enc.ValidRatios), p.shape[0]);
-        });
-        using var output = new GroundingOutput();
-        var hs = clock.Time("decoder_scoring", () => net.Grounding.RunDecoder(output, inputs));
-        clock.Time("segmentation_head", () =>
-        {
-            net.Grounding.RunSegmentationHeads(output, inputs.BackboneFpn!, inputs.ImageIds, inputs.Memory, inputs.Prompt, inputs.PromptMask, hs);
-            return 0;
-        });
-        var (h0, w0) = (image.Height, image.Width);
-        var kept = clock.Time("postprocess", () =>
-        {
-            // Sam3ImagePredictor.PostProcessOne: score = σ(logit)·σ(presence) > threshold; masks of the kept queries
-            // bilinearly upsampled to the original size, σ, > 0.5.
-            var probs = (output.PredLogits![0].sigmoid() * output.PresenceLogitDec![0].sigmoid().unsqueeze(0)).squeeze(-1);
-            var keep = probs.gt(threshold).nonzero().flatten();
-            var scores = probs.index_select(0, keep);
-            var boxes = BoxOps.Denormalize(BoxOps.CxcywhToXyxy(output.PredBoxes![0].index_select(0, keep)), w0, h0);
-            var low = output.PredMasks![0].index_select(0, keep).unsqueeze(1);
-            var prob = nn.functional.interpolate(low, [h0, w0], mode: InterpolationMode.Bilinear, align_corners: false).sigmoid().squeeze(1);
-            var masks = prob.gt(Sam3ImagePredictor.MaskProbabilityThreshold);
-            _ = boxes.sum().item<float>() + masks.sum().item<long>();
-            return scores.numel() == 0 ? [] : scores.contiguous().data<float>().ToArray();
-        });
-        backbone.Dispose();
-        _ = promptTokens;
-        return kept;
+        // the image predictor's text path (the prompt's real tokens), fusion encoder, decoder + scoring, segmentation head
+        using var output = Heads(owner, backbone, prompt, clock);
+        // the public calls' post-processing on these outputs: threshold, boxes, masks upsampled and thresholded straight
+        // into the public results (the predictor's internal call, C-heap trim included)
+        using var state = new Sam3ImageState(owner, backbone, [(image.Height, image.Width)]); // owns the backbone now
+        var results = clock.Time("postprocess", () => predictor.PostProcessToPublic(state, output, threshold))[0];
+        masksFingerprint = MasksFingerprint(results);
+        return results.Select(d => d.Score).ToArray();
+    }
+
+    /// <summary>A fingerprint of the detections' masks (their bytes, in order), to check that two passes agree.</summary>
+    private static int MasksFingerprint(ImageDetections detections)
+    {
+        var hash = new HashCode();
+        hash.Add(detections.Count);
+        foreach (var d in detections) hash.AddBytes(d.Mask.Data);
+        return hash.ToHashCode();
     }
 
     /// <summary>
