@@ -201,6 +201,10 @@ internal sealed class TransformerDecoder : nn.Module
                 break;
         }
         bool blocked = UseInferenceFastPaths && !training && !torch.is_grad_enabled();
+        // inference on the CPU in fp32: both MLPs and the head-major sum in one kernel (not bit-identical, see BoxRpbKernel)
+        if (blocked && UseRpbKernel && dx.device_type == DeviceType.CPU && dx.dtype == ScalarType.Float32
+            && BoxRpbKernel.Supports(boxRPB_embed_x, boxRPB_embed_y))
+            return BoxRpbKernel.Bias(dx, dy, boxRPB_embed_x, boxRPB_embed_y, presenceRow).MoveToOuterDisposeScope();
         var ex = blocked ? RpbMlpInRowBlocks(boxRPB_embed_x, dx) : boxRPB_embed_x.forward(dx); // B,Q,W,heads
         var ey = blocked ? RpbMlpInRowBlocks(boxRPB_embed_y, dy) : boxRPB_embed_y.forward(dy); // B,Q,H,heads
         if (presenceRow)
@@ -222,6 +226,14 @@ internal sealed class TransformerDecoder : nn.Module
     /// operations as in the plain path; false runs the plain path (A/B checks and tests).
     /// </summary>
     public bool UseInferenceFastPaths { get; set; } = true;
+
+    /// <summary>
+    /// On the inference fast path (<see cref="UseInferenceFastPaths"/>, eval, no gradients) with fp32 CPU tensors, build the
+    /// boxRPB bias with the fused <see cref="BoxRpbKernel"/> (default true). Unlike the other fast paths it is not
+    /// bit-identical to the plain path (its dot products are summed in another order; within fp32 rounding); false keeps
+    /// the LibTorch construction (row-blocked MLPs and a broadcast sum), bit-identical to the plain path.
+    /// </summary>
+    public bool UseRpbKernel { get; set; } = true;
 
     /// <summary>
     /// Rows per block of the boxRPB MLPs on the inference fast path. Each axis's MLP maps B·Q·W rows (14,400 at full size)
