@@ -88,7 +88,10 @@ internal static class BoxRpbKernel
     /// The bias [B, heads, (presenceRow ? 1 : 0) + Q, H·W] from the delta features <paramref name="dx"/> [B,Q,W,nIn] and
     /// <paramref name="dy"/> [B,Q,H,nIn] (fp32, CPU) through the x and y MLPs.
     /// </summary>
-    public static unsafe Tensor Bias(Tensor dx, Tensor dy, Mlp embedX, Mlp embedY, bool presenceRow)
+    /// <param name="into">If given (fp32 CPU contiguous, exactly that shape), the bias is written into it and a view of it is
+    /// returned: the decoder reuses one buffer for its layers, so the 33 MB (full size) are faulted in once per forward, not
+    /// once per layer.</param>
+    public static unsafe Tensor Bias(Tensor dx, Tensor dy, Mlp embedX, Mlp embedY, bool presenceRow, Tensor? into = null)
     {
         if (dx.dim() != 4 || dy.dim() != 4 || dx.shape[0] != dy.shape[0] || dx.shape[1] != dy.shape[1] || dx.shape[3] != dy.shape[3])
             throw new Sam3Exception($"boxRPB kernel: deltas must be [B,Q,W,n] and [B,Q,H,n], got [{string.Join(",", dx.shape)}] and [{string.Join(",", dy.shape)}]");
@@ -104,7 +107,9 @@ internal static class BoxRpbKernel
         int bs = (int)dx.shape[0], nq = (int)dx.shape[1], w = (int)dx.shape[2], h = (int)dy.shape[2];
         int heads = px.Heads, off = presenceRow ? 1 : 0, rows = nq + off;
         long hw = (long)h * w;
-        var result = torch.empty(bs, heads, rows, hw, dtype: ScalarType.Float32);
+        bool reuse = into is not null && into.dtype == ScalarType.Float32 && into.device_type == DeviceType.CPU && into.is_contiguous()
+                     && into.shape.SequenceEqual(new long[] { bs, heads, rows, hw });
+        var result = reuse ? into!.view(bs, heads, rows, hw) : torch.empty(bs, heads, rows, hw, dtype: ScalarType.Float32);
         int bits = PathBits(px.NIn, px.Hidden, heads);
         fixed (byte* pOut = result.bytes)
         fixed (byte* pDx = dxc.bytes)
@@ -135,6 +140,7 @@ internal static class BoxRpbKernel
             }
             if (threads == 1) Part(0);
             else Parallel.For(0, threads, new ParallelOptions { MaxDegreeOfParallelism = threads }, Part);
+            if (UseStreamingStores && Sse.IsSupported) Sse.StoreFence(); // order the streaming stores before LibTorch reads the bias
         }
         return result.MoveToOuterDisposeScope();
     }
@@ -256,9 +262,24 @@ internal static class BoxRpbKernel
         o[4] = Vector128.Sum(a4); o[5] = Vector128.Sum(a5); o[6] = Vector128.Sum(a6); o[7] = Vector128.Sum(a7);
     }
 
+    /// <summary>
+    /// Write the bias with non-temporal (streaming) stores where the rows are 32-byte aligned (x86 AVX): the 33 MB bias (full
+    /// size) does not fit the caches anyway, and streaming stores skip reading each line before it is overwritten.
+    /// </summary>
+    internal static bool UseStreamingStores { get; set; } = true;
+
     /// <summary>One head's bias row of one query: dst[y·w + x] = ey[y] + ex[x].</summary>
     private static unsafe void WriteRow(float* dst, float* ey, int h, float* ex, int w)
     {
+        if (UseStreamingStores && Avx.IsSupported && w % 8 == 0 && ((nint)dst & 31) == 0)
+        {
+            for (int y = 0; y < h; y++, dst += w)
+            {
+                var vv = Vector256.Create(ey[y]);
+                for (int x = 0; x < w; x += 8) Avx.StoreAlignedNonTemporal(dst + x, vv + Vector256.Load(ex + x));
+            }
+            return;
+        }
         for (int y = 0; y < h; y++, dst += w)
         {
             float v = ey[y];
