@@ -40,6 +40,7 @@ internal static class HeadsProfile
         if (sections.Contains("skinny")) SkinnyGemm();
         if (sections.Contains("rpbkernel")) RpbKernelAb(threads);
         if (sections.Contains("sdpa")) SdpaVariants(threads);
+        if (sections.Contains("kv")) KvLayouts(threads);
         Console.WriteLine($"# loadavg after: {Load()}");
         return 0;
     }
@@ -670,5 +671,61 @@ internal static class HeadsProfile
             }
         }
         torch.set_num_threads(threads);
+    }
+
+    /// <summary>
+    /// The six layers' memory k/v projections plus their six SDPA calls, with k/v in three layouts: (a) as the module makes
+    /// them (two GEMMs [5184,256]·[256,1536], each layer's k/v a strided column slice); (b) the same GEMMs, then one
+    /// permute copy to [layers,B,H,S,D] contiguous; (c) batched GEMMs writing [layers·H,S,D] directly (matmul, then the bias added). Bit checks
+    /// of the projections and of the attention outputs against (a); in turns, best of 3.
+    /// </summary>
+    private static void KvLayouts(int threads)
+    {
+        using var scope = NewDisposeScope();
+        torch.manual_seed(2);
+        const int heads = 8, hd = 32, l = 201, s = 72 * 72, d = heads * hd, layers = 6;
+        var mem = torch.randn(s, d);
+        var w = torch.randn(layers * d, d) * 0.06;
+        var bias = torch.randn(layers * d) * 0.1;
+        var q = torch.randn(1, heads, l, hd);
+        var mask = torch.randn(1, heads, l, s);
+        var wT = w.view(layers * heads, hd, d).transpose(1, 2); // [48,256,32] view
+        var bB = bias.view(layers * heads, 1, hd);
+        Tensor ProjA() => nn.functional.linear(mem, w, bias); // [S, 6·256]
+        Tensor SliceA(Tensor all, int i) => all[.., TensorIndex.Slice(i * d, (i + 1) * d)].view(1, s, heads, hd).transpose(1, 2);
+        Tensor ProjB() => ProjA().view(s, layers, heads, hd).permute(1, 2, 0, 3).contiguous(); // [6,8,S,32]
+        Tensor ProjC() => torch.matmul(mem.unsqueeze(0), wT).add_(bB).view(layers, heads, s, hd);
+        Tensor SliceBC(Tensor all, int i) => all[i].unsqueeze(0);
+        var projA = ProjA();
+        var outsA = Enumerable.Range(0, layers).Select(i => nn.functional.scaled_dot_product_attention(q, SliceA(projA, i), SliceA(projA, i), mask)).ToArray();
+        var projB = ProjB(); var projC = ProjC();
+        bool bSame = projB.eq(projA.view(s, layers, heads, hd).permute(1, 2, 0, 3)).all().item<bool>();
+        bool cSame = projC.eq(projA.view(s, layers, heads, hd).permute(1, 2, 0, 3)).all().item<bool>();
+        double cDiff = (projC - projA.view(s, layers, heads, hd).permute(1, 2, 0, 3)).abs().max().item<float>();
+        bool attB = Enumerable.Range(0, layers).All(i => nn.functional.scaled_dot_product_attention(q, SliceBC(projB, i), SliceBC(projB, i), mask).eq(outsA[i]).all().item<bool>());
+        void RunA() { using var rs = NewDisposeScope(); var p = ProjA(); for (int i = 0; i < layers; i++) nn.functional.scaled_dot_product_attention(q, SliceA(p, i), SliceA(p, i), mask); }
+        void RunB() { using var rs = NewDisposeScope(); var p = ProjB(); for (int i = 0; i < layers; i++) nn.functional.scaled_dot_product_attention(q, SliceBC(p, i), SliceBC(p, i), mask); }
+        void RunC() { using var rs = NewDisposeScope(); var p = ProjC(); for (int i = 0; i < layers; i++) nn.functional.scaled_dot_product_attention(q, SliceBC(p, i), SliceBC(p, i), mask); }
+        void ProjOnlyA() { using var rs = NewDisposeScope(); ProjA(); }
+        void ProjOnlyB() { using var rs = NewDisposeScope(); ProjB(); }
+        void ProjOnlyC() { using var rs = NewDisposeScope(); ProjC(); }
+        foreach (int t in new[] { 1, threads }.Distinct())
+        {
+            torch.set_num_threads(t);
+            var runs = new (string Name, Action Run)[] { ("a strided slices", RunA), ("b permute copy", RunB), ("c matmul head-major", RunC),
+                ("projection only a", ProjOnlyA), ("projection only b", ProjOnlyB), ("projection only c", ProjOnlyC) };
+            foreach (var (_, r) in runs) r();
+            var best = runs.ToDictionary(x => x.Name, _ => (Wall: 9e9, Cpu: 9e9));
+            string before = Load();
+            for (int r = 0; r < 3; r++)
+                foreach (var (name, run) in runs)
+                {
+                    var tm = Time(1, run);
+                    best[name] = (Math.Min(best[name].Wall, tm.Wall), Math.Min(best[name].Cpu, tm.Cpu));
+                }
+            Console.WriteLine($"## k (=v here) projection of 6 layers + 6 SDPAs, threads {t}, best of 3 in turns (loadavg {before} → {Load()}): " +
+                              string.Join("; ", runs.Select(x => $"{x.Name} {best[x.Name].Wall * 1e3:F1} ms wall / {best[x.Name].Cpu * 1e3:F1} CPU")) +
+                              $"; b projection bit-identical {bSame}, b attention bit-identical {attB}; c projection bit-identical {cSame} (max |Δ| {cDiff:G3})");
+        }
     }
 }
