@@ -14,7 +14,9 @@ namespace Sam3.Torch.Benchmarks;
 /// sub-modules, called as <see cref="TransformerDecoderLayer.forward"/> calls them) and the whole forward, with the
 /// previous boxRPB construction (bias built query-major, permuted to head-major, presence row concatenated in the layer)
 /// next to the module's (built head-major with the presence row, one write) as an A/B in turns. Threads:
-/// SAM3_BENCH_THREADS (default 2). Inference mode.
+/// SAM3_BENCH_THREADS (default 2). Inference mode. More sections: <c>rpbkernel</c> (the fused boxRPB kernel against the
+/// LibTorch construction, 1 thread and SAM3_BENCH_THREADS), <c>sdpa</c> (layer 0's image cross-attention SDPA in several
+/// layouts), <c>kv</c> (k/v projections of all layers + their SDPAs in three layouts), <c>rpb</c>, <c>skinny</c>, <c>text</c>.
 /// </summary>
 internal static class HeadsProfile
 {

@@ -26,6 +26,8 @@ namespace Sam3.Torch.Modeling.Decoder;
 /// runs vectorised over the hidden units (Vector512 where AVX-512F is there, Vector256 with FMA, Vector128 with FMA or
 /// Arm64 AdvSimd); every other shape, and machines without FMA, take the scalar path. Threads: the queries are split into
 /// at most <c>torch.get_num_threads()</c> contiguous parts (LibTorch's own pool is idle while the kernel runs).
+/// A NaN hidden pre-activation becomes 0 on the vector paths (the x86 <c>max</c> instruction), where LibTorch's ReLU
+/// keeps it NaN; the deltas come from sigmoid boxes, so they are finite.
 /// </remarks>
 internal static class BoxRpbKernel
 {
