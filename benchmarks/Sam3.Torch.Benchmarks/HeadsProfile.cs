@@ -14,7 +14,9 @@ namespace Sam3.Torch.Benchmarks;
 /// sub-modules, called as <see cref="TransformerDecoderLayer.forward"/> calls them) and the whole forward, with the
 /// previous boxRPB construction (bias built query-major, permuted to head-major, presence row concatenated in the layer)
 /// next to the module's (built head-major with the presence row, one write) as an A/B in turns. Threads:
-/// SAM3_BENCH_THREADS (default 2). Inference mode.
+/// SAM3_BENCH_THREADS (default 2). Inference mode. More sections: <c>rpbkernel</c> (the fused boxRPB kernel against the
+/// LibTorch construction, 1 thread and SAM3_BENCH_THREADS), <c>sdpa</c> (layer 0's image cross-attention SDPA in several
+/// layouts), <c>kv</c> (k/v projections of all layers + their SDPAs in three layouts), <c>rpb</c>, <c>skinny</c>, <c>text</c>.
 /// </summary>
 internal static class HeadsProfile
 {
@@ -38,6 +40,9 @@ internal static class HeadsProfile
         if (sections.Contains("text")) Text(gemm);
         if (sections.Contains("rpb")) RpbVariants();
         if (sections.Contains("skinny")) SkinnyGemm();
+        if (sections.Contains("rpbkernel")) RpbKernelAb(threads);
+        if (sections.Contains("sdpa")) SdpaVariants(threads);
+        if (sections.Contains("kv")) KvLayouts(threads);
         Console.WriteLine($"# loadavg after: {Load()}");
         return 0;
     }
@@ -512,5 +517,217 @@ internal static class HeadsProfile
         const int calls = 20000;
         var md = Time(3, () => { for (int i = 0; i < calls; i++) global::Sam3.Torch.Precision.PrecisionPolicy.ToModuleDtype(xs, seq); });
         Console.WriteLine($"# PrecisionPolicy.ToModuleDtype: {md.Wall / calls * 1e6:F2} µs per call ({calls} calls, best of 3)");
+    }
+
+    /// <summary>A random full-size decoder with the real shapes' inputs (as <see cref="Decoder"/>).</summary>
+    private static (TransformerDecoder Dec, Tensor Tgt, Tensor Memory, Tensor Pos, Tensor Prompt, Tensor PromptMask, Tensor RefBoxes) FullDecoder()
+    {
+        var cfg = Sam3Config.Full;
+        torch.manual_seed(0);
+        var dec = new TransformerDecoder(cfg);
+        dec.eval();
+        int d = cfg.Decoder.DModel;
+        const int side = 72, promptLen = 33;
+        var memory = torch.randn(side * side, 1, d).DetachFromDisposeScope();
+        var pos = torch.randn(side * side, 1, d).DetachFromDisposeScope();
+        var prompt = torch.randn(promptLen, 1, d).DetachFromDisposeScope();
+        var promptMask = torch.zeros(1, promptLen, dtype: ScalarType.Bool).DetachFromDisposeScope();
+        promptMask[0, TensorIndex.Slice(3, 32)] = torch.tensor(true);
+        var tgt = dec.query_embed.weight!.detach().unsqueeze(1).DetachFromDisposeScope();
+        var refBoxes = (torch.rand(cfg.Decoder.NumQueries, 1, 4) * 0.8 + 0.1).DetachFromDisposeScope();
+        return (dec, tgt, memory, pos, prompt, promptMask, refBoxes);
+    }
+
+    /// <summary>
+    /// The fused boxRPB kernel (<see cref="TransformerDecoder.UseRpbKernel"/>) against the LibTorch construction (row-blocked
+    /// MLPs + broadcast sum), in turns, best of 3, at 1 thread (CPU time) and at <paramref name="threads"/> (wall): the bias
+    /// alone and the whole decoder forward, with the max |Δ| of the bias and of hs / boxes / presence logits.
+    /// </summary>
+    private static void RpbKernelAb(int threads)
+    {
+        using var scope = NewDisposeScope();
+        var (dec, tgt, memory, pos, prompt, promptMask, refBoxes) = FullDecoder();
+        using var _ = dec;
+        const int side = 72;
+        double flops = Reference.StageFlops.DecoderAndScoring(Sam3Config.Full, 33);
+        Console.WriteLine($"## boxRPB kernel A/B (full-size random decoder, 200 queries + presence, 72×72); kernel path bits {BoxRpbKernel.PathBits(2, 256, 8)}; loadavg {Load()}");
+        Tensor Bias(bool kernel) { dec.UseRpbKernel = kernel; try { return dec.GetRpbMatrix(refBoxes, side, side, presenceRow: true); } finally { dec.UseRpbKernel = true; } }
+        TransformerDecoderOutput Forward(bool kernel)
+        {
+            dec.UseRpbKernel = kernel;
+            try { return dec.forward(tgt, memory, pos, side, side, prompt, promptMask, applyDac: false); }
+            finally { dec.UseRpbKernel = true; }
+        }
+        using (var ds = NewDisposeScope())
+        {
+            var lib = Bias(false); var ker = Bias(true);
+            using var fo = Forward(true); using var lo = Forward(false);
+            dec.UseInferenceFastPaths = false;
+            using var po = dec.forward(tgt, memory, pos, side, side, prompt, promptMask, applyDac: false);
+            dec.UseInferenceFastPaths = true;
+            Console.WriteLine($"# max |Δ| kernel vs LibTorch: bias {(ker - lib).abs().max().item<float>():G3} (max |bias| {lib.abs().max().item<float>():G3}); " +
+                              $"hs {(fo.Hs - lo.Hs).abs().max().item<float>():G3}, boxes {(fo.ReferenceBoxes - lo.ReferenceBoxes).abs().max().item<float>():G3}, " +
+                              $"presence logits {(fo.PresenceLogits! - lo.PresenceLogits!).abs().max().item<float>():G3}; LibTorch fast path vs plain path hs bit-identical: {lo.Hs.eq(po.Hs).all().item<bool>()}");
+        }
+        // the kernel's parts: the deltas (LibTorch ops, as upstream), the kernel into a fresh tensor, into a reused buffer
+        var xyxy = BoxOps.CxcywhToXyxy(refBoxes).transpose(0, 1).reshape(-1, 1, 4);
+        var coords = arange(0, side, dtype: ScalarType.Float32) / side;
+        (Tensor dx, Tensor dy) Deltas()
+        {
+            var ddx = (coords.view(1, -1, 1) - xyxy[.., .., TensorIndex.Slice(0, 3, 2)]).view(1, -1, side, 2) * 8.0;
+            var ddy = (coords.view(1, -1, 1) - xyxy[.., .., TensorIndex.Slice(1, 4, 2)]).view(1, -1, side, 2) * 8.0;
+            return (sign(ddx) * log2(ddx.abs() + 1.0) / 3.0, sign(ddy) * log2(ddy.abs() + 1.0) / 3.0);
+        }
+        var (kdx, kdy) = Deltas();
+        var buffer = torch.empty(1, 8, 201, side * side);
+        foreach (int t in new[] { 1, threads }.Distinct())
+        {
+            torch.set_num_threads(t);
+            (double W, double C) pd = (9e9, 9e9), pf = (9e9, 9e9), pr = (9e9, 9e9), pe = (9e9, 9e9), pn = (9e9, 9e9);
+            for (int r = 0; r < 5; r++)
+            {
+                BoxRpbKernel.UseStreamingStores = false;
+                var n = Time(1, () => BoxRpbKernel.Bias(kdx, kdy, dec.boxRPB_embed_x!, dec.boxRPB_embed_y!, true, buffer).Dispose());
+                BoxRpbKernel.UseStreamingStores = true;
+                pn = (Math.Min(pn.W, n.Wall), Math.Min(pn.C, n.Cpu));
+                var a = Time(1, () => { using var ps = NewDisposeScope(); Deltas(); });
+                var b = Time(1, () => BoxRpbKernel.Bias(kdx, kdy, dec.boxRPB_embed_x!, dec.boxRPB_embed_y!, true).Dispose());
+                var c = Time(1, () => BoxRpbKernel.Bias(kdx, kdy, dec.boxRPB_embed_x!, dec.boxRPB_embed_y!, true, buffer).Dispose());
+                var e = Time(1, () => torch.empty(1, 8, 201, side * side).fill_(1f).Dispose());
+                pd = (Math.Min(pd.W, a.Wall), Math.Min(pd.C, a.Cpu)); pf = (Math.Min(pf.W, b.Wall), Math.Min(pf.C, b.Cpu));
+                pr = (Math.Min(pr.W, c.Wall), Math.Min(pr.C, c.Cpu)); pe = (Math.Min(pe.W, e.Wall), Math.Min(pe.C, e.Cpu));
+            }
+            Console.WriteLine($"# threads {t} parts (best of 5, ms wall / CPU): deltas {pd.W * 1e3:F2} / {pd.C * 1e3:F2}; kernel into a fresh tensor {pf.W * 1e3:F2} / {pf.C * 1e3:F2}; " +
+                              $"into a reused buffer {pr.W * 1e3:F2} / {pr.C * 1e3:F2} (with plain stores {pn.W * 1e3:F2} / {pn.C * 1e3:F2}); (empty + fill_ of a fresh 33 MB tensor {pe.W * 1e3:F2} / {pe.C * 1e3:F2}); loadavg {Load()}");
+        }
+        foreach (int t in new[] { 1, threads }.Distinct())
+        {
+            torch.set_num_threads(t);
+            Bias(true).Dispose(); Bias(false).Dispose(); Forward(true).Dispose(); Forward(false).Dispose();
+            (double W, double C) bl = (9e9, 9e9), bk = (9e9, 9e9), fl = (9e9, 9e9), fk = (9e9, 9e9);
+            string before = Load();
+            for (int r = 0; r < 3; r++)
+            {
+                var a = Time(1, () => Bias(false).Dispose()); var b = Time(1, () => Bias(true).Dispose());
+                var c = Time(1, () => Forward(false).Dispose()); var d = Time(1, () => Forward(true).Dispose());
+                bl = (Math.Min(bl.W, a.Wall), Math.Min(bl.C, a.Cpu)); bk = (Math.Min(bk.W, b.Wall), Math.Min(bk.C, b.Cpu));
+                fl = (Math.Min(fl.W, c.Wall), Math.Min(fl.C, c.Cpu)); fk = (Math.Min(fk.W, d.Wall), Math.Min(fk.C, d.Cpu));
+            }
+            Console.WriteLine($"# threads {t} (best of 3 in turns; loadavg {before} → {Load()}): GetRpbMatrix LibTorch {bl.W * 1e3:F1} ms wall / {bl.C * 1e3:F1} ms CPU, " +
+                              $"kernel {bk.W * 1e3:F1} / {bk.C * 1e3:F1} (ratio wall {bk.W / bl.W:F2}, CPU {bk.C / bl.C:F2}); decoder.forward LibTorch rpb {fl.W:F3} s / {fl.C:F3} s CPU, " +
+                              $"kernel {fk.W:F3} / {fk.C:F3} (ratio wall {fk.W / fl.W:F2}, CPU {fk.C / fl.C:F2}); {flops / 1e9:F1} GFLOP → kernel {flops / fk.W / 1e9:F1} GFLOP/s wall");
+        }
+        torch.set_num_threads(threads);
+    }
+
+    /// <summary>
+    /// Layer 0's image cross-attention SDPA (q [1,8,201,32], k/v [1,8,5184,32], the boxRPB mask [1,8,201,5184]) in the
+    /// layouts the module hands it (q a transposed view, k/v column slices of the all-layer projection) against contiguous
+    /// [B,H,L,D] copies, heads merged into the batch, and without a mask; in turns, best of 5, with bit checks.
+    /// </summary>
+    private static void SdpaVariants(int threads)
+    {
+        using var scope = NewDisposeScope();
+        torch.manual_seed(1);
+        const int heads = 8, hd = 32, l = 201, s = 72 * 72, d = heads * hd;
+        var qAll = torch.randn(1, l, d);
+        var kAll = torch.randn(1, s, 6 * d);
+        var vAll = torch.randn(1, s, 6 * d);
+        var mask = torch.randn(1, heads, l, s);
+        var q = qAll.view(1, l, heads, hd).transpose(1, 2);
+        var k = kAll[.., .., TensorIndex.Slice(d, 2 * d)].view(1, s, heads, hd).transpose(1, 2);
+        var v = vAll[.., .., TensorIndex.Slice(d, 2 * d)].view(1, s, heads, hd).transpose(1, 2);
+        var qc = q.contiguous(); var kc = k.contiguous(); var vc = v.contiguous();
+        var reference = nn.functional.scaled_dot_product_attention(q, k, v, mask);
+        var variants = new (string Name, Func<Tensor> Run)[]
+        {
+            ("module layout (strided views), fp32 mask", () => nn.functional.scaled_dot_product_attention(q, k, v, mask)),
+            ("contiguous q/k/v [B,H,L,D] (copies timed)", () => nn.functional.scaled_dot_product_attention(q.contiguous(), k.contiguous(), v.contiguous(), mask)),
+            ("contiguous q/k/v [B,H,L,D] (copies made before)", () => nn.functional.scaled_dot_product_attention(qc, kc, vc, mask)),
+            ("heads merged into the batch [8,1,L,D], mask [8,1,L,S]", () => nn.functional.scaled_dot_product_attention(
+                q.reshape(heads, 1, l, hd), k.reshape(heads, 1, s, hd), v.reshape(heads, 1, s, hd), mask.view(heads, 1, l, s)).view(1, heads, l, hd)),
+            ("3-d [8,L,D] with mask [8,L,S]", () => nn.functional.scaled_dot_product_attention(
+                qc.view(heads, l, hd), kc.view(heads, s, hd), vc.view(heads, s, hd), mask.view(heads, l, s)).view(1, heads, l, hd)),
+            ("mask broadcast over a size-1 query-batch (expand)", () => nn.functional.scaled_dot_product_attention(q, k, v, mask.expand(1, heads, l, s))),
+            ("no mask (comparison)", () => nn.functional.scaled_dot_product_attention(q, k, v)),
+        };
+        foreach (int t in new[] { 1, threads }.Distinct())
+        {
+            torch.set_num_threads(t);
+            var best = variants.ToDictionary(x => x.Name, _ => (Wall: 9e9, Cpu: 9e9));
+            foreach (var (_, run) in variants) run().Dispose();
+            string before = Load();
+            for (int r = 0; r < 5; r++)
+                foreach (var (name, run) in variants)
+                {
+                    var tm = Time(1, () => run().Dispose());
+                    best[name] = (Math.Min(best[name].Wall, tm.Wall), Math.Min(best[name].Cpu, tm.Cpu));
+                }
+            Console.WriteLine($"## SDPA variants, threads {t}, best of 5 in turns (loadavg {before} → {Load()}); 2·2·201·5184·256 = {4.0 * l * s * d / 1e9:F2} GFLOP");
+            foreach (var (name, run) in variants)
+            {
+                using var o = run();
+                bool noMask = name.StartsWith("no mask");
+                Console.WriteLine($"# {name}: {best[name].Wall * 1e3:F2} ms wall / {best[name].Cpu * 1e3:F2} ms CPU ({4.0 * l * s * d / best[name].Wall / 1e9:F1} GFLOP/s)" +
+                                  (noMask ? "" : $"; bit-identical: {o.eq(reference).all().item<bool>()}, max |Δ| {(o - reference).abs().max().item<float>():G3}"));
+            }
+        }
+        torch.set_num_threads(threads);
+    }
+
+    /// <summary>
+    /// The six layers' memory k/v projections plus their six SDPA calls, with k/v in three layouts: (a) as the module makes
+    /// them (two GEMMs [5184,256]·[256,1536], each layer's k/v a strided column slice); (b) the same GEMMs, then one
+    /// permute copy to [layers,B,H,S,D] contiguous; (c) batched GEMMs writing [layers·H,S,D] directly (matmul, then the bias added). Bit checks
+    /// of the projections and of the attention outputs against (a); in turns, best of 3.
+    /// </summary>
+    private static void KvLayouts(int threads)
+    {
+        using var scope = NewDisposeScope();
+        torch.manual_seed(2);
+        const int heads = 8, hd = 32, l = 201, s = 72 * 72, d = heads * hd, layers = 6;
+        var mem = torch.randn(s, d);
+        var w = torch.randn(layers * d, d) * 0.06;
+        var bias = torch.randn(layers * d) * 0.1;
+        var q = torch.randn(1, heads, l, hd);
+        var mask = torch.randn(1, heads, l, s);
+        var wT = w.view(layers * heads, hd, d).transpose(1, 2); // [48,256,32] view
+        var bB = bias.view(layers * heads, 1, hd);
+        Tensor ProjA() => nn.functional.linear(mem, w, bias); // [S, 6·256]
+        Tensor SliceA(Tensor all, int i) => all[.., TensorIndex.Slice(i * d, (i + 1) * d)].view(1, s, heads, hd).transpose(1, 2);
+        Tensor ProjB() => ProjA().view(s, layers, heads, hd).permute(1, 2, 0, 3).contiguous(); // [6,8,S,32]
+        Tensor ProjC() => torch.matmul(mem.unsqueeze(0), wT).add_(bB).view(layers, heads, s, hd);
+        Tensor SliceBC(Tensor all, int i) => all[i].unsqueeze(0);
+        var projA = ProjA();
+        var outsA = Enumerable.Range(0, layers).Select(i => nn.functional.scaled_dot_product_attention(q, SliceA(projA, i), SliceA(projA, i), mask)).ToArray();
+        var projB = ProjB(); var projC = ProjC();
+        bool bSame = projB.eq(projA.view(s, layers, heads, hd).permute(1, 2, 0, 3)).all().item<bool>();
+        bool cSame = projC.eq(projA.view(s, layers, heads, hd).permute(1, 2, 0, 3)).all().item<bool>();
+        double cDiff = (projC - projA.view(s, layers, heads, hd).permute(1, 2, 0, 3)).abs().max().item<float>();
+        bool attB = Enumerable.Range(0, layers).All(i => nn.functional.scaled_dot_product_attention(q, SliceBC(projB, i), SliceBC(projB, i), mask).eq(outsA[i]).all().item<bool>());
+        void RunA() { using var rs = NewDisposeScope(); var p = ProjA(); for (int i = 0; i < layers; i++) nn.functional.scaled_dot_product_attention(q, SliceA(p, i), SliceA(p, i), mask); }
+        void RunB() { using var rs = NewDisposeScope(); var p = ProjB(); for (int i = 0; i < layers; i++) nn.functional.scaled_dot_product_attention(q, SliceBC(p, i), SliceBC(p, i), mask); }
+        void RunC() { using var rs = NewDisposeScope(); var p = ProjC(); for (int i = 0; i < layers; i++) nn.functional.scaled_dot_product_attention(q, SliceBC(p, i), SliceBC(p, i), mask); }
+        void ProjOnlyA() { using var rs = NewDisposeScope(); ProjA(); }
+        void ProjOnlyB() { using var rs = NewDisposeScope(); ProjB(); }
+        void ProjOnlyC() { using var rs = NewDisposeScope(); ProjC(); }
+        foreach (int t in new[] { 1, threads }.Distinct())
+        {
+            torch.set_num_threads(t);
+            var runs = new (string Name, Action Run)[] { ("a strided slices", RunA), ("b permute copy", RunB), ("c matmul head-major", RunC),
+                ("projection only a", ProjOnlyA), ("projection only b", ProjOnlyB), ("projection only c", ProjOnlyC) };
+            foreach (var (_, r) in runs) r();
+            var best = runs.ToDictionary(x => x.Name, _ => (Wall: 9e9, Cpu: 9e9));
+            string before = Load();
+            for (int r = 0; r < 3; r++)
+                foreach (var (name, run) in runs)
+                {
+                    var tm = Time(1, run);
+                    best[name] = (Math.Min(best[name].Wall, tm.Wall), Math.Min(best[name].Cpu, tm.Cpu));
+                }
+            Console.WriteLine($"## k (=v here) projection of 6 layers + 6 SDPAs, threads {t}, best of 3 in turns (loadavg {before} → {Load()}): " +
+                              string.Join("; ", runs.Select(x => $"{x.Name} {best[x.Name].Wall * 1e3:F1} ms wall / {best[x.Name].Cpu * 1e3:F1} CPU")) +
+                              $"; b projection bit-identical {bSame}, b attention bit-identical {attB}; c projection bit-identical {cSame} (max |Δ| {cDiff:G3})");
+        }
     }
 }

@@ -171,6 +171,8 @@ internal sealed class TransformerDecoder : nn.Module
     /// (y0/y1), "log" mode: ×8 then sign·log2(|d|+1)/3; an MLP per axis gives one value per head; bias = dy + dx.
     /// With <paramref name="presenceRow"/> the result is [B,heads,1+Q,H·W] whose first query row is zero: the row the
     /// decoder layer prepends for the presence token (upstream concatenates <c>zeros_like</c> in the layer).
+    /// <paramref name="into"/>: a buffer of the result's shape that the fused kernel (<see cref="UseRpbKernel"/>) may write
+    /// into (the result is then a view of it); ignored by the other paths.
     /// </summary>
     /// <remarks>
     /// Upstream builds the sum query-major, <c>[B,Q,H,W,heads]</c>, then permutes it to head-major with a copy, and the
@@ -179,7 +181,7 @@ internal sealed class TransformerDecoder : nn.Module
     /// head-major result once, presence row included. Every element is the same single fp32 addition <c>dy + dx</c> (and
     /// 0 + 0 = +0 for the presence row), so the values equal upstream's bit for bit.
     /// </remarks>
-    public Tensor GetRpbMatrix(Tensor referenceBoxes, long featH, long featW, bool presenceRow = false)
+    public Tensor GetRpbMatrix(Tensor referenceBoxes, long featH, long featW, bool presenceRow = false, Tensor? into = null)
     {
         if (boxRPB_embed_x is null || boxRPB_embed_y is null) throw new Sam3Exception("boxRPB is 'none': no RPB matrix");
         using var scope = NewDisposeScope();
@@ -201,6 +203,10 @@ internal sealed class TransformerDecoder : nn.Module
                 break;
         }
         bool blocked = UseInferenceFastPaths && !training && !torch.is_grad_enabled();
+        // inference on the CPU in fp32: both MLPs and the head-major sum in one kernel (not bit-identical, see BoxRpbKernel)
+        if (blocked && UseRpbKernel && dx.device_type == DeviceType.CPU && dx.dtype == ScalarType.Float32
+            && BoxRpbKernel.Supports(boxRPB_embed_x, boxRPB_embed_y))
+            return BoxRpbKernel.Bias(dx, dy, boxRPB_embed_x, boxRPB_embed_y, presenceRow, into).MoveToOuterDisposeScope();
         var ex = blocked ? RpbMlpInRowBlocks(boxRPB_embed_x, dx) : boxRPB_embed_x.forward(dx); // B,Q,W,heads
         var ey = blocked ? RpbMlpInRowBlocks(boxRPB_embed_y, dy) : boxRPB_embed_y.forward(dy); // B,Q,H,heads
         if (presenceRow)
@@ -222,6 +228,14 @@ internal sealed class TransformerDecoder : nn.Module
     /// operations as in the plain path; false runs the plain path (A/B checks and tests).
     /// </summary>
     public bool UseInferenceFastPaths { get; set; } = true;
+
+    /// <summary>
+    /// On the inference fast path (<see cref="UseInferenceFastPaths"/>, eval, no gradients) with fp32 CPU tensors, build the
+    /// boxRPB bias with the fused <see cref="BoxRpbKernel"/> (default true). Unlike the other fast paths it is not
+    /// bit-identical to the plain path (its dot products are summed in another order; within fp32 rounding); false keeps
+    /// the LibTorch construction (row-blocked MLPs and a broadcast sum), bit-identical to the plain path.
+    /// </summary>
+    public bool UseRpbKernel { get; set; } = true;
 
     /// <summary>
     /// Rows per block of the boxRPB MLPs on the inference fast path. Each axis's MLP maps B·Q·W rows (14,400 at full size)
@@ -349,6 +363,11 @@ internal sealed class TransformerDecoder : nn.Module
         // layers in two GEMMs of N = layers·d instead of 2·layers GEMMs of N = d; each layer reads its column slice
         var (kAll, vAll) = fastPaths && !useDac && num_layers > 1 ? ProjectMemoryForAllLayers(memoryKey ?? memory, memory) : (null, null);
 
+        // inference with the fused boxRPB kernel: one bias buffer for all layers (each layer's bias is dead once the layer ran)
+        Tensor? rpbBuffer = fastPaths && UseRpbKernel && boxRPB != "none" && memory.device_type == DeviceType.CPU
+                            && memory.dtype == ScalarType.Float32 && num_layers > 1
+            ? empty(bs, num_heads, (presenceOut is null ? 0 : 1) + referenceBoxes.shape[0], featH * featW, dtype: ScalarType.Float32)
+            : null;
         var output = tgt;
         for (int i = 0; i < num_layers; i++)
         {
@@ -359,7 +378,7 @@ internal sealed class TransformerDecoder : nn.Module
             if (boxRPB != "none")
             {
                 // with a presence token the bias already holds the layer's zero presence row (one write, see GetRpbMatrix)
-                var rpb = GetRpbMatrix(referenceBoxes, featH, featW, withPresenceRow);
+                var rpb = GetRpbMatrix(referenceBoxes, featH, featW, withPresenceRow, rpbBuffer);
                 probe?.Invoke("rpb", withPresenceRow ? rpb[.., .., TensorIndex.Slice(1, null)] : rpb);
                 memoryMask = rpb.flatten(0, 1); // (B·heads, [1+]Q, HW), batch-major head order
             }

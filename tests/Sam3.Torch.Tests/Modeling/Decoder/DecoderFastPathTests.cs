@@ -11,7 +11,9 @@ namespace Sam3.Torch.Tests.Modeling.Decoder;
 /// The decoder's inference fast paths (issue 15 item 2: boxRPB MLPs in row blocks with the ReLU in place, memory + pos
 /// added once, the memory's k/v projections of all layers in one GEMM each, FFN ReLU in place) run every element through
 /// the same fp32 operations as the plain path, so the outputs are equal bit for bit; the fixture comparison itself is
-/// <see cref="TransformerDecoderTests.DecoderMatchesTheReference"/> (eval + no_grad: the fast path).
+/// <see cref="TransformerDecoderTests.DecoderMatchesTheReference"/> (eval + no_grad: the fast path). The fused boxRPB kernel
+/// (<see cref="TransformerDecoder.UseRpbKernel"/>) is NOT bit-identical (another summation order), so these bit-for-bit
+/// tests turn it off; it is checked against the plain path within fp32 rounding in <c>BoxRpbKernelTests</c>.
 /// </summary>
 [TestFixture, Category("Fast"), Category("Parity")]
 public class DecoderFastPathTests
@@ -29,6 +31,7 @@ public class DecoderFastPathTests
     {
         using var fx = Fixtures.Tiny("a_image_text");
         using var dec = LoadTiny();
+        dec.UseRpbKernel = false;
         Assert.That(dec.num_layers, Is.GreaterThan(1), "the fused memory projections need several layers");
         using var _ = no_grad();
         using var scope = NewDisposeScope();
@@ -63,6 +66,7 @@ public class DecoderFastPathTests
         torch.manual_seed(5);
         using var dec = new TransformerDecoder(Sam3Config.Tiny);
         dec.eval();
+        dec.UseRpbKernel = false;
         using var _ = no_grad();
         using var scope = NewDisposeScope();
         var boxes = rand(9, 2, 4) * 0.6 + 0.2;
@@ -113,6 +117,7 @@ public class DecoderFastPathLoraTests
             foreach (var (_, p) in lora.Parameters().Where(x => x.Name.EndsWith("lora_B"))) p.copy_(randn_like(p) * 0.05);
         var dec = model.transformer.decoder;
         dec.eval();
+        dec.UseRpbKernel = false; // bit-for-bit comparison: the fused boxRPB kernel sums in another order (BoxRpbKernelTests)
         using var _ = no_grad();
         using var scope = NewDisposeScope();
         var memory = fx.Get("enc.out.memory");

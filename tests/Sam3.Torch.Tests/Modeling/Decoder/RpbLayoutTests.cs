@@ -21,6 +21,7 @@ public class RpbLayoutTests
         torch.manual_seed(3);
         using var dec = new TransformerDecoder(Sam3Config.Tiny);
         dec.eval();
+        dec.UseRpbKernel = false; // the LibTorch construction; the fused kernel is checked in BoxRpbKernelTests
         using var _ = no_grad();
         using var scope = NewDisposeScope();
         const long h = 5, w = 7, q = 6, bs = 2;
