@@ -225,6 +225,7 @@ public sealed class Sam3VideoPredictor : IDisposable
         ObjectDisposedException.ThrowIf(_disposed, this);
         if (string.IsNullOrWhiteSpace(text)) throw new ArgumentException("the text prompt is empty", nameof(text));
         options ??= new Sam3VideoStreamOptions();
+        Sam3VideoStream.Validate(options);
         var engine = NewEngine(options.Device);
         return new Sam3VideoStream(engine, text, options);
     }
@@ -243,6 +244,7 @@ public sealed class Sam3VideoPredictor : IDisposable
         if (!box.Box.IsFinite) throw new Sam3PromptException($"box {box} has a non-finite coordinate");
         if (text is not null && string.IsNullOrWhiteSpace(text)) throw new ArgumentException("the text prompt is empty", nameof(text));
         options ??= new Sam3VideoStreamOptions();
+        Sam3VideoStream.Validate(options);
         var engine = NewEngine(options.Device);
         return new Sam3VideoStream(engine, text, options, box);
     }

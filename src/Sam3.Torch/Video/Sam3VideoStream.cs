@@ -38,14 +38,20 @@ public sealed class Sam3VideoStream : IDisposable
     private int _emittedThrough = -1;
     private bool _completed, _disposed;
 
+    /// <summary>Checks the options before anything is built for the stream (the caller validates before making the engine).</summary>
+    internal static void Validate(Sam3VideoStreamOptions options)
+    {
+        if (options.MemoryFrames < 1)
+            throw new ArgumentOutOfRangeException($"{nameof(options)}.{nameof(Sam3VideoStreamOptions.MemoryFrames)}", options.MemoryFrames,
+                $"MemoryFrames must be at least 1, got {options.MemoryFrames}");
+    }
+
     internal Sam3VideoStream(Sam3VideoEngine engine, string? text, Sam3VideoStreamOptions options, BoxPrompt? box = null)
     {
         _engine = engine;
         Text = text;
         Box = box;
-        if (options.MemoryFrames < 1)
-            throw new ArgumentOutOfRangeException($"{nameof(options)}.{nameof(Sam3VideoStreamOptions.MemoryFrames)}", options.MemoryFrames,
-                $"MemoryFrames must be at least 1, got {options.MemoryFrames}");
+        Validate(options);
         _retention = new StreamRetention { NonCondFrames = options.MemoryFrames };
     }
 
