@@ -16,7 +16,7 @@ namespace Sam3.Torch.Benchmarks;
 /// next to the module's (built head-major with the presence row, one write) as an A/B in turns. Threads:
 /// SAM3_BENCH_THREADS (default 2). Inference mode.
 /// </summary>
-internal static class HeadsProfile
+internal static partial class HeadsProfile
 {
     private static double CpuSeconds() => ComputeProfile.CpuSeconds();
 
@@ -37,7 +37,8 @@ internal static class HeadsProfile
         if (sections.Contains("decoder")) Decoder(gemm);
         if (sections.Contains("text")) Text(gemm);
         if (sections.Contains("rpb")) RpbVariants();
-        if (sections.Contains("skinny")) SkinnyGemm();
+        if (sections.Contains("skinny")) { SkinnyGemm(); SkinnyKernelSweep(); }
+        if (sections.Contains("skinnytext")) SkinnyText();
         Console.WriteLine($"# loadavg after: {Load()}");
         return 0;
     }
