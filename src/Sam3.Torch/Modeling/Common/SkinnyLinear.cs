@@ -78,6 +78,7 @@ internal static unsafe class SkinnyLinear
         if (x.device_type != DeviceType.CPU || weight.device_type != DeviceType.CPU) return "not on the CPU";
         if (x.dtype != ScalarType.Float32 || weight.dtype != ScalarType.Float32) return "not float32";
         if (weight.dim() != 2 || !weight.is_contiguous()) return "weight not a contiguous 2-D tensor";
+        if (weight.numel() > int.MaxValue / sizeof(float)) return "weight over 2 GiB (addressed through a span)";
         if (x.dim() < 1 || x.shape[^1] != weight.shape[1]) return "x's last dimension is not the weight's input size";
         if (bias is not null && (bias.device_type != DeviceType.CPU || bias.dtype != ScalarType.Float32 || bias.dim() != 1
                                  || !bias.is_contiguous() || bias.shape[0] != weight.shape[0]))
@@ -87,6 +88,7 @@ internal static unsafe class SkinnyLinear
         if (m > maxRows) return $"{m} rows > {maxRows}";
         if (m < MinRows && m > 0 && weight.shape[0] > 0) return $"{m} row < {MinRows} (LibTorch's matrix-vector product is as fast)";
         if (m == 0 || k == 0 || weight.shape[0] == 0) return "empty";
+        if (m * weight.shape[0] > int.MaxValue / sizeof(float)) return "output over 2 GiB (addressed through a span)";
         if (torch.is_grad_enabled() && (x.requires_grad || weight.requires_grad || (bias?.requires_grad ?? false)))
             return "autograd would record the product";
         return null;
