@@ -35,15 +35,15 @@ internal static unsafe class SkinnyLinear
     }
 
     /// <summary>
-    /// Most rows of <c>x</c> for which the kernel runs. Measured (2026-11-30, AMD EPYC AVX2, 1 thread, `heads skinny`,
-    /// the text encoder's [4096,1024] and [1024,4096] weights): the kernel's CPU time is 0.29–0.57× LibTorch's at
-    /// M = 2…12 and 0.57–0.91× at M = 24…32, so the text encoder's full 32-token context still takes it.
+    /// Most rows of <c>x</c> for which the kernel runs. Measured at low load (2026-11-30, AMD EPYC AVX2, 1 thread,
+    /// `heads skinny`, the text encoder's [4096,1024] and [1024,4096] weights): the kernel's time is 0.43–0.69× LibTorch's
+    /// at M = 2…8, 0.56–0.95× at 12…16; at 24…32 it loses on [1024,4096] (1.2–1.3×), so a 32-token context keeps MKL.
     /// </summary>
-    public const int DefaultMaxRows = 32;
+    public const int DefaultMaxRows = 16;
 
     /// <summary>
     /// Fewest rows for which the kernel runs: at M = 1 LibTorch's matrix-vector product streams the weights at least as
-    /// fast (same sweep: the kernel took 1.1–1.5× its CPU time).
+    /// fast (same sweep: the kernel took 1.06–1.13× its time).
     /// </summary>
     public const int MinRows = 2;
 
