@@ -18,7 +18,7 @@ namespace Sam3.Torch.Benchmarks;
 /// LibTorch construction, 1 thread and SAM3_BENCH_THREADS), <c>sdpa</c> (layer 0's image cross-attention SDPA in several
 /// layouts), <c>kv</c> (k/v projections of all layers + their SDPAs in three layouts), <c>rpb</c>, <c>skinny</c>, <c>text</c>.
 /// </summary>
-internal static class HeadsProfile
+internal static partial class HeadsProfile
 {
     private static double CpuSeconds() => ComputeProfile.CpuSeconds();
 
@@ -39,7 +39,8 @@ internal static class HeadsProfile
         if (sections.Contains("decoder")) Decoder(gemm);
         if (sections.Contains("text")) Text(gemm);
         if (sections.Contains("rpb")) RpbVariants();
-        if (sections.Contains("skinny")) SkinnyGemm();
+        if (sections.Contains("skinny")) { SkinnyGemm(); SkinnyKernelSweep(); }
+        if (sections.Contains("skinnytext")) SkinnyText();
         if (sections.Contains("rpbkernel")) RpbKernelAb(threads);
         if (sections.Contains("sdpa")) SdpaVariants(threads);
         if (sections.Contains("kv")) KvLayouts(threads);

@@ -12,7 +12,7 @@ namespace Sam3.Torch.Modeling.Text;
 /// Batch-first [B,L,W]. No LayerScale (ls_init_value is None in SAM3, so ls_1/ls_2 are identities without keys).
 /// State-dict keys: <c>attn.*</c>, <c>ln_1</c>, <c>ln_2</c>, <c>mlp.c_fc</c>, <c>mlp.c_proj</c>.
 /// </summary>
-internal sealed class ResidualAttentionBlock : nn.Module<Tensor, Tensor?, Tensor>
+internal sealed partial class ResidualAttentionBlock : nn.Module<Tensor, Tensor?, Tensor>
 {
     public readonly MultiheadAttention attn;
     public readonly LayerNorm ln_1;
@@ -37,8 +37,9 @@ internal sealed class ResidualAttentionBlock : nn.Module<Tensor, Tensor?, Tensor
         using var scope = NewDisposeScope();
         if (attnMask is not null && attnMask.dtype != ScalarType.Bool) attnMask = attnMask.to(x.dtype);
         var h = ln_1.forward(x);
-        x = x + attn.forward(h, h, h, key_padding_mask: null, attn_mask: attnMask);
-        x = x + mlp.forward(Precision.PrecisionPolicy.ToModuleDtype(ln_2.forward(x), mlp));
+        x = x + (SkinnyAttention(h, attnMask) ?? attn.forward(h, h, h, key_padding_mask: null, attn_mask: attnMask));
+        var h2 = ln_2.forward(x);
+        x = x + (SkinnyMlp(h2) ?? mlp.forward(Precision.PrecisionPolicy.ToModuleDtype(h2, mlp)));
         return x.MoveToOuterDisposeScope();
     }
 }

@@ -1,4 +1,5 @@
 using Sam3.Torch.Config;
+using Sam3.Torch.Modeling.Common;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
@@ -21,6 +22,23 @@ internal sealed class VETextEncoder : nn.Module
     public readonly TextTransformer encoder;
     public readonly Linear resizer;
     public int context_length { get; }
+
+    private bool _useSkinnyLinear = true;
+
+    /// <summary>
+    /// Whether few-token fp32 CPU inference (a prompt's real tokens) runs the transformer's and the resizer's projections
+    /// on <see cref="SkinnyLinear"/> (default true: weights read once at the memory bandwidth); false keeps LibTorch's
+    /// <c>linear</c> everywhere (the previous path; the two agree within fp32 rounding).
+    /// </summary>
+    internal bool UseSkinnyLinear
+    {
+        get => _useSkinnyLinear;
+        set
+        {
+            _useSkinnyLinear = value;
+            foreach (var block in encoder.transformer.resblocks) block.UseSkinnyLinear = value;
+        }
+    }
 
     public VETextEncoder(Sam3Config cfg) : base(nameof(VETextEncoder))
     {
@@ -72,7 +90,9 @@ internal sealed class VETextEncoder : nn.Module
         long length = ids.shape[1];
         long used = skipPaddedPositions ? UsedPositions(mask) : length;
         var memory = encoder.forward(used == length ? ids : ids[.., TensorIndex.Slice(0, used)]); // [B,used,W]
-        var features = resizer.forward(Precision.PrecisionPolicy.ToWeightDtype(memory.transpose(0, 1), resizer.weight!));   // [used,B,d]
+        var seqFirst = memory.transpose(0, 1);
+        var features = (_useSkinnyLinear ? SkinnyLinear.TryLinear(seqFirst, resizer.weight!, resizer.bias) : null)
+                       ?? resizer.forward(Precision.PrecisionPolicy.ToWeightDtype(seqFirst, resizer.weight!));   // [used,B,d]
         if (used < length)
             features = cat([features, zeros(length - used, features.shape[1], features.shape[2], dtype: features.dtype, device: features.device)], 0);
         return new TextEncoderOutput(mask.alias().MoveToOuterDisposeScope(), features.MoveToOuterDisposeScope(),

@@ -31,6 +31,11 @@ internal static class LoraHooks
         return a.AddTo(y, x);
     }
 
+    /// <summary>Whether an adapter is attached to <paramref name="target"/> (a Linear, or any part of a fused in-projection's owner).</summary>
+    internal static bool HasAdapter(object target) =>
+        Volatile.Read(ref _attached) != 0
+        && (Linears.TryGetValue(target, out _) || InProjections.TryGetValue(target, out var parts) && parts.Any(a => a is not null));
+
     internal static void Attach(Linear layer, LoraAdapter adapter)
     {
         if (Linears.TryGetValue(layer, out _)) throw new Sam3Exception($"a LoRA adapter is already attached to {adapter.Target}");
