@@ -15,8 +15,8 @@ namespace Sam3.Torch.IO;
 /// </summary>
 internal static partial class WeightPrefetch
 {
-    /// <summary>Environment variable that turns the load-time prefetch off when set to <c>0</c> (benchmarks, tests).</summary>
-    public const string DisableVariable = "SAM3_PREFETCH";
+    /// <summary>Environment variable that turns the load-time prefetch on when set to <c>1</c> (it is off by default).</summary>
+    public const string Variable = "SAM3_PREFETCH";
 
     internal const int MadvWillNeed = 3;
     internal const int MadvPopulateRead = 22;
@@ -47,8 +47,8 @@ internal static partial class WeightPrefetch
         return MAdvise(address, length, advice) == 0 ? 0 : Marshal.GetLastPInvokeError();
     }
 
-    /// <summary>True unless <see cref="DisableVariable"/> is <c>0</c>.</summary>
-    public static bool Enabled => Environment.GetEnvironmentVariable(DisableVariable) != "0";
+    /// <summary>True when <see cref="Variable"/> is <c>1</c>.</summary>
+    public static bool RequestedByEnvironment => Environment.GetEnvironmentVariable(Variable) == "1";
 
     /// <summary>Prefetches the memory of every CPU tensor of <paramref name="tensors"/> (page-aligned, merged ranges).</summary>
     public static Outcome Prefetch(IEnumerable<Tensor> tensors) => Prefetch(Ranges(tensors), NativeAdvise);

@@ -26,9 +26,11 @@ internal sealed record Sam3LoadOptions
     public GroundingOptions? Grounding { get; init; }
     /// <summary>
     /// Map the memory-mapped weights of the image path in at load (<see cref="WeightPrefetch"/>) rather than page by
-    /// page during the first forward (default; also off when <c>SAM3_PREFETCH=0</c>).
+    /// page during the first forward (also on when <c>SAM3_PREFETCH=1</c>). Off by default: with the file in the page
+    /// cache, fault-around already maps the weights cheaply (no measurable first-call gain), and mapping the text
+    /// encoder before set_image raises that call's peak RSS by its size.
     /// </summary>
-    public bool PrefetchWeights { get; init; } = true;
+    public bool PrefetchWeights { get; init; }
 }
 
 /// <summary>
@@ -45,6 +47,7 @@ internal static class Sam3ModelLoader
         var model = new Sam3ImageModel(cfg, enableInstInteractivity, grounding);
         if (device is not null && device.type != DeviceType.CPU) model.to(device);
         model.eval();
+        NativeHeap.PrimeMmapThreshold();
         return model;
     }
 
@@ -70,7 +73,8 @@ internal static class Sam3ModelLoader
             if (options.Device is { } d && d.type != DeviceType.CPU) model.to(d);
             model.eval();
             NativeHeap.Trim(); // what a conversion or the Hugging Face path freed
-            if (options.PrefetchWeights && WeightPrefetch.Enabled) WeightPrefetch.Prefetch(ImagePathTensors(model));
+            if (options.PrefetchWeights || WeightPrefetch.RequestedByEnvironment) WeightPrefetch.Prefetch(ImagePathTensors(model));
+            NativeHeap.PrimeMmapThreshold(); // the allocator state of a warm process (first-call page faults)
             return model;
         }
         catch
