@@ -12,14 +12,15 @@ namespace Sam3.Torch.Benchmarks;
 /// <summary>
 /// The first call's overhead (issue 15 item 2), outside BenchmarkDotNet, in a fresh process:
 /// <c>dotnet Sam3.Torch.Benchmarks.dll firstcall [--checkpoint /work/full/sam3.pt] [--tokenizer bpe.txt.gz]
-/// [--image truck.jpg] [--text truck] [--threshold 0.5] [--touch] [--sine] [--prefetch] [--image-only]</c>.
+/// [--image truck.jpg] [--text truck] [--threshold 0.5] [--touch] [--sine] [--prefetch] [--image-only] [--sine-only]</c>.
 /// Loads the checkpoint through the public API (<see cref="Sam3Model.Load"/>), then times SetImage #1, SetTextPrompt #1,
 /// then the same work on a second predictor (its own empty text cache, so the text encoder runs again): SetImage #2,
 /// SetTextPrompt #2. Each row: wall and process CPU seconds (user+sys; sys alone), minor/major page faults (<c>/proc/self/stat</c>),
 /// .NET JIT time, VmRSS and VmHWM after the stage. <c>--touch</c> first reads one float per 4 KiB page of every
 /// parameter and buffer (the cost of faulting the weights in, alone); <c>--sine</c> first builds the sine position
 /// tables of the vision neck's four levels with the dense construction used before and as the module builds them now
-/// (their cost alone). <c>--image-only</c> skips the text prompts. <c>--prefetch</c> sets
+/// (their cost alone). <c>--image-only</c> skips the text prompts; <c>--sine-only</c> times only the two table
+/// constructions, without a model. <c>--prefetch</c> sets
 /// <c>SAM3_PREFETCH=1</c> before loading (the loader then maps the image path's weights in at load). Wrap every full-size run in
 /// <c>flock /work/full/heavy.lock</c> on shared machines. Linux only (the counters come from /proc).
 /// </summary>
@@ -46,6 +47,16 @@ internal static class FirstCall
         Console.WriteLine($"uptime: {Uptime()}");
         Console.WriteLine($"{"stage",-28} {"wall s",8} {"cpu s",8} {"sys s",7} {"minflt",9} {"majflt",7} {"jit s",6} {"rss GB",7} {"hwm GB",7}");
 
+        if (args.Contains("--sine-only"))
+        {
+            // the tables' cost without the model: the dense construction (before) and the module's (now), twice each
+            for (int i = 0; i < 2; i++)
+            {
+                Stage("sine tables, dense (before)", () => BuildSineTables(Sam3Config.Full, dense: true));
+                Stage("sine tables, separable", () => BuildSineTables(Sam3Config.Full, dense: false));
+            }
+            return 0;
+        }
         var image = Stage("decode image", () => ImageLoader.Load(imagePath));
         var model = Stage("load", () => Sam3Model.Load(checkpoint, new Sam3ModelOptions { Config = Sam3Config.Full, TokenizerPath = tokenizer }));
         using (model)

@@ -47,7 +47,6 @@ internal static class Sam3ModelLoader
         var model = new Sam3ImageModel(cfg, enableInstInteractivity, grounding);
         if (device is not null && device.type != DeviceType.CPU) model.to(device);
         model.eval();
-        NativeHeap.PrimeMmapThreshold();
         return model;
     }
 
@@ -74,7 +73,6 @@ internal static class Sam3ModelLoader
             model.eval();
             NativeHeap.Trim(); // what a conversion or the Hugging Face path freed
             if (options.PrefetchWeights || WeightPrefetch.RequestedByEnvironment) WeightPrefetch.Prefetch(ImagePathTensors(model));
-            NativeHeap.PrimeMmapThreshold(); // the allocator state of a warm process (first-call page faults)
             return model;
         }
         catch
