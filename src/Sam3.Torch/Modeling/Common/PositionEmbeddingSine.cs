@@ -92,8 +92,8 @@ internal sealed class PositionEmbeddingSine : nn.Module<Tensor, Tensor>
     /// <summary>
     /// The image encoding [2·num_pos_feats, H, W] of an H×W map. Upstream builds it densely: the row and column
     /// embeddings expanded to H×W, divided by dim_t into [H, W, num_pos_feats] and passed through sin/cos — H·W·C
-    /// transcendental calls and several full-size copies, about a second of CPU for the full-size neck's 288×288 level
-    /// on the first call per size. Every y channel depends only on the row and every x channel only on the column, and
+    /// transcendental calls and several full-size copies: 1.1–1.3 s of CPU for the full-size neck's four levels on the
+    /// first call per size (0.3 s this way; benchmarks <c>firstcall --sine-only</c>). Every y channel depends only on the row and every x channel only on the column, and
     /// each element is the same float operations on the same operands either way, so this computes the [H, C/2] and
     /// [W, C/2] encodings once and broadcasts them into the channel-first table in one write: bit-identical values
     /// (checked against the dense formula in the tests) for O((H + W)·C) transcendental calls.
