@@ -17,6 +17,8 @@ if (args.Length > 0 && args[0] == "memory") return Sam3.Torch.Benchmarks.MemoryS
 if (args.Length > 0 && args[0] == Sam3.Torch.Benchmarks.Precision.PrecisionDump.Verb) return Sam3.Torch.Benchmarks.Precision.PrecisionDump.Run(args[1..]);
 // Time and memory of fine-tuning steps phase by phase (not a BenchmarkDotNet run): see TrainStepMemory.
 if (args.Length > 0 && args[0] == Sam3.Torch.Benchmarks.TrainStepMemory.Verb) return Sam3.Torch.Benchmarks.TrainStepMemory.Run(args[1..]);
+// First-call overhead of set_image / set_text_prompt in a fresh process (FirstCall.cs).
+if (args.Length > 0 && args[0] == Sam3.Torch.Benchmarks.FirstCall.Verb) return Sam3.Torch.Benchmarks.FirstCall.Run(args[1..]);
 // benchmarks/reference/run.sh drives the side-by-side harness through this verb (no BenchmarkDotNet).
 if (args.Length > 0 && args[0] == Sam3.Torch.Benchmarks.Reference.ReferenceMode.Verb)
     Environment.Exit(Sam3.Torch.Benchmarks.Reference.ReferenceMode.Run(args));

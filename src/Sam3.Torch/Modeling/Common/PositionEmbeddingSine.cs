@@ -82,24 +82,38 @@ internal sealed class PositionEmbeddingSine : nn.Module<Tensor, Tensor>
         var key = (h, w, x.device.type);
         if (!_cache.TryGetValue(key, out var cached))
         {
-            using (var scope = NewDisposeScope())
-            {
-                var yEmbed = torch.arange(1, h + 1, dtype: ScalarType.Float32, device: x.device).view(-1, 1).expand(h, w);
-                var xEmbed = torch.arange(1, w + 1, dtype: ScalarType.Float32, device: x.device).view(1, -1).expand(h, w);
-                if (normalize)
-                {
-                    yEmbed = yEmbed / ((float)h + NormalizeEps) * scale;
-                    xEmbed = xEmbed / ((float)w + NormalizeEps) * scale;
-                }
-                var dimT = DimT(x.device);
-                var px = Interleave(xEmbed[.., .., TensorIndex.None] / dimT);
-                var py = Interleave(yEmbed[.., .., TensorIndex.None] / dimT);
-                cached = torch.cat([py, px], 2).permute(2, 0, 1).contiguous().MoveToOuterDisposeScope();
-            }
+            cached = Table(h, w, x.device);
             cached.DetachFromDisposeScope();
             _cache[key] = cached;
         }
         return cached.unsqueeze(0).expand(b, -1, -1, -1).contiguous();
+    }
+
+    /// <summary>
+    /// The image encoding [2·num_pos_feats, H, W] of an H×W map. Upstream builds it densely: the row and column
+    /// embeddings expanded to H×W, divided by dim_t into [H, W, num_pos_feats] and passed through sin/cos — H·W·C
+    /// transcendental calls and several full-size copies: 1.1–1.3 s of CPU for the full-size neck's four levels on the
+    /// first call per size (0.3 s this way; benchmarks <c>firstcall --sine-only</c>). Every y channel depends only on the row and every x channel only on the column, and
+    /// each element is the same float operations on the same operands either way, so this computes the [H, C/2] and
+    /// [W, C/2] encodings once and broadcasts them into the channel-first table in one write: bit-identical values
+    /// (checked against the dense formula in the tests) for O((H + W)·C) transcendental calls.
+    /// </summary>
+    internal Tensor Table(long h, long w, Device device)
+    {
+        using var scope = NewDisposeScope();
+        var yEmbed = torch.arange(1, h + 1, dtype: ScalarType.Float32, device: device).view(-1, 1); // [H, 1]
+        var xEmbed = torch.arange(1, w + 1, dtype: ScalarType.Float32, device: device).view(-1, 1); // [W, 1]
+        if (normalize)
+        {
+            yEmbed = yEmbed / ((float)h + NormalizeEps) * scale;
+            xEmbed = xEmbed / ((float)w + NormalizeEps) * scale;
+        }
+        var dimT = DimT(device);
+        var py = Interleave(yEmbed / dimT).t(); // [C/2, H]
+        var px = Interleave(xEmbed / dimT).t(); // [C/2, W]
+        long half = py.shape[0];
+        var table = torch.cat([py[.., .., TensorIndex.None].expand(half, h, w), px[.., TensorIndex.None, ..].expand(half, h, w)], 0);
+        return table.MoveToOuterDisposeScope();
     }
 
     protected override void Dispose(bool disposing)
