@@ -11,8 +11,8 @@ namespace Sam3.Torch.Benchmarks;
 
 /// <summary>
 /// The first call's overhead (issue 15 item 2), outside BenchmarkDotNet, in a fresh process:
-/// <c>dotnet Sam3.Torch.Benchmarks.dll firstcall [--checkpoint /work/full/sam3.pt] [--tokenizer bpe.txt.gz]
-/// [--image truck.jpg] [--text truck] [--threshold 0.5] [--touch] [--sine] [--prefetch] [--image-only] [--sine-only]</c>.
+/// <c>dotnet Sam3.Torch.Benchmarks.dll firstcall --checkpoint sam3.pt [--tokenizer bpe.txt.gz]
+/// [--image truck.jpg] [--text truck] [--threshold 0.5] [--touch] [--sine] [--image-only] [--sine-only]</c>.
 /// Loads the checkpoint through the public API (<see cref="Sam3Model.Load"/>), then times SetImage #1, SetTextPrompt #1,
 /// then the same work on a second predictor (its own empty text cache, so the text encoder runs again): SetImage #2,
 /// SetTextPrompt #2. Each row: wall and process CPU seconds (user+sys; sys alone), minor/major page faults (<c>/proc/self/stat</c>),
@@ -20,9 +20,8 @@ namespace Sam3.Torch.Benchmarks;
 /// parameter and buffer (the cost of faulting the weights in, alone); <c>--sine</c> first builds the sine position
 /// tables of the vision neck's four levels with the dense construction used before and as the module builds them now
 /// (their cost alone). <c>--image-only</c> skips the text prompts; <c>--sine-only</c> times only the two table
-/// constructions, without a model. <c>--prefetch</c> sets
-/// <c>SAM3_PREFETCH=1</c> before loading (the loader then maps the image path's weights in at load). Wrap every full-size run in
-/// <c>flock /work/full/heavy.lock</c> on shared machines. Linux only (the counters come from /proc).
+/// constructions, without a model. Wrap every full-size run in
+/// <c>flock</c> on a shared lock file on shared machines. Linux only (the counters come from /proc).
 /// </summary>
 internal static class FirstCall
 {
@@ -35,15 +34,13 @@ internal static class FirstCall
             int i = Array.IndexOf(args, "--" + name);
             return i >= 0 && i + 1 < args.Length ? args[i + 1] : fallback();
         }
-        string checkpoint = Arg("checkpoint", () => "/work/full/sam3.pt");
+        string checkpoint = Arg("checkpoint", () => throw new ArgumentException("firstcall needs --checkpoint PATH (a full-size sam3.pt)"));
         string tokenizer = Arg("tokenizer", BenchEnvironment.BpeVocabulary);
         string imagePath = Arg("image", () => Path.Combine(BenchEnvironment.SharedFolder(), "parity", "inputs", "truck.jpg"));
         string text = Arg("text", () => "truck");
         double threshold = double.Parse(Arg("threshold", () => "0.5"), CultureInfo.InvariantCulture);
-        if (args.Contains("--prefetch")) Environment.SetEnvironmentVariable(WeightPrefetch.Variable, "1");
         int threads = BenchEnvironment.PinThreads();
-        Console.WriteLine($"firstcall: {checkpoint} ({new FileInfo(checkpoint).Length / 1e9:F2} GB), {threads} threads, " +
-                          $"SAM3_PREFETCH={Environment.GetEnvironmentVariable("SAM3_PREFETCH") ?? "(unset)"}");
+        Console.WriteLine($"firstcall: {checkpoint} ({new FileInfo(checkpoint).Length / 1e9:F2} GB), {threads} threads");
         Console.WriteLine($"uptime: {Uptime()}");
         Console.WriteLine($"{"stage",-28} {"wall s",8} {"cpu s",8} {"sys s",7} {"minflt",9} {"majflt",7} {"jit s",6} {"rss GB",7} {"hwm GB",7}");
 

@@ -5,8 +5,8 @@ namespace Sam3.Torch.IO;
 
 /// <summary>
 /// The address of a tensor's first element, through TorchSharp's own native entry point (<c>THSTensor_data</c>,
-/// which TorchSharp does not expose publicly). For code that hands a tensor's memory to the operating system
-/// (<see cref="WeightPrefetch"/>) or reads it in place (benchmarks).
+/// which TorchSharp does not expose publicly). For code that reads a tensor's memory in place (the benchmarks' page
+/// touch of the memory-mapped weights).
 /// </summary>
 internal static partial class TensorMemory
 {

@@ -24,13 +24,6 @@ internal sealed record Sam3LoadOptions
     public IProgress<(int done, int total, string key)>? Progress { get; init; }
     /// <summary>Image model (raw logits) or video detector (joint logits) scoring.</summary>
     public GroundingOptions? Grounding { get; init; }
-    /// <summary>
-    /// Map the memory-mapped weights of the image path in at load (<see cref="WeightPrefetch"/>) rather than page by
-    /// page during the first forward (also on when <c>SAM3_PREFETCH=1</c>). Off by default: with the file in the page
-    /// cache, fault-around already maps the weights cheaply (no measurable first-call gain), and mapping the text
-    /// encoder before set_image raises that call's peak RSS by its size.
-    /// </summary>
-    public bool PrefetchWeights { get; init; }
 }
 
 /// <summary>
@@ -72,7 +65,6 @@ internal static class Sam3ModelLoader
             if (options.Device is { } d && d.type != DeviceType.CPU) model.to(d);
             model.eval();
             NativeHeap.Trim(); // what a conversion or the Hugging Face path freed
-            if (options.PrefetchWeights || WeightPrefetch.RequestedByEnvironment) WeightPrefetch.Prefetch(ImagePathTensors(model));
             return model;
         }
         catch
@@ -81,21 +73,6 @@ internal static class Sam3ModelLoader
             throw;
         }
     }
-
-    /// <summary>
-    /// The parameters and buffers that set_image and the prompts read: all but the interactive heads and the SAM2 neck
-    /// (which only the interactive predictor and the tracker use; their pages stay unmapped until then).
-    /// </summary>
-    internal static IEnumerable<Tensor> ImagePathTensors(Sam3ImageModel model)
-    {
-        foreach (var (name, p) in model.named_parameters())
-            if (IsImagePath(name)) yield return p;
-        foreach (var (name, b) in model.named_buffers())
-            if (IsImagePath(name)) yield return b;
-    }
-
-    private static bool IsImagePath(string name) =>
-        !name.StartsWith("inst_interactive_predictor.", StringComparison.Ordinal) && !name.Contains(".sam2_convs.", StringComparison.Ordinal);
 
     /// <summary>Strictly loads an open checkpoint into <paramref name="model"/> and verifies the RoPE tables.</summary>
     public static void LoadInto(Sam3ImageModel model, ICheckpoint checkpoint, Sam3LoadOptions options)
