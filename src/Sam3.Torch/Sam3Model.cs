@@ -73,6 +73,9 @@ public readonly record struct LoadProgress(string Stage, int Done, int Total, st
 /// </example>
 public sealed class Sam3Model : IDisposable
 {
+    // before the first tensor of the process, where possible: LibTorch's allocator reads its huge-page switch once
+    static Sam3Model() => IO.HugePageAllocation.Request();
+
     private readonly AsyncLocal<ActivationRecorder?> _recorder = new();
     private Sam3ImageModel? _network;
 

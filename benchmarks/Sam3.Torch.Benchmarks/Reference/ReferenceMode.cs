@@ -32,6 +32,8 @@ internal static partial class ReferenceMode
     public static int Run(string[] args)
     {
         if (args.Length < 2) return Usage();
+        // the library's allocator setting for the GEMM rate as well as our side (Sam3Model requests it too)
+        Sam3.Torch.IO.HugePageAllocation.Request();
         var opts = ParseOptions(args.Skip(2).ToArray());
         try
         {
