@@ -570,7 +570,7 @@ internal static partial class HeadsProfile
                               $"hs {(fo.Hs - lo.Hs).abs().max().item<float>():G3}, boxes {(fo.ReferenceBoxes - lo.ReferenceBoxes).abs().max().item<float>():G3}, " +
                               $"presence logits {(fo.PresenceLogits! - lo.PresenceLogits!).abs().max().item<float>():G3}; LibTorch fast path vs plain path hs bit-identical: {lo.Hs.eq(po.Hs).all().item<bool>()}");
         }
-        // the kernel's parts: the deltas (LibTorch ops, as upstream), the kernel into a fresh tensor, into a reused buffer
+        // the kernel's parts: the deltas (LibTorch ops, as upstream), the kernel with streaming and with plain stores
         var xyxy = BoxOps.CxcywhToXyxy(refBoxes).transpose(0, 1).reshape(-1, 1, 4);
         var coords = arange(0, side, dtype: ScalarType.Float32) / side;
         (Tensor dx, Tensor dy) Deltas()
@@ -580,26 +580,24 @@ internal static partial class HeadsProfile
             return (sign(ddx) * log2(ddx.abs() + 1.0) / 3.0, sign(ddy) * log2(ddy.abs() + 1.0) / 3.0);
         }
         var (kdx, kdy) = Deltas();
-        var buffer = torch.empty(1, 8, 201, side * side);
         foreach (int t in new[] { 1, threads }.Distinct())
         {
             torch.set_num_threads(t);
-            (double W, double C) pd = (9e9, 9e9), pf = (9e9, 9e9), pr = (9e9, 9e9), pe = (9e9, 9e9), pn = (9e9, 9e9);
+            (double W, double C) pd = (9e9, 9e9), pf = (9e9, 9e9), pe = (9e9, 9e9), pn = (9e9, 9e9);
             for (int r = 0; r < 5; r++)
             {
                 BoxRpbKernel.UseStreamingStores = false;
-                var n = Time(1, () => BoxRpbKernel.Bias(kdx, kdy, dec.boxRPB_embed_x!, dec.boxRPB_embed_y!, true, buffer).Dispose());
+                var n = Time(1, () => BoxRpbKernel.Bias(kdx, kdy, dec.boxRPB_embed_x!, dec.boxRPB_embed_y!, true).Dispose());
                 BoxRpbKernel.UseStreamingStores = true;
                 pn = (Math.Min(pn.W, n.Wall), Math.Min(pn.C, n.Cpu));
                 var a = Time(1, () => { using var ps = NewDisposeScope(); Deltas(); });
                 var b = Time(1, () => BoxRpbKernel.Bias(kdx, kdy, dec.boxRPB_embed_x!, dec.boxRPB_embed_y!, true).Dispose());
-                var c = Time(1, () => BoxRpbKernel.Bias(kdx, kdy, dec.boxRPB_embed_x!, dec.boxRPB_embed_y!, true, buffer).Dispose());
                 var e = Time(1, () => torch.empty(1, 8, 201, side * side).fill_(1f).Dispose());
                 pd = (Math.Min(pd.W, a.Wall), Math.Min(pd.C, a.Cpu)); pf = (Math.Min(pf.W, b.Wall), Math.Min(pf.C, b.Cpu));
-                pr = (Math.Min(pr.W, c.Wall), Math.Min(pr.C, c.Cpu)); pe = (Math.Min(pe.W, e.Wall), Math.Min(pe.C, e.Cpu));
+                pe = (Math.Min(pe.W, e.Wall), Math.Min(pe.C, e.Cpu));
             }
-            Console.WriteLine($"# threads {t} parts (best of 5, ms wall / CPU): deltas {pd.W * 1e3:F2} / {pd.C * 1e3:F2}; kernel into a fresh tensor {pf.W * 1e3:F2} / {pf.C * 1e3:F2}; " +
-                              $"into a reused buffer {pr.W * 1e3:F2} / {pr.C * 1e3:F2} (with plain stores {pn.W * 1e3:F2} / {pn.C * 1e3:F2}); (empty + fill_ of a fresh 33 MB tensor {pe.W * 1e3:F2} / {pe.C * 1e3:F2}); loadavg {Load()}");
+            Console.WriteLine($"# threads {t} parts (best of 5, ms wall / CPU): deltas {pd.W * 1e3:F2} / {pd.C * 1e3:F2}; kernel {pf.W * 1e3:F2} / {pf.C * 1e3:F2} " +
+                              $"(with plain stores {pn.W * 1e3:F2} / {pn.C * 1e3:F2}); (empty + fill_ of a fresh 33 MB tensor {pe.W * 1e3:F2} / {pe.C * 1e3:F2}); loadavg {Load()}");
         }
         foreach (int t in new[] { 1, threads }.Distinct())
         {

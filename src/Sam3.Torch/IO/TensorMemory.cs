@@ -5,8 +5,9 @@ namespace Sam3.Torch.IO;
 
 /// <summary>
 /// The address of a tensor's first element, through TorchSharp's own native entry point (<c>THSTensor_data</c>,
-/// which TorchSharp does not expose publicly). For code that reads a tensor's memory in place (the benchmarks' page
-/// touch of the memory-mapped weights).
+/// which TorchSharp does not expose publicly; unlike <c>Tensor.bytes</c> it has no 2 GiB span limit). The caller
+/// guarantees a CPU tensor, contiguous wherever it reads past one element: the C# kernels (<c>SkinnyLinear</c>,
+/// <c>MaskUpsampler</c>) and the benchmarks' page touch of the memory-mapped weights.
 /// </summary>
 internal static partial class TensorMemory
 {

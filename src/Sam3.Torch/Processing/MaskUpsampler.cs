@@ -1,4 +1,5 @@
 using System.Runtime.InteropServices;
+using Sam3.Torch.IO;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -36,10 +37,10 @@ internal static class MaskUpsampler
         {
             long pixels = (long)height * width;
             if (FusedVariant(lowResLogits, height, width) is { } arithmetic)
-                FusedInto(lowResLogits, height, width, arithmetic, (j, write) => write((byte*)Pointer(result[j])));
+                FusedInto(lowResLogits, height, width, arithmetic, (j, write) => write((byte*)TensorMemory.DataPointer(result[j])));
             else
                 ForEachUpsampled(lowResLogits, height, width, chunkElements, (start, n, up) =>
-                    ThresholdInto(up, Enumerable.Range(0, n).Select(j => Pointer(result[start + j])).ToList(), pixels));
+                    ThresholdInto(up, Enumerable.Range(0, n).Select(j => TensorMemory.DataPointer(result[start + j])).ToList(), pixels));
         }
         return result.MoveToOuterDisposeScope();
     }
@@ -163,12 +164,6 @@ internal static class MaskUpsampler
     /// </summary>
     internal static bool UsesLogitCompare(Tensor lowResLogits, double probabilityThreshold)
         => probabilityThreshold == SigmoidHalfThreshold.Threshold && lowResLogits.device_type == DeviceType.CPU;
-
-    /// <summary>Address of the first element of a contiguous CPU tensor (native memory: it does not move).</summary>
-    private static unsafe nint Pointer(Tensor cpuContiguous)
-    {
-        fixed (byte* p = cpuContiguous.bytes) return (nint)p;
-    }
 
     private static unsafe void ThresholdInto(Tensor up, IReadOnlyList<nint> destinations, long pixels)
     {

@@ -87,17 +87,29 @@ internal sealed class MultiheadAttention : nn.Module
     private Tensor InProjBias(int part) => in_proj_bias.narrow(0, part * embed_dim, embed_dim);
 
     /// <summary>
-    /// The attention core, batch-first: projects <paramref name="query"/> [B,L,E] (q in-projection + its LoRA), splits
-    /// heads of q and the projected <paramref name="k"/>/<paramref name="v"/> [B,S,E], merges the masks into one additive
-    /// bias, runs scaled_dot_product_attention and the output projection. Returns [B,L,E] in the caller's scope.
+    /// Projects <paramref name="query"/> [B,L,E] (q in-projection + its LoRA) and runs <see cref="AttendProjected"/>.
+    /// Returns [B,L,E] in the caller's scope.
     /// </summary>
     private Tensor Attend(Tensor query, Tensor k, Tensor v, Tensor? key_padding_mask, Tensor? attn_mask)
     {
         query = Precision.PrecisionPolicy.ToWeightDtype(query, in_proj_weight);
-        long b = query.shape[0], l = query.shape[1], s = k.shape[1];
+        var q = LoraHooks.InProjection(this, 0, query, nn.functional.linear(query, InProjWeight(0), InProjBias(0)));
+        return AttendProjected(q, k, v, key_padding_mask, attn_mask);
+    }
+
+    /// <summary>
+    /// The attention core, batch-first, on projected <paramref name="q"/> [B,L,E] and <paramref name="k"/>/<paramref name="v"/>
+    /// [B,S,E] (views of a wider tensor allowed): splits heads, merges the masks into one additive bias, runs
+    /// scaled_dot_product_attention and the output projection — <c>out_proj</c> with its LoRA, or
+    /// <paramref name="outProjection"/> when given (the text encoder's few-token kernel path). Returns [B,L,E] in the
+    /// caller's scope.
+    /// </summary>
+    internal Tensor AttendProjected(Tensor q, Tensor k, Tensor v, Tensor? key_padding_mask, Tensor? attn_mask,
+        Func<Tensor, Tensor>? outProjection = null)
+    {
+        long b = q.shape[0], l = q.shape[1], s = k.shape[1];
         int h = num_heads, e = embed_dim, hd = e / h;
-        var q = LoraHooks.InProjection(this, 0, query, nn.functional.linear(query, InProjWeight(0), InProjBias(0)))
-            .view(b, l, h, hd).transpose(1, 2);
+        q = q.view(b, l, h, hd).transpose(1, 2);
         k = k.view(b, s, h, hd).transpose(1, 2);
         v = v.view(b, s, h, hd).transpose(1, 2);
 
@@ -116,6 +128,7 @@ internal sealed class MultiheadAttention : nn.Module
             mask = mask is null ? kp : mask + kp;
         }
         var o = nn.functional.scaled_dot_product_attention(q, k, v, mask, p: training ? dropout : 0.0);
-        return LoraHooks.Linear(out_proj, o.transpose(1, 2).reshape(b, l, e));
+        o = o.transpose(1, 2).reshape(b, l, e);
+        return outProjection is null ? LoraHooks.Linear(out_proj, o) : outProjection(o);
     }
 }

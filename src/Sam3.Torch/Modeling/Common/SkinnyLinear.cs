@@ -1,6 +1,7 @@
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
 using System.Runtime.Intrinsics.X86;
+using Sam3.Torch.IO;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -116,8 +117,8 @@ internal static unsafe class SkinnyLinear
         using var scope = NewDisposeScope();
         var xc = x.is_contiguous() ? x : x.contiguous();
         var y = torch.empty(outShape, dtype: ScalarType.Float32);
-        float* xp = (float*)Address(xc), wp = (float*)Address(weight), yp = (float*)Address(y);
-        float* bp = bias is null ? null : (float*)Address(bias);
+        float* xp = (float*)TensorMemory.DataPointer(xc), wp = (float*)TensorMemory.DataPointer(weight), yp = (float*)TensorMemory.DataPointer(y);
+        float* bp = bias is null ? null : (float*)TensorMemory.DataPointer(bias);
         var job = new Job(xp, wp, bp, yp, m, n, k, isa);
         int threads = Math.Max(1, torch.get_num_threads());
         int parts = Math.Min(threads * PartsPerThread, n / MinFeaturesPerPart);
@@ -136,11 +137,6 @@ internal static unsafe class SkinnyLinear
     }
 
     /// <summary>First element of a contiguous CPU tensor (LibTorch-owned memory: it does not move).</summary>
-    private static nint Address(Tensor t)
-    {
-        fixed (byte* p = t.bytes) return (nint)p;
-    }
-
     /// <summary>One product's operands; <see cref="Run"/> computes output features [start, end) for all rows.</summary>
     private readonly struct Job(float* x, float* w, float* b, float* y, int m, int n, int k, Isa isa)
     {

@@ -90,10 +90,7 @@ internal static class BoxRpbKernel
     /// The bias [B, heads, (presenceRow ? 1 : 0) + Q, H·W] from the delta features <paramref name="dx"/> [B,Q,W,nIn] and
     /// <paramref name="dy"/> [B,Q,H,nIn] (fp32, CPU) through the x and y MLPs.
     /// </summary>
-    /// <param name="into">If given (fp32 CPU contiguous, exactly that shape), the bias is written into it and a view of it is
-    /// returned: the decoder reuses one buffer for its layers, so the 33 MB (full size) are faulted in once per forward, not
-    /// once per layer.</param>
-    public static unsafe Tensor Bias(Tensor dx, Tensor dy, Mlp embedX, Mlp embedY, bool presenceRow, Tensor? into = null)
+    public static unsafe Tensor Bias(Tensor dx, Tensor dy, Mlp embedX, Mlp embedY, bool presenceRow)
     {
         if (dx.dim() != 4 || dy.dim() != 4 || dx.shape[0] != dy.shape[0] || dx.shape[1] != dy.shape[1] || dx.shape[3] != dy.shape[3])
             throw new Sam3Exception($"boxRPB kernel: deltas must be [B,Q,W,n] and [B,Q,H,n], got [{string.Join(",", dx.shape)}] and [{string.Join(",", dy.shape)}]");
@@ -109,9 +106,7 @@ internal static class BoxRpbKernel
         int bs = (int)dx.shape[0], nq = (int)dx.shape[1], w = (int)dx.shape[2], h = (int)dy.shape[2];
         int heads = px.Heads, off = presenceRow ? 1 : 0, rows = nq + off;
         long hw = (long)h * w;
-        bool reuse = into is not null && into.dtype == ScalarType.Float32 && into.device_type == DeviceType.CPU && into.is_contiguous()
-                     && into.shape.SequenceEqual(new long[] { bs, heads, rows, hw });
-        var result = reuse ? into!.view(bs, heads, rows, hw) : torch.empty(bs, heads, rows, hw, dtype: ScalarType.Float32);
+        var result = torch.empty(bs, heads, rows, hw, dtype: ScalarType.Float32);
         int bits = PathBits(px.NIn, px.Hidden, heads);
         fixed (byte* pOut = result.bytes)
         fixed (byte* pDx = dxc.bytes)

@@ -171,8 +171,6 @@ internal sealed class TransformerDecoder : nn.Module
     /// (y0/y1), "log" mode: ×8 then sign·log2(|d|+1)/3; an MLP per axis gives one value per head; bias = dy + dx.
     /// With <paramref name="presenceRow"/> the result is [B,heads,1+Q,H·W] whose first query row is zero: the row the
     /// decoder layer prepends for the presence token (upstream concatenates <c>zeros_like</c> in the layer).
-    /// <paramref name="into"/>: a buffer of the result's shape that the fused kernel (<see cref="UseRpbKernel"/>) may write
-    /// into (the result is then a view of it); ignored by the other paths.
     /// </summary>
     /// <remarks>
     /// Upstream builds the sum query-major, <c>[B,Q,H,W,heads]</c>, then permutes it to head-major with a copy, and the
@@ -181,7 +179,7 @@ internal sealed class TransformerDecoder : nn.Module
     /// head-major result once, presence row included. Every element is the same single fp32 addition <c>dy + dx</c> (and
     /// 0 + 0 = +0 for the presence row), so the values equal upstream's bit for bit.
     /// </remarks>
-    public Tensor GetRpbMatrix(Tensor referenceBoxes, long featH, long featW, bool presenceRow = false, Tensor? into = null)
+    public Tensor GetRpbMatrix(Tensor referenceBoxes, long featH, long featW, bool presenceRow = false)
     {
         if (boxRPB_embed_x is null || boxRPB_embed_y is null) throw new Sam3Exception("boxRPB is 'none': no RPB matrix");
         using var scope = NewDisposeScope();
@@ -206,7 +204,7 @@ internal sealed class TransformerDecoder : nn.Module
         // inference on the CPU in fp32: both MLPs and the head-major sum in one kernel (not bit-identical, see BoxRpbKernel)
         if (blocked && UseRpbKernel && dx.device_type == DeviceType.CPU && dx.dtype == ScalarType.Float32
             && BoxRpbKernel.Supports(boxRPB_embed_x, boxRPB_embed_y))
-            return BoxRpbKernel.Bias(dx, dy, boxRPB_embed_x, boxRPB_embed_y, presenceRow, into).MoveToOuterDisposeScope();
+            return BoxRpbKernel.Bias(dx, dy, boxRPB_embed_x, boxRPB_embed_y, presenceRow).MoveToOuterDisposeScope();
         var ex = blocked ? RpbMlpInRowBlocks(boxRPB_embed_x, dx) : boxRPB_embed_x.forward(dx); // B,Q,W,heads
         var ey = blocked ? RpbMlpInRowBlocks(boxRPB_embed_y, dy) : boxRPB_embed_y.forward(dy); // B,Q,H,heads
         if (presenceRow)
@@ -363,11 +361,6 @@ internal sealed class TransformerDecoder : nn.Module
         // layers in two GEMMs of N = layers·d instead of 2·layers GEMMs of N = d; each layer reads its column slice
         var (kAll, vAll) = fastPaths && !useDac && num_layers > 1 ? ProjectMemoryForAllLayers(memoryKey ?? memory, memory) : (null, null);
 
-        // inference with the fused boxRPB kernel: one bias buffer for all layers (each layer's bias is dead once the layer ran)
-        Tensor? rpbBuffer = fastPaths && UseRpbKernel && boxRPB != "none" && memory.device_type == DeviceType.CPU
-                            && memory.dtype == ScalarType.Float32 && num_layers > 1
-            ? empty(bs, num_heads, (presenceOut is null ? 0 : 1) + referenceBoxes.shape[0], featH * featW, dtype: ScalarType.Float32)
-            : null;
         var output = tgt;
         for (int i = 0; i < num_layers; i++)
         {
@@ -378,7 +371,7 @@ internal sealed class TransformerDecoder : nn.Module
             if (boxRPB != "none")
             {
                 // with a presence token the bias already holds the layer's zero presence row (one write, see GetRpbMatrix)
-                var rpb = GetRpbMatrix(referenceBoxes, featH, featW, withPresenceRow, rpbBuffer);
+                var rpb = GetRpbMatrix(referenceBoxes, featH, featW, withPresenceRow);
                 probe?.Invoke("rpb", withPresenceRow ? rpb[.., .., TensorIndex.Slice(1, null)] : rpb);
                 memoryMask = rpb.flatten(0, 1); // (B·heads, [1+]Q, HW), batch-major head order
             }

@@ -37,20 +37,9 @@ internal sealed partial class ResidualAttentionBlock
         var outW = attn.out_proj.weight!;
         var qkv = SkinnyLinear.TryLinear(h, attn.in_proj_weight, attn.in_proj_bias);
         if (qkv is null) return null;
-        long b = h.shape[0], l = h.shape[1];
-        int heads = attn.num_heads, e = attn.embed_dim, hd = e / heads;
-        var parts = qkv.view(b, l, 3, heads, hd).permute(2, 0, 3, 1, 4); // [3,B,heads,L,hd]
-        Tensor? mask = null;
-        if (attnMask is not null)
-        {
-            var am = attnMask.dtype == ScalarType.Bool
-                ? zeros(attnMask.shape, dtype: qkv.dtype).masked_fill(attnMask, double.NegativeInfinity)
-                : attnMask.to(qkv.dtype);
-            mask = am.dim() == 3 ? am.view(b, heads, l, l) : am.view(1, 1, l, l);
-        }
-        var o = nn.functional.scaled_dot_product_attention(parts[0], parts[1], parts[2], mask, p: 0.0);
-        o = o.transpose(1, 2).reshape(b, l, e);
-        return SkinnyLinear.TryLinear(o, outW, attn.out_proj.bias) ?? nn.functional.linear(o, outW, attn.out_proj.bias);
+        int e = attn.embed_dim;
+        return attn.AttendProjected(qkv.narrow(-1, 0, e), qkv.narrow(-1, e, e), qkv.narrow(-1, 2 * e, e), null, attnMask,
+            o => SkinnyLinear.TryLinear(o, outW, attn.out_proj.bias) ?? nn.functional.linear(o, outW, attn.out_proj.bias));
     }
 
     /// <summary><c>mlp(h)</c> (c_fc → exact GELU → c_proj) on the kernel; null where it does not apply.</summary>
