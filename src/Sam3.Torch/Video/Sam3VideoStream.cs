@@ -38,7 +38,7 @@ public sealed class Sam3VideoStream : IDisposable
     private int _emittedThrough = -1;
     private bool _completed, _disposed;
 
-    /// <summary>Checks the options before anything is built for the stream (the caller validates before making the engine).</summary>
+    /// <summary>Checks the options before anything is built for the stream (StartStream calls it before making the engine).</summary>
     internal static void Validate(Sam3VideoStreamOptions options)
     {
         if (options.MemoryFrames < 1)
@@ -51,7 +51,6 @@ public sealed class Sam3VideoStream : IDisposable
         _engine = engine;
         Text = text;
         Box = box;
-        Validate(options);
         _retention = new StreamRetention { NonCondFrames = options.MemoryFrames };
     }
 
